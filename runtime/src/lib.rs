@@ -1,0 +1,2 @@
+//! isolab's namespace container runtime.
+pub mod cgroups;

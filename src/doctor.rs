@@ -1,0 +1,580 @@
+//! `isolab doctor`: one look at what this host can do, each line with a
+//! status and, when something is missing, the exact fix.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use isolab_microvm::kernel;
+use isolab_runtime::cgroups::{CgroupLayout, CgroupMode};
+use serde::Serialize;
+
+use crate::host::{self, KvmFlavour};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Missing,
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KvmReport {
+    pub device: PathBuf,
+    pub present: bool,
+    pub api_version: Option<i32>,
+    pub error: Option<String>,
+    pub flavour: KvmFlavour,
+    pub nested: bool,
+    pub boots_stock_linux: bool,
+    pub meaning: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupReport {
+    pub mode: CgroupMode,
+    pub controllers: Vec<String>,
+    pub v2_mount: Option<PathBuf>,
+    pub v1_mounts: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    pub installed: bool,
+    pub path: Option<PathBuf>,
+    pub version: Option<String>,
+    pub install: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestKernelReport {
+    pub found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<kernel::KernelInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The whole report; `--json` prints exactly this.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub root: bool,
+    pub kvm: KvmReport,
+    /// Namespace kind → usable (an `unshare` of it succeeded in a child).
+    pub namespaces: BTreeMap<String, bool>,
+    pub user_namespaces: BTreeMap<String, String>,
+    pub cgroups: CgroupReport,
+    pub overlayfs: bool,
+    pub seccomp: bool,
+    pub guest_kernel: GuestKernelReport,
+    pub peers: BTreeMap<String, PeerReport>,
+    pub busybox_static: Option<PathBuf>,
+    pub memory_available_bytes: Option<u64>,
+    pub disk_free_bytes: Option<u64>,
+    pub container_backend_ready: bool,
+    pub microvm_backend_ready: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Where `doctor` looks.
+pub struct Options {
+    pub boot_dir: PathBuf,
+    pub kvm_device: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+const NAMESPACES: [(&str, libc::c_int); 8] = [
+    ("user", libc::CLONE_NEWUSER),
+    ("pid", libc::CLONE_NEWPID),
+    ("mount", libc::CLONE_NEWNS),
+    ("uts", libc::CLONE_NEWUTS),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("net", libc::CLONE_NEWNET),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("time", libc::CLONE_NEWTIME),
+];
+
+/// Namespaces the container backend cannot do without.
+const REQUIRED_NAMESPACES: [&str; 5] = ["pid", "mount", "uts", "ipc", "net"];
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn examine(opts: &Options) -> Report {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, status: Status, detail: String, fix: Option<&str>| {
+        checks.push(Check {
+            name: name.to_owned(),
+            status,
+            detail,
+            fix: fix.map(str::to_owned),
+        })
+    };
+
+    let kernel = host::kernel_release();
+    check("kernel", Status::Ok, kernel.clone(), None);
+    let root = nix::unistd::geteuid().is_root();
+    check(
+        "root",
+        if root { Status::Ok } else { Status::Warn },
+        if root {
+            "running as root".into()
+        } else {
+            "not root: namespaces, cgroups and /dev/kvm need it".into()
+        },
+        (!root).then_some("run isolab with sudo"),
+    );
+
+    // KVM.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let present = opts.kvm_device.exists();
+    let (api_version, kvm_error) = if present {
+        match host::kvm_api_version(&opts.kvm_device) {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (
+            None,
+            Some(format!("{} does not exist", opts.kvm_device.display())),
+        )
+    };
+    let flavour = host::kvm_flavour(present, &cpuinfo, Path::new("/sys/module/kvm_pvm").exists());
+    let kvm = KvmReport {
+        device: opts.kvm_device.clone(),
+        present,
+        api_version,
+        error: kvm_error.clone(),
+        flavour,
+        nested: host::is_nested(&cpuinfo),
+        boots_stock_linux: flavour.boots_stock_linux() && api_version.is_some(),
+        meaning: flavour.meaning().to_owned(),
+    };
+    match (&kvm_error, api_version) {
+        (None, Some(v)) => check(
+            "kvm",
+            if flavour.boots_stock_linux() { Status::Ok } else { Status::Warn },
+            format!("{} API {v}, flavour {}: {}", opts.kvm_device.display(), flavour.as_str(), flavour.meaning()),
+            (flavour == KvmFlavour::Pvm).then_some("for the Linux guest use a PVM-aware kernel (--kernel PATH) or a host with hardware KVM; the bare guest runs as is"),
+        ),
+        _ => check(
+            "kvm",
+            Status::Missing,
+            kvm_error.clone().unwrap_or_default(),
+            Some(if present {
+                "run as root or add yourself to the kvm group (usermod -aG kvm $USER)"
+            } else {
+                "enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)"
+            }),
+        ),
+    }
+
+    // Namespaces.
+    let mut namespaces = BTreeMap::new();
+    for (name, flag) in NAMESPACES {
+        let res = host::try_unshare(flag);
+        namespaces.insert(name.to_owned(), res.is_ok());
+        let fix = match name {
+            "user" => "sysctl -w user.max_user_namespaces=15000 (and kernel.unprivileged_userns_clone=1 on Debian)",
+            "time" => "needs Linux ≥ 5.6 with CONFIG_TIME_NS",
+            _ => "run as root on a kernel with CONFIG_NAMESPACES",
+        };
+        match res {
+            Ok(()) => check(
+                &format!("namespace {name}"),
+                Status::Ok,
+                "unshare works".into(),
+                None,
+            ),
+            Err(e) => check(
+                &format!("namespace {name}"),
+                if REQUIRED_NAMESPACES.contains(&name) {
+                    Status::Missing
+                } else {
+                    Status::Warn
+                },
+                format!("unshare failed: {}", e.desc()),
+                Some(fix),
+            ),
+        }
+    }
+    let mut user_namespaces = BTreeMap::new();
+    for (k, p) in [
+        ("max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
+        (
+            "unprivileged_userns_clone",
+            "/proc/sys/kernel/unprivileged_userns_clone",
+        ),
+        (
+            "apparmor_restrict_unprivileged_userns",
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        ),
+    ] {
+        if let Some(v) = host::read_trim(p) {
+            user_namespaces.insert(k.to_owned(), v);
+        }
+    }
+    let max_userns: u64 = user_namespaces
+        .get("max_user_namespaces")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    check(
+        "user namespace limits",
+        if max_userns > 0 {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        user_namespaces
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        (max_userns == 0).then_some("sysctl -w user.max_user_namespaces=15000"),
+    );
+
+    // cgroups.
+    let layout = CgroupLayout::detect().unwrap_or(CgroupLayout {
+        mode: CgroupMode::None,
+        v1: BTreeMap::new(),
+        v2_mount: None,
+        v2_controllers: Vec::new(),
+    });
+    let controllers = layout.controllers();
+    let needed = ["memory", "pids", "cpu"];
+    let lacking: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|c| !controllers.iter().any(|x| x == c))
+        .collect();
+    check(
+        "cgroups",
+        if layout.mode == CgroupMode::None || !lacking.is_empty() { Status::Warn } else { Status::Ok },
+        format!(
+            "mode {}{}; controllers: {}{}",
+            layout.mode.as_str(),
+            match (layout.mode, &layout.v2_mount) {
+                (CgroupMode::Hybrid, Some(m)) => format!(" (v1 controllers + cgroup2 at {})", m.display()),
+                _ => String::new(),
+            },
+            controllers.join(","),
+            if lacking.is_empty() { String::new() } else { format!("; missing {}", lacking.join(",")) }
+        ),
+        (!lacking.is_empty()).then_some("enable the memory, pids and cpu controllers (cgroup_enable=memory on the kernel command line; on v2 write +memory +pids +cpu to cgroup.subtree_control)"),
+    );
+
+    // overlayfs, seccomp.
+    let overlay_listed = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.ends_with("\toverlay")));
+    let overlay_result = tempfile::Builder::new()
+        .prefix("isolab-doctor-")
+        .tempdir()
+        .map_err(|e| e.to_string())
+        .and_then(|d| host::try_overlay_mount(d.path()));
+    let overlayfs = overlay_result.is_ok();
+    check(
+        "overlayfs",
+        if overlayfs {
+            Status::Ok
+        } else {
+            Status::Missing
+        },
+        match &overlay_result {
+            Ok(()) => "an overlay mount works".into(),
+            Err(e) => {
+                format!("overlay mount failed: {e} (listed in /proc/filesystems: {overlay_listed})")
+            }
+        },
+        (!overlayfs).then_some("modprobe overlay"),
+    );
+    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+    let seccomp_mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    let actions = host::read_trim("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let seccomp = seccomp_mode >= 0 && actions.contains("errno");
+    check(
+        "seccomp",
+        if seccomp { Status::Ok } else { Status::Missing },
+        if seccomp {
+            format!("filter mode available; actions: {actions}")
+        } else {
+            "seccomp filters unavailable".into()
+        },
+        (!seccomp).then_some("use a kernel built with CONFIG_SECCOMP_FILTER"),
+    );
+
+    // Guest kernel.
+    let guest_kernel = match kernel::find_in(&opts.boot_dir).and_then(|p| kernel::inspect(&p)) {
+        Ok(info) => {
+            let fmt = match &info.format {
+                kernel::KernelFormat::BzImage {
+                    protocol,
+                    compression,
+                    entry64,
+                    ..
+                } => format!(
+                    "bzImage, boot protocol {}.{:02}, {} payload{}",
+                    protocol >> 8,
+                    protocol & 0xff,
+                    serde_json::to_value(compression)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    if *entry64 { ", 64-bit entry" } else { "" }
+                ),
+                kernel::KernelFormat::Elf { pvh, .. } => {
+                    format!("ELF vmlinux{}", if *pvh { " with PVH note" } else { "" })
+                }
+            };
+            check(
+                "guest kernel",
+                Status::Ok,
+                format!("{}: {fmt}", info.path.display()),
+                None,
+            );
+            GuestKernelReport {
+                found: true,
+                info: Some(info),
+                error: None,
+            }
+        }
+        Err(e) => {
+            check(
+                "guest kernel",
+                Status::Warn,
+                e.to_string(),
+                Some("apt-get install linux-image-cloud-amd64, or pass --kernel PATH"),
+            );
+            GuestKernelReport {
+                found: false,
+                info: None,
+                error: Some(e.to_string()),
+            }
+        }
+    };
+
+    // Peers.
+    let mut peers = BTreeMap::new();
+    for (name, program, pkg) in [
+        ("crun", "crun", "crun"),
+        ("runc", "runc", "runc"),
+        ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+    ] {
+        let found = host::peer_version(program);
+        let install = format!("apt-get install {pkg}");
+        let caveat = (name == "crun" && layout.mode == CgroupMode::Hybrid).then(|| {
+            "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned()
+        });
+        match &found {
+            Some((path, v)) => check(
+                &format!("peer {name}"),
+                Status::Ok,
+                format!(
+                    "{} {v}{}",
+                    path.display(),
+                    caveat
+                        .as_ref()
+                        .map(|c| format!(" — {c}"))
+                        .unwrap_or_default()
+                ),
+                None,
+            ),
+            None => check(
+                &format!("peer {name}"),
+                Status::Warn,
+                format!("{program} not installed; its column will be skipped"),
+                Some(&install),
+            ),
+        }
+        peers.insert(
+            name.to_owned(),
+            PeerReport {
+                installed: found.is_some(),
+                path: found.as_ref().map(|f| f.0.clone()),
+                version: found.map(|f| f.1),
+                install,
+                caveat,
+            },
+        );
+    }
+    let busybox_static = host::which("busybox").filter(|p| is_static(p));
+    check(
+        "busybox (static)",
+        if busybox_static.is_some() {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        busybox_static
+            .as_ref()
+            .map(|p| format!("{} — the default image gets a shell", p.display()))
+            .unwrap_or_else(|| {
+                "not installed: the default image holds the agent only (no shell)".into()
+            }),
+        busybox_static
+            .is_none()
+            .then_some("apt-get install busybox-static"),
+    );
+
+    // Resources.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_available_bytes = host::meminfo_kib(&meminfo, "MemAvailable").map(|k| k * 1024);
+    check(
+        "memory",
+        if memory_available_bytes.unwrap_or(0) >= 1 << 30 {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        memory_available_bytes
+            .map(|b| format!("{} available", gib(b)))
+            .unwrap_or_else(|| "unknown".into()),
+        (memory_available_bytes.unwrap_or(0) < 1 << 30)
+            .then_some("free at least 1 GiB of memory before a bench"),
+    );
+    let disk = host::free_disk_bytes(&opts.state_dir);
+    check(
+        "disk",
+        if disk.as_ref().is_some_and(|d| d.1 >= 2 << 30) {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        disk.as_ref()
+            .map(|(p, b)| format!("{} free at {}", gib(*b), p.display()))
+            .unwrap_or_else(|| "unknown".into()),
+        disk.as_ref()
+            .is_none_or(|d| d.1 < 2 << 30)
+            .then_some("free at least 2 GiB where the isolab state lives (ISOLAB_HOME)"),
+    );
+
+    let container_backend_ready = root
+        && overlayfs
+        && REQUIRED_NAMESPACES
+            .iter()
+            .all(|n| namespaces.get(*n) == Some(&true));
+    let microvm_backend_ready = kvm.api_version.is_some();
+    Report {
+        kernel,
+        cpu_model: host::cpu_model(&cpuinfo),
+        root,
+        kvm,
+        namespaces,
+        user_namespaces,
+        cgroups: CgroupReport {
+            mode: layout.mode,
+            controllers,
+            v2_mount: layout.v2_mount.clone(),
+            v1_mounts: layout.v1.clone(),
+        },
+        overlayfs,
+        seccomp,
+        guest_kernel,
+        peers,
+        busybox_static,
+        memory_available_bytes,
+        disk_free_bytes: disk.map(|d| d.1),
+        container_backend_ready,
+        microvm_backend_ready,
+        checks,
+    }
+}
+
+/// True when the ELF at `p` has no program interpreter (statically linked).
+pub fn is_static(p: &Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| elf_is_static(&b))
+}
+
+/// An ELF64 with no PT_INTERP and no PT_DYNAMIC needing libraries is static
+/// (static-pie keeps a PT_DYNAMIC for self-relocation but no PT_INTERP).
+pub fn elf_is_static(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if b.len() < 64 || !b.starts_with(b"\x7fELF") || b[4] != 2 {
+        return false;
+    }
+    let rd16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or_default()) as usize;
+    let (phentsize, phnum) = (rd16(54), rd16(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()) != PT_INTERP)
+    })
+}
+
+/// Renders the report as a table.
+pub fn render(report: &Report) -> String {
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for c in &report.checks {
+        let status = match c.status {
+            Status::Ok => "ok     ",
+            Status::Warn => "warn   ",
+            Status::Missing => "MISSING",
+        };
+        out.push_str(&format!("{status}  {:width$}  {}\n", c.name, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("{:7}  {:width$}  fix: {fix}\n", "", ""));
+        }
+    }
+    out.push_str(&format!(
+        "\ncontainer backend: {}\nmicroVM backend:   {}\n",
+        if report.container_backend_ready {
+            "ready"
+        } else {
+            "NOT ready (see MISSING lines above)"
+        },
+        if report.microvm_backend_ready {
+            format!(
+                "ready — bare guest yes, stock Linux guest {}",
+                if report.kvm.boots_stock_linux {
+                    "yes"
+                } else {
+                    "no (starts, then dies: see kvm line)"
+                }
+            )
+        } else {
+            "NOT ready (no usable /dev/kvm)".into()
+        }
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_detection_on_made_up_headers() {
+        let mut b = vec![0u8; 64 + 56 * 2];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        b[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        assert!(elf_is_static(&b));
+        b[120..124].copy_from_slice(&3u32.to_le_bytes()); // PT_INTERP
+        assert!(!elf_is_static(&b));
+        assert!(!elf_is_static(b"#!/bin/sh"));
+    }
+}

@@ -1,0 +1,341 @@
+//! What this host can do: pure parsers plus the small probes that feed them.
+//!
+//! The parsers (`kvm_flavour`, `meminfo_kib`, …) take text so they are unit
+//! tested on made-up inputs; the probes read `/proc`, `/sys`, fork a child
+//! to try an `unshare`, or run a peer's `--version`.
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// Which KVM this is, which decides whether a stock Linux guest can boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvmFlavour {
+    /// Intel VT-x: a stock kernel boots.
+    HardwareVmx,
+    /// AMD-V: a stock kernel boots.
+    HardwareSvm,
+    /// PVM (`kvm_pvm`): software-assisted nested virtualisation. A stock
+    /// kernel starts, prints, then dies on an emulation failure.
+    Pvm,
+    /// `/dev/kvm` exists but neither of the above could be identified.
+    Unknown,
+    /// No KVM device.
+    None,
+}
+
+impl KvmFlavour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvmFlavour::HardwareVmx => "hardware-vmx",
+            KvmFlavour::HardwareSvm => "hardware-svm",
+            KvmFlavour::Pvm => "pvm",
+            KvmFlavour::Unknown => "unknown",
+            KvmFlavour::None => "none",
+        }
+    }
+
+    /// Can a stock distribution kernel boot to user space here?
+    pub fn boots_stock_linux(self) -> bool {
+        matches!(self, KvmFlavour::HardwareVmx | KvmFlavour::HardwareSvm)
+    }
+
+    /// One sentence for the user on what this flavour means.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            KvmFlavour::HardwareVmx | KvmFlavour::HardwareSvm => {
+                "hardware virtualisation: the bare lab guest and a stock Linux guest both boot"
+            }
+            KvmFlavour::Pvm => {
+                "PVM (software-assisted nested KVM, no VMX/SVM): the bare lab guest runs; a stock Linux kernel starts and prints its first lines, then dies on an emulation failure — use a PVM-aware kernel (--kernel) or a host with hardware KVM for the Linux guest"
+            }
+            KvmFlavour::Unknown => {
+                "KVM of an unknown kind: the bare lab guest should run; whether a stock Linux guest boots is untested"
+            }
+            KvmFlavour::None => "no KVM: the microVM backends cannot run",
+        }
+    }
+}
+
+/// Decides the flavour from `/proc/cpuinfo` flags and whether the
+/// `kvm_pvm` module is loaded. PVM wins: a PVM host may still list no
+/// vmx/svm, and that is precisely the point.
+pub fn kvm_flavour(kvm_device_present: bool, cpuinfo: &str, pvm_module: bool) -> KvmFlavour {
+    if !kvm_device_present {
+        return KvmFlavour::None;
+    }
+    if pvm_module {
+        return KvmFlavour::Pvm;
+    }
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f)
+        .unwrap_or("");
+    if flags.split_whitespace().any(|f| f == "vmx") {
+        KvmFlavour::HardwareVmx
+    } else if flags.split_whitespace().any(|f| f == "svm") {
+        KvmFlavour::HardwareSvm
+    } else {
+        KvmFlavour::Unknown
+    }
+}
+
+/// `true` when the CPU flags say this machine is itself a guest.
+pub fn is_nested(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "hypervisor"))
+}
+
+/// The first `model name` in `/proc/cpuinfo`.
+pub fn cpu_model(cpuinfo: &str) -> String {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A field of `/proc/meminfo`, in KiB.
+pub fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+/// Reads a file to a trimmed string, `None` when unreadable.
+pub fn read_trim(p: impl AsRef<Path>) -> Option<String> {
+    std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned())
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Tries to open the KVM device read-write and returns its API version.
+pub fn kvm_api_version(dev: &Path) -> Result<i32, String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("cannot open {}: {e}", dev.display()))?;
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an
+    // int; the fd is valid for the duration of the call.
+    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if v < 0 {
+        Err(format!(
+            "{} answered KVM_GET_API_VERSION with {}",
+            dev.display(),
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Runs `f` in a forked child and reports whether it returned 0 (or the
+/// errno it returned). The child only makes system calls and exits.
+pub fn in_child(f: impl FnOnce() -> i32) -> Result<(), nix::errno::Errno> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: the doctor is single-threaded when it probes; the child runs
+    // only `f` (plain system calls) and `_exit`s without unwinding.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = f();
+            // SAFETY: `_exit` never returns and runs no destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(WaitStatus::Exited(_, code)) => Err(nix::errno::Errno::from_raw(code)),
+            Ok(_) => Err(nix::errno::Errno::ECHILD),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Tries `unshare(flag)` in a child.
+pub fn try_unshare(flag: libc::c_int) -> Result<(), nix::errno::Errno> {
+    in_child(|| {
+        // SAFETY: unshare only changes the calling (child) process.
+        if unsafe { libc::unshare(flag) } == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+        }
+    })
+}
+
+/// Mounts an overlay in a child's private mount namespace (gone with it).
+pub fn try_overlay_mount(scratch: &Path) -> Result<(), String> {
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir_all(scratch.join(d)).map_err(|e| e.to_string())?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        scratch.join("l").display(),
+        scratch.join("u").display(),
+        scratch.join("w").display()
+    );
+    let opts = CString::new(opts).map_err(|e| e.to_string())?;
+    let target = CString::new(scratch.join("m").as_os_str().as_encoded_bytes())
+        .map_err(|e| e.to_string())?;
+    in_child(move || {
+        // SAFETY: all pointers are valid NUL-terminated strings owned by
+        // this closure; the calls only affect the child's new namespace.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return errno();
+            }
+            if libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return errno();
+            }
+            if libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            ) != 0
+            {
+                return errno();
+            }
+        }
+        0
+    })
+    .map_err(|e| e.desc().to_owned())
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+}
+
+/// `PROGRAM --version`'s first line with a version number in it.
+pub fn peer_version(program: &str) -> Option<(PathBuf, String)> {
+    let path = which(program)?;
+    let out = Command::new(&path).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.chars().any(|c| c.is_ascii_digit()))?;
+    Some((
+        path,
+        parse_version(line).unwrap_or_else(|| line.trim().to_owned()),
+    ))
+}
+
+/// The first dotted number in a `--version` line (`crun version 1.8.1` →
+/// `1.8.1`, `QEMU emulator version 7.2.19 (Debian …)` → `7.2.19`).
+pub fn parse_version(line: &str) -> Option<String> {
+    line.split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_start_matches('v'))
+        .find(|w| w.contains('.') && w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_owned()
+        })
+}
+
+/// Finds a program on `PATH` (plus the sbin dirs root usually has).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Free bytes on the filesystem holding `p` (or its nearest existing
+/// ancestor).
+pub fn free_disk_bytes(p: &Path) -> Option<(PathBuf, u64)> {
+    let mut at = p.to_path_buf();
+    loop {
+        if at.exists() {
+            let s = nix::sys::statvfs::statvfs(&at).ok()?;
+            return Some((at, s.blocks_available() as u64 * s.fragment_size() as u64));
+        }
+        if !at.pop() {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavours() {
+        let vmx = "processor: 0\nflags\t\t: fpu vme vmx sse2 hypervisor\n";
+        let svm = "flags : fpu svm\n";
+        let none = "flags : fpu sse2 hypervisor\n";
+        assert_eq!(kvm_flavour(true, vmx, false), KvmFlavour::HardwareVmx);
+        assert_eq!(kvm_flavour(true, svm, false), KvmFlavour::HardwareSvm);
+        assert_eq!(kvm_flavour(true, none, true), KvmFlavour::Pvm);
+        assert_eq!(kvm_flavour(true, vmx, true), KvmFlavour::Pvm);
+        assert_eq!(kvm_flavour(true, none, false), KvmFlavour::Unknown);
+        assert_eq!(kvm_flavour(false, vmx, true), KvmFlavour::None);
+        // "vmx" inside another flag name is not vmx.
+        assert_eq!(
+            kvm_flavour(true, "flags : vmx_ept\n", false),
+            KvmFlavour::Unknown
+        );
+        assert!(KvmFlavour::HardwareSvm.boots_stock_linux());
+        assert!(!KvmFlavour::Pvm.boots_stock_linux());
+        assert!(is_nested(none) && !is_nested(svm));
+    }
+
+    #[test]
+    fn cpuinfo_and_meminfo() {
+        assert_eq!(
+            cpu_model("model name\t: AMD EPYC 7B13\nflags: x\n"),
+            "AMD EPYC 7B13"
+        );
+        assert_eq!(cpu_model(""), "unknown");
+        let mi = "MemTotal:       24590000 kB\nMemAvailable:   23000000 kB\n";
+        assert_eq!(meminfo_kib(mi, "MemAvailable"), Some(23_000_000));
+        assert_eq!(meminfo_kib(mi, "Mem"), None);
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version("crun version 1.8.1").as_deref(),
+            Some("1.8.1")
+        );
+        assert_eq!(
+            parse_version("runc version 1.1.5+ds1").as_deref(),
+            Some("1.1.5+ds1")
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)").as_deref(),
+            Some("7.2.19")
+        );
+        assert_eq!(parse_version("no digits here"), None);
+    }
+}
