@@ -1,2 +1,5 @@
 //! isolab's namespace container runtime.
 pub mod cgroups;
+pub mod container;
+pub mod image;
+pub mod seccomp;

@@ -1,0 +1,854 @@
+//! Images: tar layers in a content-addressed store.
+//!
+//! ```text
+//! $ISOLAB_HOME/
+//!   blobs/<sha256>            the layer as given (tar or tar.gz), for disk figures
+//!   layers/<sha256>/          the layer unpacked: an overlayfs lower dir
+//!   images/<name>.json        layers bottom→top + entrypoint, env, cwd
+//! ```
+//!
+//! Unpacking is the security boundary between an image and the host, so it
+//! is strict: every path must stay inside the layer (no absolute paths, no
+//! `..`, no writing through a symlink), hard links must point at files of
+//! the same layer, relative symlinks may not climb above the root, and
+//! device nodes are refused (a container gets its devices from the runtime,
+//! never from an image). A layer is unpacked into a temporary directory and
+//! renamed into place only when complete, so a bad layer leaves nothing.
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors building, importing or opening an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read layer {path}: {source}")]
+    ReadLayer { path: PathBuf, source: io::Error },
+    #[error("layer {layer} is not a valid tar archive ({detail}): it is truncated or corrupt, rebuild it")]
+    Corrupt { layer: String, detail: String },
+    #[error("layer {layer} entry {entry:?} {why}: the image is unsafe, fix the layer")]
+    Unsafe {
+        layer: String,
+        entry: String,
+        why: String,
+    },
+    #[error("image store {path}: {source}")]
+    Store { path: PathBuf, source: io::Error },
+    #[error("no image named {name:?} in {store}: build it with `isolab image build` or import one with `isolab image import`")]
+    NotFound { name: String, store: PathBuf },
+    #[error("image {name:?} is damaged ({detail}): remove it with `isolab image rm {name}` and import it again")]
+    Damaged { name: String, detail: String },
+    #[error("invalid image name {0:?}: use letters, digits, '-', '_' and '.' only")]
+    BadName(String),
+}
+
+/// How an image starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default = "root_dir")]
+    pub cwd: String,
+}
+
+fn root_dir() -> String {
+    "/".into()
+}
+
+/// A named image: layers bottom→top, plus its config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// sha256 (hex) of each layer blob, bottom first.
+    pub layers: Vec<String>,
+    pub config: ImageConfig,
+}
+
+/// The store under `$ISOLAB_HOME`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn store_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Store {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadName(name.to_owned()))
+    }
+}
+
+impl Store {
+    pub fn new(home: &Path) -> Store {
+        Store {
+            root: home.to_path_buf(),
+        }
+    }
+
+    pub fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.root.join("layers").join(digest)
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs").join(digest)
+    }
+
+    fn image_path(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(format!("{name}.json"))
+    }
+
+    /// Adds one layer blob (tar or tar.gz bytes) and returns its digest.
+    /// Idempotent: an already unpacked layer is not unpacked again.
+    pub fn add_layer(&self, blob: &[u8]) -> Result<String, ImageError> {
+        let digest = hex(&Sha256::digest(blob));
+        let dir = self.layer_dir(&digest);
+        if dir.is_dir() {
+            return Ok(digest);
+        }
+        for sub in ["layers", "blobs"] {
+            let p = self.root.join(sub);
+            fs::create_dir_all(&p).map_err(store_err(&p))?;
+        }
+        let tmp = self
+            .root
+            .join("layers")
+            .join(format!(".tmp-{digest}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(store_err(&tmp))?;
+        if let Err(e) = unpack(&digest[..12], blob, &tmp) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let blob_path = self.blob_path(&digest);
+        let blob_tmp = blob_path.with_extension("tmp");
+        fs::write(&blob_tmp, blob)
+            .and_then(|_| fs::rename(&blob_tmp, &blob_path))
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&tmp);
+                let _ = fs::remove_file(&blob_tmp);
+                ImageError::Store {
+                    path: blob_path.clone(),
+                    source: e,
+                }
+            })?;
+        fs::rename(&tmp, &dir).map_err(|e| {
+            let _ = fs::remove_dir_all(&tmp);
+            ImageError::Store {
+                path: dir.clone(),
+                source: e,
+            }
+        })?;
+        Ok(digest)
+    }
+
+    /// Imports an image from layer files (bottom first).
+    pub fn import(
+        &self,
+        name: &str,
+        layer_files: &[PathBuf],
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let mut blobs = Vec::new();
+        for p in layer_files {
+            let mut b = Vec::new();
+            fs::File::open(p)
+                .and_then(|mut f| f.read_to_end(&mut b))
+                .map_err(|source| ImageError::ReadLayer {
+                    path: p.clone(),
+                    source,
+                })?;
+            blobs.push(b);
+        }
+        self.import_blobs(name, &blobs, config)
+    }
+
+    /// Imports an image from in-memory layer blobs (bottom first).
+    pub fn import_blobs(
+        &self,
+        name: &str,
+        blobs: &[Vec<u8>],
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let mut layers = Vec::new();
+        for b in blobs {
+            layers.push(self.add_layer(b)?);
+        }
+        let image = Image {
+            name: name.to_owned(),
+            layers,
+            config,
+        };
+        let p = self.image_path(name);
+        let dir = self.root.join("images");
+        fs::create_dir_all(&dir).map_err(store_err(&dir))?;
+        let tmp = p.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&image).map_err(|e| ImageError::Damaged {
+            name: name.into(),
+            detail: e.to_string(),
+        })?;
+        fs::write(&tmp, text)
+            .and_then(|_| fs::rename(&tmp, &p))
+            .map_err(store_err(&p))?;
+        Ok(image)
+    }
+
+    /// Opens a named image and checks its layers are present.
+    pub fn open(&self, name: &str) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let p = self.image_path(name);
+        let text = fs::read_to_string(&p).map_err(|_| ImageError::NotFound {
+            name: name.to_owned(),
+            store: self.root.join("images"),
+        })?;
+        let image: Image = serde_json::from_str(&text).map_err(|e| ImageError::Damaged {
+            name: name.to_owned(),
+            detail: e.to_string(),
+        })?;
+        for l in &image.layers {
+            if !self.layer_dir(l).is_dir() {
+                return Err(ImageError::Damaged {
+                    name: name.to_owned(),
+                    detail: format!("layer {l} is missing"),
+                });
+            }
+        }
+        Ok(image)
+    }
+
+    /// Lists image names.
+    pub fn list(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.root.join("images"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Removes an image's manifest (layers stay until `prune`).
+    pub fn remove(&self, name: &str) -> Result<(), ImageError> {
+        check_name(name)?;
+        fs::remove_file(self.image_path(name)).map_err(|_| ImageError::NotFound {
+            name: name.to_owned(),
+            store: self.root.join("images"),
+        })
+    }
+
+    /// The overlay lower dirs of an image, *top first* (overlayfs order).
+    pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.layer_dir(l))
+            .collect()
+    }
+
+    /// Checks that the image's entrypoint exists as an executable file in
+    /// some layer (top layer wins), before any namespace is created.
+    pub fn check_entrypoint(&self, image: &Image, argv0: &str) -> Result<(), String> {
+        if !argv0.starts_with('/') {
+            return Err(format!(
+                "entrypoint {argv0:?} must be an absolute path inside the image"
+            ));
+        }
+        let rel = argv0.trim_start_matches('/');
+        for dir in self.lower_dirs(image) {
+            let p = dir.join(rel);
+            // Follow a symlink inside the layer set by resolving it against
+            // the same layers (busybox applets are symlinks).
+            if let Ok(m) = fs::symlink_metadata(&p) {
+                if m.file_type().is_symlink() {
+                    let target = fs::read_link(&p).map_err(|e| e.to_string())?;
+                    let t = if target.is_absolute() {
+                        target
+                    } else {
+                        Path::new(argv0)
+                            .parent()
+                            .unwrap_or(Path::new("/"))
+                            .join(target)
+                    };
+                    return self.check_entrypoint(image, &t.to_string_lossy());
+                }
+                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "entrypoint {argv0} in image {} is not an executable file",
+                    image.name
+                ));
+            }
+        }
+        Err(format!(
+            "entrypoint {argv0} does not exist in image {}: pass a program the image contains",
+            image.name
+        ))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks an entry path and returns it relative, normalised.
+pub fn safe_relative(path: &Path) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains '..'".into()),
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Does a symlink at `link` (relative to the root) with `target` stay
+/// inside the root when resolved lexically?
+pub fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        // Absolute targets resolve against the container's root.
+        return true;
+    }
+    let mut depth: i64 = link
+        .parent()
+        .map(|p| p.components().count() as i64)
+        .unwrap_or(0);
+    for c in target.components() {
+        match c {
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Creates missing parents of `rel` under `root`, refusing to pass through
+/// anything that is not a real directory (e.g. a symlink planted by an
+/// earlier entry).
+fn ensure_parents(root: &Path, rel: &Path) -> Result<(), String> {
+    let mut at = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            at.push(c);
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "would write through non-directory {}",
+                        at.strip_prefix(root).unwrap_or(&at).display()
+                    ))
+                }
+                Err(_) => fs::create_dir(&at).map_err(|e| e.to_string())?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a tar (or tar.gz) blob into `dest`, with the checks above.
+pub fn unpack(layer: &str, blob: &[u8], dest: &Path) -> Result<(), ImageError> {
+    let reader: Box<dyn Read> = if blob.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(blob))
+    } else {
+        Box::new(blob)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let corrupt = |detail: String| ImageError::Corrupt {
+        layer: layer.to_owned(),
+        detail,
+    };
+    let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
+    let mut count = 0usize;
+    for (i, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|e| corrupt(format!("entry {i}: {e}")))?;
+        count += 1;
+        let raw = entry
+            .path()
+            .map_err(|e| corrupt(format!("entry {i}: {e}")))?
+            .into_owned();
+        let name = raw.to_string_lossy().into_owned();
+        let unsafe_entry = |why: String| ImageError::Unsafe {
+            layer: layer.to_owned(),
+            entry: name.clone(),
+            why,
+        };
+        let rel = safe_relative(&raw).map_err(&unsafe_entry)?;
+        if rel.as_os_str().is_empty() {
+            continue; // "./"
+        }
+        ensure_parents(dest, &rel).map_err(&unsafe_entry)?;
+        let target = dest.join(&rel);
+        let file_name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        let kind = entry.header().entry_type();
+        // OCI whiteouts become overlayfs whiteouts.
+        if file_name == ".wh..wh..opq" {
+            let dir = target.parent().unwrap_or(dest);
+            set_opaque(dir).map_err(|e| unsafe_entry(format!("cannot mark opaque: {e}")))?;
+            continue;
+        }
+        if let Some(hidden) = file_name.strip_prefix(".wh.") {
+            let wh = target.with_file_name(hidden);
+            make_whiteout(&wh).map_err(|e| unsafe_entry(format!("cannot create whiteout: {e}")))?;
+            continue;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(unsafe_entry(
+                            "replaces a non-directory with a directory".into(),
+                        ))
+                    }
+                    Err(_) => fs::create_dir(&target).map_err(|e| unsafe_entry(e.to_string()))?,
+                }
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(|e| unsafe_entry(e.to_string()))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_existing(&target).map_err(&unsafe_entry)?;
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(|e| unsafe_entry(e.to_string()))?;
+                io::copy(&mut entry, &mut f).map_err(|e| corrupt(format!("entry {name}: {e}")))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(|e| unsafe_entry(e.to_string()))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .ok_or_else(|| unsafe_entry("symlink without a target".into()))?
+                    .into_owned();
+                if !symlink_stays_inside(&rel, &link) {
+                    return Err(unsafe_entry(format!(
+                        "is a symlink to {} which points outside the root",
+                        link.display()
+                    )));
+                }
+                remove_existing(&target).map_err(&unsafe_entry)?;
+                symlink(&link, &target).map_err(|e| unsafe_entry(e.to_string()))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .ok_or_else(|| unsafe_entry("hard link without a target".into()))?
+                    .into_owned();
+                let lrel = safe_relative(&link)
+                    .map_err(|w| unsafe_entry(format!("is a hard link whose target {w}")))?;
+                ensure_parents(dest, &lrel).map_err(&unsafe_entry)?;
+                let src = dest.join(&lrel);
+                match fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_file() => {}
+                    _ => {
+                        return Err(unsafe_entry(format!(
+                            "is a hard link to {} which is not a regular file of this layer",
+                            link.display()
+                        )))
+                    }
+                }
+                remove_existing(&target).map_err(&unsafe_entry)?;
+                fs::hard_link(&src, &target).map_err(|e| unsafe_entry(e.to_string()))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(unsafe_entry(
+                    "is a device node; images may not carry devices (the runtime provides /dev)"
+                        .into(),
+                ))
+            }
+            tar::EntryType::Fifo => {
+                return Err(unsafe_entry(
+                    "is a FIFO; isolab images may not carry FIFOs".into(),
+                ));
+            }
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => return Err(unsafe_entry(format!("has unsupported tar type {other:?}"))),
+        }
+    }
+    if count == 0 {
+        return Err(corrupt("no entries".into()));
+    }
+    Ok(())
+}
+
+fn remove_existing(p: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => Err("replaces a directory with a file".into()),
+        Ok(_) => fs::remove_file(p).map_err(|e| e.to_string()),
+        Err(_) => Ok(()),
+    }
+}
+
+fn make_whiteout(p: &Path) -> io::Result<()> {
+    let _ = fs::remove_file(p);
+    nix::sys::stat::mknod(
+        p,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .map_err(io::Error::from)
+}
+
+fn set_opaque(dir: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid NUL-terminated path, name and a 1-byte value buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            c"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Builds a tar layer in memory from (path, mode, contents | symlink).
+pub enum LayerEntry<'a> {
+    Dir(&'a str, u32),
+    File(&'a str, u32, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+/// Writes entries as an uncompressed tar.
+pub fn build_layer(entries: &[LayerEntry<'_>]) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            LayerEntry::Dir(p, mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_size(0);
+                b.append_data(&mut h, p, io::empty())?;
+            }
+            LayerEntry::File(p, mode, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data)?;
+            }
+            LayerEntry::Symlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target)?;
+            }
+        }
+    }
+    b.into_inner()
+}
+
+/// Gzips a blob (default level).
+pub fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data)?;
+    e.finish()
+}
+
+/// Busybox applets linked in the default image's shell layer.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "ps", "mount", "hostname", "id", "sleep", "uname", "ip", "ifconfig",
+    "top", "free", "df", "mkdir", "rm", "touch", "env", "grep", "head", "tail", "wc", "true",
+    "false", "kill", "dmesg", "vi", "whoami", "date", "find",
+];
+
+/// Builds the default image from the static agent (and busybox when a
+/// static busybox is given): layer 1 = the agent and the skeleton dirs,
+/// layer 2 = busybox and applet links.
+pub fn default_layers(agent: &[u8], busybox: Option<&[u8]>) -> io::Result<Vec<Vec<u8>>> {
+    let mut base = vec![
+        LayerEntry::Dir("proc", 0o755),
+        LayerEntry::Dir("sys", 0o755),
+        LayerEntry::Dir("dev", 0o755),
+        LayerEntry::Dir("tmp", 0o1777),
+        LayerEntry::Dir("etc", 0o755),
+        LayerEntry::Dir("bin", 0o755),
+        LayerEntry::File(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        ),
+        LayerEntry::File("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n"),
+        LayerEntry::File("isolab-agent", 0o755, agent),
+    ];
+    base.push(LayerEntry::Dir("run", 0o755));
+    let mut layers = vec![gzip(&build_layer(&base)?)?];
+    if let Some(bb) = busybox {
+        let mut entries = vec![
+            LayerEntry::Dir("bin", 0o755),
+            LayerEntry::File("bin/busybox", 0o755, bb),
+        ];
+        let paths: Vec<String> = BUSYBOX_APPLETS.iter().map(|a| format!("bin/{a}")).collect();
+        for p in &paths {
+            entries.push(LayerEntry::Symlink(p, "busybox"));
+        }
+        layers.push(gzip(&build_layer(&entries)?)?);
+    }
+    Ok(layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_tar(name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) -> Vec<u8> {
+        // Build headers by hand so that unsafe names survive (the tar
+        // crate's builder refuses some of them).
+        let mut h = tar::Header::new_old();
+        {
+            let bytes = h.as_mut_bytes();
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            let bytes = h.as_mut_bytes();
+            bytes[157..157 + l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        (d, s)
+    }
+
+    fn assert_store_clean(d: &tempfile::TempDir) {
+        let layers = d.path().join("layers");
+        let n = fs::read_dir(&layers).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(
+            n,
+            0,
+            "a refused layer left something in {}",
+            layers.display()
+        );
+    }
+
+    #[test]
+    fn round_trip_default_layers() {
+        let (_d, s) = store();
+        let layers = default_layers(b"\x7fELFagent", Some(b"bb")).unwrap();
+        let img = s
+            .import_blobs(
+                "default",
+                &layers,
+                ImageConfig {
+                    entrypoint: vec!["/isolab-agent".into()],
+                    env: vec![],
+                    cwd: "/".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(img.layers.len(), 2);
+        let back = s.open("default").unwrap();
+        assert_eq!(back, img);
+        let lowers = s.lower_dirs(&img);
+        assert_eq!(
+            fs::read(lowers[1].join("isolab-agent")).unwrap(),
+            b"\x7fELFagent"
+        );
+        assert_eq!(
+            fs::read_link(lowers[0].join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        assert_eq!(
+            fs::metadata(lowers[1].join("tmp"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o1777
+        );
+        s.check_entrypoint(&img, "/isolab-agent").unwrap();
+        s.check_entrypoint(&img, "/bin/sh").unwrap();
+        assert!(s
+            .check_entrypoint(&img, "/nope")
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(s
+            .check_entrypoint(&img, "/etc/passwd")
+            .unwrap_err()
+            .contains("not an executable"));
+        // Same bytes, same digest, no second unpack.
+        assert_eq!(s.add_layer(&layers[0]).unwrap(), img.layers[0]);
+        assert_eq!(s.list(), vec!["default"]);
+    }
+
+    #[test]
+    fn refuses_unsafe_entries_and_leaves_nothing() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                raw_tar("../evil", tar::EntryType::Regular, None, b"x"),
+                "contains '..'",
+            ),
+            (
+                raw_tar("a/../../evil", tar::EntryType::Regular, None, b"x"),
+                "contains '..'",
+            ),
+            (
+                raw_tar("/etc/evil", tar::EntryType::Regular, None, b"x"),
+                "absolute path",
+            ),
+            (
+                raw_tar("link", tar::EntryType::Symlink, Some("../../etc"), b""),
+                "points outside the root",
+            ),
+            (
+                raw_tar("hl", tar::EntryType::Link, Some("/etc/passwd"), b""),
+                "hard link whose target is an absolute path",
+            ),
+            (
+                raw_tar("hl", tar::EntryType::Link, Some("../x"), b""),
+                "contains '..'",
+            ),
+            (
+                raw_tar("hl", tar::EntryType::Link, Some("missing"), b""),
+                "not a regular file of this layer",
+            ),
+            (
+                raw_tar("null", tar::EntryType::Char, None, b""),
+                "device node",
+            ),
+            (
+                raw_tar("sda", tar::EntryType::Block, None, b""),
+                "device node",
+            ),
+        ];
+        for (blob, why) in cases {
+            let (d, s) = store();
+            let err = s.add_layer(&blob).unwrap_err().to_string();
+            assert!(err.contains(why), "expected {why:?} in {err}");
+            assert_store_clean(&d);
+        }
+    }
+
+    #[test]
+    fn refuses_writing_through_a_symlink() {
+        // "dir" -> "/etc" (allowed alone: absolute targets resolve in the
+        // container), then "dir/passwd" would write through it on the host.
+        let mut blob = raw_tar("dir", tar::EntryType::Symlink, Some("/etc"), b"");
+        blob.truncate(blob.len() - 1024);
+        blob.extend(raw_tar(
+            "dir/passwd",
+            tar::EntryType::Regular,
+            None,
+            b"pwned",
+        ));
+        let (d, s) = store();
+        let err = s.add_layer(&blob).unwrap_err().to_string();
+        assert!(err.contains("non-directory"), "{err}");
+        assert_store_clean(&d);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_layers() {
+        let good = build_layer(&[LayerEntry::File("f", 0o644, &[7u8; 4000])]).unwrap();
+        for blob in [
+            good[..700].to_vec(),
+            b"not a tar at all, just text".repeat(40),
+            gzip(&good).unwrap()[..30].to_vec(),
+            vec![],
+        ] {
+            let (d, s) = store();
+            let err = s.add_layer(&blob).unwrap_err();
+            assert!(matches!(err, ImageError::Corrupt { .. }), "{err}");
+            assert_store_clean(&d);
+        }
+    }
+
+    #[test]
+    fn hard_link_and_relative_symlink_inside_are_fine() {
+        let mut blob = build_layer(&[
+            LayerEntry::Dir("a", 0o755),
+            LayerEntry::File("a/f", 0o644, b"data"),
+            LayerEntry::Symlink("a/up", "../a/f"),
+        ])
+        .unwrap();
+        blob.truncate(blob.len() - 1024);
+        blob.extend(raw_tar("a/hl", tar::EntryType::Link, Some("a/f"), b""));
+        let dest = tempfile::tempdir().unwrap();
+        unpack("t", &blob, dest.path()).unwrap();
+        assert_eq!(fs::read(dest.path().join("a/hl")).unwrap(), b"data");
+        assert_eq!(fs::read(dest.path().join("a/up")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn lexical_symlink_check() {
+        assert!(symlink_stays_inside(
+            Path::new("a/b/l"),
+            Path::new("../../x")
+        ));
+        assert!(!symlink_stays_inside(
+            Path::new("a/b/l"),
+            Path::new("../../../x")
+        ));
+        assert!(symlink_stays_inside(Path::new("l"), Path::new("/anything")));
+        assert!(!symlink_stays_inside(Path::new("l"), Path::new("..")));
+    }
+
+    #[test]
+    fn bad_names() {
+        let (_d, s) = store();
+        assert!(matches!(s.open("../x"), Err(ImageError::BadName(_))));
+        assert!(matches!(s.open("nope"), Err(ImageError::NotFound { .. })));
+    }
+}

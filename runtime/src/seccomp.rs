@@ -1,0 +1,384 @@
+//! The default seccomp profile: an allow-list in the spirit of Docker's
+//! default profile.
+//!
+//! Shape: every x86-64 system call number this kernel generation knows
+//! (0..=[`MAX_KNOWN_SYSCALL`]) is allowed *except* the ones in [`BLOCKED`];
+//! anything else — unknown/new numbers, the x32 ABI, other architectures —
+//! gets `EPERM`. `clone` is allowed only without namespace flags, and
+//! `clone3` answers `ENOSYS` (as Docker does) so libc falls back to `clone`,
+//! whose flags a filter can see.
+//!
+//! Each blocked call carries the reason the book quotes.
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Highest syscall number allowed by the allow-list (Linux 6.x: 462).
+pub const MAX_KNOWN_SYSCALL: i64 = 462;
+
+// ANCHOR: blocked
+/// System calls the default profile refuses with `EPERM`, and why.
+pub const BLOCKED: &[(&str, i64, &str)] = &[
+    (
+        "acct",
+        libc::SYS_acct,
+        "switches process accounting for the whole host",
+    ),
+    (
+        "add_key",
+        libc::SYS_add_key,
+        "the kernel keyring is not namespaced",
+    ),
+    (
+        "keyctl",
+        libc::SYS_keyctl,
+        "the kernel keyring is not namespaced",
+    ),
+    (
+        "request_key",
+        libc::SYS_request_key,
+        "the kernel keyring is not namespaced",
+    ),
+    (
+        "bpf",
+        libc::SYS_bpf,
+        "loads programs into the shared kernel",
+    ),
+    (
+        "perf_event_open",
+        libc::SYS_perf_event_open,
+        "observes the host and has a history of kernel bugs",
+    ),
+    (
+        "userfaultfd",
+        libc::SYS_userfaultfd,
+        "a classic tool to win kernel races",
+    ),
+    (
+        "io_uring_setup",
+        libc::SYS_io_uring_setup,
+        "large kernel attack surface, bypasses syscall filtering",
+    ),
+    (
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "large kernel attack surface, bypasses syscall filtering",
+    ),
+    (
+        "io_uring_register",
+        libc::SYS_io_uring_register,
+        "large kernel attack surface, bypasses syscall filtering",
+    ),
+    (
+        "clock_settime",
+        libc::SYS_clock_settime,
+        "the clock is shared with the host",
+    ),
+    (
+        "clock_adjtime",
+        libc::SYS_clock_adjtime,
+        "the clock is shared with the host",
+    ),
+    (
+        "settimeofday",
+        libc::SYS_settimeofday,
+        "the clock is shared with the host",
+    ),
+    (
+        "adjtimex",
+        libc::SYS_adjtimex,
+        "the clock is shared with the host",
+    ),
+    (
+        "init_module",
+        libc::SYS_init_module,
+        "loads code into the shared kernel",
+    ),
+    (
+        "finit_module",
+        libc::SYS_finit_module,
+        "loads code into the shared kernel",
+    ),
+    (
+        "delete_module",
+        libc::SYS_delete_module,
+        "unloads code from the shared kernel",
+    ),
+    (
+        "kexec_load",
+        libc::SYS_kexec_load,
+        "replaces the host kernel",
+    ),
+    (
+        "kexec_file_load",
+        libc::SYS_kexec_file_load,
+        "replaces the host kernel",
+    ),
+    (
+        "reboot",
+        libc::SYS_reboot,
+        "reboots the host (outside a pid namespace)",
+    ),
+    (
+        "mount",
+        libc::SYS_mount,
+        "could undo the runtime's masks and read-only mounts",
+    ),
+    (
+        "umount2",
+        libc::SYS_umount2,
+        "could undo the runtime's masks and read-only mounts",
+    ),
+    (
+        "pivot_root",
+        libc::SYS_pivot_root,
+        "changes the root the runtime set up",
+    ),
+    (
+        "fsopen",
+        libc::SYS_fsopen,
+        "the new mount API: same as mount",
+    ),
+    (
+        "fsmount",
+        libc::SYS_fsmount,
+        "the new mount API: same as mount",
+    ),
+    (
+        "move_mount",
+        libc::SYS_move_mount,
+        "the new mount API: same as mount",
+    ),
+    (
+        "open_tree",
+        libc::SYS_open_tree,
+        "the new mount API: same as mount",
+    ),
+    (
+        "unshare",
+        libc::SYS_unshare,
+        "new namespaces expose more kernel surface",
+    ),
+    ("setns", libc::SYS_setns, "joins other namespaces"),
+    ("swapon", libc::SYS_swapon, "host-wide swap configuration"),
+    ("swapoff", libc::SYS_swapoff, "host-wide swap configuration"),
+    (
+        "syslog",
+        libc::SYS_syslog,
+        "reads the host's kernel log (dmesg) and kernel addresses",
+    ),
+    ("ioperm", libc::SYS_ioperm, "direct hardware port access"),
+    ("iopl", libc::SYS_iopl, "direct hardware port access"),
+    (
+        "open_by_handle_at",
+        libc::SYS_open_by_handle_at,
+        "escaped containers before (the 'shocker' exploit)",
+    ),
+    (
+        "name_to_handle_at",
+        libc::SYS_name_to_handle_at,
+        "pairs with open_by_handle_at",
+    ),
+    (
+        "process_vm_readv",
+        libc::SYS_process_vm_readv,
+        "reads other processes' memory",
+    ),
+    (
+        "process_vm_writev",
+        libc::SYS_process_vm_writev,
+        "writes other processes' memory",
+    ),
+    (
+        "kcmp",
+        libc::SYS_kcmp,
+        "probes kernel object identity across processes",
+    ),
+    (
+        "lookup_dcookie",
+        libc::SYS_lookup_dcookie,
+        "kernel profiling interface",
+    ),
+    ("quotactl", libc::SYS_quotactl, "host filesystem quotas"),
+    ("mbind", libc::SYS_mbind, "host NUMA policy"),
+    ("set_mempolicy", libc::SYS_set_mempolicy, "host NUMA policy"),
+    ("move_pages", libc::SYS_move_pages, "host NUMA policy"),
+    ("uselib", libc::SYS_uselib, "obsolete"),
+    ("ustat", libc::SYS_ustat, "obsolete"),
+    ("sysfs", libc::SYS_sysfs, "obsolete"),
+    ("_sysctl", libc::SYS__sysctl, "obsolete"),
+    (
+        "personality",
+        libc::SYS_personality,
+        "can disable address-space randomisation",
+    ),
+    (
+        "vhangup",
+        libc::SYS_vhangup,
+        "hangs up the controlling terminal",
+    ),
+];
+// ANCHOR_END: blocked
+
+/// Namespace flags `clone` may not carry inside a container.
+pub const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// Errors compiling the profile (a bug, not bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp profile does not compile: {0}")]
+    Compile(String),
+    #[error("installing the seccomp filter failed: {0}")]
+    Install(String),
+}
+
+fn compile(err: impl std::fmt::Display) -> SeccompError {
+    SeccompError::Compile(err.to_string())
+}
+
+/// The compiled default profile: two programs, installed in order.
+pub struct Profile {
+    programs: Vec<BpfProgram>,
+}
+
+/// Builds the default profile.
+pub fn default_profile() -> Result<Profile, SeccompError> {
+    let blocked: Vec<i64> = BLOCKED.iter().map(|b| b.1).collect();
+    let mut allow: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in 0..=MAX_KNOWN_SYSCALL {
+        if blocked.contains(&nr) {
+            continue;
+        }
+        if nr == libc::SYS_clone {
+            let cond = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS),
+                0,
+            )
+            .map_err(compile)?;
+            allow.insert(nr, vec![SeccompRule::new(vec![cond]).map_err(compile)?]);
+        } else {
+            allow.insert(nr, vec![]);
+        }
+    }
+    let allow_list = SeccompFilter::new(
+        allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(compile)?;
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(compile)?;
+    Ok(Profile {
+        programs: vec![
+            BpfProgram::try_from(allow_list).map_err(compile)?,
+            BpfProgram::try_from(clone3).map_err(compile)?,
+        ],
+    })
+}
+
+impl Profile {
+    /// Installs the filters on the calling thread (sets `no_new_privs`).
+    pub fn install(&self) -> Result<(), SeccompError> {
+        for p in &self.programs {
+            seccompiler::apply_filter(p).map_err(|e| SeccompError::Install(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Total BPF instructions (the book shows the filter's size).
+    pub fn instructions(&self) -> usize {
+        self.programs.iter().map(|p| p.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_compiles_and_fits_the_bpf_limit() {
+        let p = default_profile().unwrap();
+        assert!(p.instructions() < 4096, "{} instructions", p.instructions());
+    }
+
+    #[test]
+    fn blocked_list_is_consistent() {
+        for (name, nr, why) in BLOCKED {
+            assert!(*nr <= MAX_KNOWN_SYSCALL, "{name}");
+            assert!(!why.is_empty());
+        }
+        let mut nrs: Vec<i64> = BLOCKED.iter().map(|b| b.1).collect();
+        nrs.sort();
+        nrs.dedup();
+        assert_eq!(nrs.len(), BLOCKED.len(), "duplicate entry");
+        // The calls the runtime itself must still make after the filter,
+        // and that ordinary programs need, are not blocked.
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_write,
+            libc::SYS_exit_group,
+            libc::SYS_clone,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!nrs.contains(&nr));
+        }
+    }
+
+    #[test]
+    fn filter_really_blocks_in_a_child() {
+        // Install in a forked child so the test process stays unfiltered.
+        let profile = default_profile().unwrap();
+        // SAFETY: the child only makes system calls and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = (|| {
+                    if profile.install().is_err() {
+                        return 10;
+                    }
+                    // SAFETY: plain syscalls with no pointers.
+                    let r = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS) };
+                    if r != -1
+                        || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+                    {
+                        return 11;
+                    }
+                    // SAFETY: as above.
+                    let r = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
+                    if r != -1
+                        || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+                    {
+                        return 12;
+                    }
+                    // SAFETY: getpid has no arguments.
+                    if unsafe { libc::syscall(libc::SYS_getpid) } <= 0 {
+                        return 13;
+                    }
+                    0
+                })();
+                // SAFETY: _exit never returns.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}
