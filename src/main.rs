@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod containers;
 mod doctor;
 mod host;
+mod peers;
 
 /// The static `isolab-agent`, embedded so the image the lab builds always
 /// carries exactly the bytes this `isolab` was built with.
@@ -48,12 +51,178 @@ enum Command {
         #[arg(long, default_value = "/dev/kvm")]
         kvm_device: PathBuf,
     },
+    /// Run one instance of a scenario (or a command) on a backend.
+    Run(RunArgs),
+    /// List containers (running ones; -a for all).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show a detached container's output.
+    Logs {
+        container: String,
+        /// Keep following the output until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        container: String,
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove a stopped container and its writable layer.
+    Rm {
+        container: String,
+        /// Stop it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove stopped and stale containers, orphan cgroups and peer leftovers.
+    Prune,
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Measure backends side by side (interleaved) and write a run directory.
+    Bench(bench::BenchArgs),
     /// Write the embedded static isolab-agent to a file.
     Agent {
         /// Destination file (must not exist).
         #[arg(long)]
         write: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the default image: the static agent, plus busybox when a
+    /// static busybox is installed.
+    Build,
+    /// Import an image from tar layers (plain or gzip), bottom layer first.
+    Import {
+        name: String,
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+        /// The program to start (absolute path inside the image).
+        #[arg(long, default_value = "/isolab-agent")]
+        entrypoint: String,
+    },
+    /// List images.
+    Ls,
+    /// Remove an image (its layers go at the next prune).
+    Rm { name: String },
+}
+
+/// Which engine runs the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// isolab's own namespace container runtime.
+    Container,
+    /// crun from an OCI bundle the lab writes.
+    Crun,
+    /// runc from an OCI bundle the lab writes.
+    Runc,
+    /// isolab's own KVM microVM monitor.
+    Microvm,
+    /// qemu-system-x86_64 -M microvm.
+    Qemu,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "container")]
+    backend: Backend,
+    /// Image to run.
+    #[arg(long, default_value = containers::DEFAULT_IMAGE)]
+    image: String,
+    /// Scenario for the agent (ignored when a command is given).
+    #[arg(long, default_value = "startup")]
+    scenario: String,
+    /// Scenario parameter KEY=VALUE (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Print one JSON object: marks, phases, exit code, memory figures.
+    #[arg(long, conflicts_with_all = ["interactive", "tty", "detach"])]
+    json: bool,
+    /// Keep stdin open (with -t: `-it` behaves like `docker run -it`).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the container a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Run in the background and print the container id.
+    #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
+    detach: bool,
+    /// Container name (default: its id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Hostname inside (default: the id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Environment KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Working directory inside.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// Memory limit, e.g. 64M or 1G.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// CPU quota in cores, e.g. 0.5.
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<f64>,
+    /// Map root inside to unprivileged host ids (user namespace).
+    #[arg(long)]
+    userns: bool,
+    /// Do not install the default seccomp filter.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Command to run instead of the agent's scenario.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// Parses a byte size: `64M`, `1G`, `4096`, `512k`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((0, _)) => return Err(format!("{s:?} is not a size: use a number with k, M or G (e.g. 64M)")),
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_lowercase();
+            let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                _ => {
+                    return Err(format!(
+                        "unknown size unit in {s:?}: use k, M or G (e.g. 64M)"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use a number with k, M or G (e.g. 64M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1024.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a CPU count: use a positive number such as 0.5 or 2"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -103,6 +272,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Run(args) => run_cmd(&cli.home, args),
+        Command::Ps { all } => {
+            print!("{}", containers::ps(&cli.home, all));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { container, follow } => {
+            containers::logs(&cli.home, &container, follow).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Stop { container, time } => {
+            containers::stop(&cli.home, &container, time).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Rm { container, force } => {
+            containers::rm(&cli.home, &container, force).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Prune => {
+            for line in containers::prune(&cli.home)? {
+                println!("removed {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(cmd) => image_cmd(&cli.home, cmd),
+        Command::Bench(args) => bench::run(&cli.home, args),
         Command::Agent { write } => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
@@ -120,5 +311,129 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             f.write_all(AGENT)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("{what} needs root (namespaces, overlayfs, cgroups): run it with sudo");
+    }
+    Ok(())
+}
+
+fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let store = isolab_runtime::image::Store::new(home);
+    match cmd {
+        ImageCommand::Build => {
+            let img = containers::build_default_image(home)?;
+            println!("built image {} ({} layers)", img.name, img.layers.len());
+        }
+        ImageCommand::Import {
+            name,
+            layers,
+            entrypoint,
+        } => {
+            let img = store.import(
+                &name,
+                &layers,
+                isolab_runtime::image::ImageConfig {
+                    entrypoint: vec![entrypoint],
+                    env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into()],
+                    cwd: "/".into(),
+                },
+            )?;
+            println!("imported image {} ({} layers)", img.name, img.layers.len());
+        }
+        ImageCommand::Ls => {
+            for n in store.list() {
+                println!("{n}");
+            }
+        }
+        ImageCommand::Rm { name } => store.remove(&name)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let launch = isolab_runtime::container::monotonic_ns();
+    let limits = isolab_runtime::cgroups::Limits {
+        memory_bytes: a.memory,
+        pids: a.pids,
+        cpus: a.cpus,
+    };
+    let report = match a.backend {
+        Backend::Container => {
+            require_root("the container backend")?;
+            let opts = containers::RunOptions {
+                image: a.image.clone(),
+                scenario: a.scenario.clone(),
+                params: a.params.clone(),
+                command: a.command.clone(),
+                name: a.name.clone(),
+                hostname: a.hostname.clone(),
+                env: a.env.clone(),
+                workdir: a.workdir.clone(),
+                limits,
+                userns: a.userns,
+                seccomp: !a.no_seccomp,
+            };
+            if a.detach {
+                println!("{}", containers::run_detached(home, &opts)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !a.json {
+                let code = containers::run_foreground(home, &opts, a.tty)?;
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+            containers::run_captured(home, &opts, launch)?.0
+        }
+        Backend::Crun | Backend::Runc => {
+            require_root("the crun/runc peers")?;
+            if a.detach || a.tty || !a.command.is_empty() {
+                anyhow::bail!("the crun/runc peers run the agent's scenarios only: drop -d/-t and the command");
+            }
+            let peer = if a.backend == Backend::Crun {
+                peers::Peer::Crun
+            } else {
+                peers::Peer::Runc
+            };
+            let (report, output) = peers::run(
+                home,
+                peer,
+                &a.image,
+                &a.scenario,
+                &a.params,
+                &limits,
+                Some(launch),
+            )?;
+            if !a.json {
+                print!("{output}");
+                return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));
+            }
+            report
+        }
+        Backend::Microvm | Backend::Qemu => {
+            anyhow::bail!("the {:?} backend is not in this build yet (issue 4): use --backend container, crun or runc", a.backend);
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("lots").unwrap_err().contains("is not a size"));
+        assert!(parse_size("99999999999999G").is_err());
+        assert!(parse_cpus("0").is_err());
+        assert_eq!(parse_cpus("0.5"), Ok(0.5));
     }
 }

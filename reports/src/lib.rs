@@ -11,9 +11,11 @@
 //!   which versions and parameters, so a run can be reproduced and compared.
 #![forbid(unsafe_code)]
 
+pub mod instance;
 pub mod manifest;
 pub mod sample;
 pub mod stats;
 
+pub use instance::{InstanceReport, Mark};
 pub use manifest::{HostInfo, Manifest, MANIFEST_SCHEMA_VERSION};
 pub use sample::{read_samples, write_samples, Sample, SampleError, SAMPLE_COLUMNS};

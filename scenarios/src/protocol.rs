@@ -10,6 +10,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Every result line starts with this.
 pub const RESULT_PREFIX: &str = "@isolab ";
 
+/// Printed alone on a line when a holding scenario has its workload in
+/// place: the harness reads the instance's memory then.
+pub const HOLD_LINE: &str = "@isolab-hold";
+
 /// A named number with its unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {

@@ -3,11 +3,15 @@
 //!
 //! Usage: `isolab-agent [--scenario NAME] [--param KEY=VALUE]...`
 //! It stamps `ready` first thing in `main`, runs the scenario and prints
-//! one result line (see `isolab_scenarios::protocol`).
+//! one result line (see `isolab_scenarios::protocol`). Scenarios that hold
+//! (`idle`, `memory`) print a `@isolab-hold` line when the workload is in
+//! place, so the harness can read the instance's memory at that point.
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 use isolab_scenarios::kernels;
-use isolab_scenarios::protocol::ResultLine;
+use isolab_scenarios::protocol::{ResultLine, HOLD_LINE};
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -19,6 +23,19 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+fn param(params: &BTreeMap<String, String>, key: &str, default: u64) -> u64 {
+    params
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn hold(ms: u64) {
+    println!("{HOLD_LINE}");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
 fn main() -> ExitCode {
     let ready = monotonic_ns();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,29 +44,58 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut scenario = "startup".to_owned();
+    let mut params = BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--scenario" {
-            if let Some(s) = it.next() {
-                scenario = s.clone();
+        match a.as_str() {
+            "--scenario" => scenario = it.next().cloned().unwrap_or_default(),
+            "--param" => {
+                if let Some((k, v)) = it.next().and_then(|p| p.split_once('=')) {
+                    params.insert(k.to_owned(), v.to_owned());
+                }
             }
+            _ => {}
         }
     }
     let mut r = ResultLine::new(&scenario);
     r.mark("ready", ready);
     match scenario.as_str() {
         "startup" => {}
+        "idle" => hold(param(&params, "hold_ms", 500)),
         "cpu" => {
+            let blocks = param(&params, "blocks", kernels::CPU_CHECK_BLOCKS * 100);
             let t0 = monotonic_ns();
-            let sum = kernels::cpu_work(kernels::CPU_CHECK_BLOCKS * 100);
+            let sum = kernels::cpu_work(blocks);
             let dt = (monotonic_ns() - t0).max(1) as f64 / 1e9;
-            r.metric(
-                "cpu.sha256",
-                "bytes_per_s",
-                (kernels::CPU_CHECK_BLOCKS * 100 * 64) as f64 / dt,
-            );
-            r.metric("cpu.checksum", "count", (sum >> 11) as f64);
+            r.metric("cpu.sha256", "bytes_per_s", (blocks * 64) as f64 / dt);
+            r.data = serde_json::json!({ "checksum": format!("{sum:016x}"), "blocks": blocks });
         }
+        "memory" => {
+            let mib = param(&params, "mib", 64) as usize;
+            let t0 = monotonic_ns();
+            // A zeroed allocation this large is fresh anonymous memory
+            // (calloc → mmap): no page exists until it is touched.
+            let mut v: Vec<u8> = vec![0u8; mib << 20];
+            // Touch one byte per page: each first touch is a page fault.
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            let dt = (monotonic_ns() - t0).max(1);
+            let pages = (mib << 20) / 4096;
+            r.metric(
+                "memory.touch_rate",
+                "bytes_per_s",
+                (mib << 20) as f64 / (dt as f64 / 1e9),
+            );
+            r.metric(
+                "memory.fault_cost",
+                "ns_per_page",
+                dt as f64 / pages.max(1) as f64,
+            );
+            hold(param(&params, "hold_ms", 0));
+            std::hint::black_box(&v);
+        }
+        "inspect" => r.data = isolab_scenarios::inspect::inspect(),
         other => {
             r.ok = false;
             r.error = Some(format!("unknown scenario {other:?}"));

@@ -1,0 +1,498 @@
+//! `isolab bench`: backends side by side, interleaved, into a run directory.
+//!
+//! Each repetition runs every backend once, in an order that rotates every
+//! repetition (A B C, B C A, C A B …), so slow drift of the machine hits
+//! every backend alike. Warm-up repetitions are run and thrown away. Rows
+//! are appended to `samples.csv` as they are measured and the manifest is
+//! written first, so an interrupted (Ctrl-C) run is still a valid, partial
+//! run: its manifest simply has no `finished_at`.
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use isolab_reports::stats;
+use isolab_reports::{
+    HostInfo, InstanceReport, Manifest, Sample, MANIFEST_SCHEMA_VERSION, SAMPLE_COLUMNS,
+};
+use isolab_runtime::cgroups::Limits;
+
+use crate::Backend;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Backends to compare (default: container plus every installed peer).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backends: Vec<Backend>,
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_value = "startup,idle")]
+    scenarios: Vec<String>,
+    /// Measured repetitions per backend and scenario.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    repetitions: u32,
+    /// Warm-up repetitions (not recorded).
+    #[arg(long, default_value_t = 3)]
+    warmup: u32,
+    /// Where run directories go.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Image to run.
+    #[arg(long, default_value = crate::containers::DEFAULT_IMAGE)]
+    image: String,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// UTC time as RFC 3339 (no external time crate needed for this).
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The rotated order for repetition `rep`.
+pub fn rotation<T: Clone>(items: &[T], rep: usize) -> Vec<T> {
+    let n = items.len();
+    (0..n)
+        .map(|i| items[(i + rep) % n.max(1)].clone())
+        .collect()
+}
+
+/// Host metadata for the manifest.
+pub fn host_info() -> HostInfo {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kvm = Path::new("/dev/kvm");
+    let flavour = crate::host::kvm_flavour(
+        kvm.exists(),
+        &cpuinfo,
+        Path::new("/sys/module/kvm_pvm").exists(),
+    );
+    let mut peers = BTreeMap::new();
+    for (n, p) in [
+        ("crun", "crun"),
+        ("runc", "runc"),
+        ("qemu", "qemu-system-x86_64"),
+    ] {
+        if let Some((_, v)) = crate::host::peer_version(p) {
+            peers.insert(n.to_owned(), v);
+        }
+    }
+    let model = crate::host::cpu_model(&cpuinfo);
+    let machine_id = fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let hostname = crate::host::read_trim("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host_id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (machine_id.trim(), &model, &hostname).hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    HostInfo {
+        host_id,
+        hostname,
+        cpu_model: model,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        memory_bytes: crate::host::meminfo_kib(&meminfo, "MemTotal").unwrap_or(0) * 1024,
+        kernel: crate::host::kernel_release(),
+        kvm_flavour: flavour.as_str().into(),
+        nested: crate::host::is_nested(&cpuinfo),
+        cgroup_mode: isolab_runtime::cgroups::CgroupLayout::detect()
+            .map(|l| l.mode.as_str().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        peers,
+    }
+}
+
+fn git_revision() -> String {
+    option_env!("ISOLAB_GIT_REVISION")
+        .map(str::to_owned)
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
+}
+
+/// Turns one instance report into sample rows.
+pub fn samples_of(r: &InstanceReport, run_id: &str, host_id: &str, iteration: u32) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut push = |metric: String, unit: &str, value: f64| {
+        out.push(Sample {
+            run_id: run_id.into(),
+            host_id: host_id.into(),
+            backend: r.backend.clone(),
+            guest: r.guest.clone(),
+            scenario: r.scenario.clone(),
+            iteration,
+            metric,
+            unit: unit.into(),
+            value,
+        })
+    };
+    if let Some(v) = r.launch_to_ready_ns {
+        push("launch_to_ready".into(), "ns", v as f64);
+    }
+    if let Some(v) = r.launch_to_exit_ns {
+        push("launch_to_exit".into(), "ns", v as f64);
+    }
+    for (k, v) in &r.phases_ns {
+        push(format!("phase.{k}"), "ns", *v as f64);
+    }
+    for (k, v) in &r.memory_bytes {
+        push(format!("memory.{k}"), "bytes", *v as f64);
+    }
+    if let Some(res) = &r.result {
+        for m in res
+            .get("metrics")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(n), Some(u), Some(v)) =
+                (m["name"].as_str(), m["unit"].as_str(), m["value"].as_f64())
+            {
+                push(n.to_owned(), u, v);
+            }
+        }
+    }
+    out
+}
+
+fn run_one(
+    home: &Path,
+    backend: Backend,
+    image: &str,
+    scenario: &str,
+) -> Result<(InstanceReport, String)> {
+    let params: Vec<String> = match scenario {
+        "idle" => vec!["hold_ms=200".into()],
+        _ => vec![],
+    };
+    let limits = Limits {
+        memory_bytes: Some(256 << 20),
+        pids: Some(1024),
+        cpus: None,
+    };
+    let launch = isolab_runtime::container::monotonic_ns();
+    match backend {
+        Backend::Container => {
+            let opts = crate::containers::RunOptions {
+                image: image.into(),
+                scenario: scenario.into(),
+                params,
+                command: vec![],
+                name: None,
+                hostname: None,
+                env: vec![],
+                workdir: None,
+                limits,
+                userns: false,
+                seccomp: true,
+            };
+            crate::containers::run_captured(home, &opts, launch)
+        }
+        Backend::Crun => crate::peers::run(
+            home,
+            crate::peers::Peer::Crun,
+            image,
+            scenario,
+            &params,
+            &limits,
+            Some(launch),
+        ),
+        Backend::Runc => crate::peers::run(
+            home,
+            crate::peers::Peer::Runc,
+            image,
+            scenario,
+            &params,
+            &limits,
+            Some(launch),
+        ),
+        Backend::Microvm | Backend::Qemu => {
+            bail!("the {backend:?} backend is not in this build yet (issue 4)")
+        }
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Container => "container",
+        Backend::Crun => "crun",
+        Backend::Runc => "runc",
+        Backend::Microvm => "microvm",
+        Backend::Qemu => "qemu",
+    }
+}
+
+pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench needs root (namespaces, overlayfs, cgroups): run it with sudo");
+    }
+    let mut notes = Vec::new();
+    let backends: Vec<Backend> = if a.backends.is_empty() {
+        let mut v = vec![Backend::Container];
+        for (b, p) in [
+            (Backend::Crun, crate::peers::Peer::Crun),
+            (Backend::Runc, crate::peers::Peer::Runc),
+        ] {
+            if p.program().is_some() {
+                v.push(b);
+            } else {
+                let s = p.skipped();
+                eprintln!("isolab: {s}");
+                notes.push(s);
+            }
+        }
+        v
+    } else {
+        let mut v = Vec::new();
+        for b in a.backends.iter().copied() {
+            let peer = match b {
+                Backend::Crun => Some(crate::peers::Peer::Crun),
+                Backend::Runc => Some(crate::peers::Peer::Runc),
+                _ => None,
+            };
+            if let Some(p) = peer.filter(|p| p.program().is_none()) {
+                let s = p.skipped();
+                eprintln!("isolab: {s}");
+                notes.push(s);
+            } else if !v.contains(&b) {
+                v.push(b);
+            }
+        }
+        v
+    };
+    for s in &a.scenarios {
+        if !["startup", "idle", "cpu", "memory"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} for bench: use startup, idle, cpu or memory");
+        }
+    }
+    let host = host_info();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let run_id = format!(
+        "{}-{}",
+        rfc3339(started).replace([':', '-'], ""),
+        &crate::containers::new_id()[..6]
+    );
+    let dir = a.results.join(&run_id);
+    fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    if host.kvm_flavour == "pvm" {
+        notes.push("host KVM is PVM (software-assisted nested virtualisation): VM figures are not comparable with hardware KVM".into());
+    }
+    let mut parameters = BTreeMap::new();
+    parameters.insert(
+        "backends".into(),
+        serde_json::json!(backends
+            .iter()
+            .map(|b| backend_name(*b))
+            .collect::<Vec<_>>()),
+    );
+    parameters.insert("scenarios".into(), serde_json::json!(a.scenarios));
+    parameters.insert("repetitions".into(), serde_json::json!(a.repetitions));
+    parameters.insert("warmup".into(), serde_json::json!(a.warmup));
+    parameters.insert("image".into(), serde_json::json!(a.image));
+    parameters.insert(
+        "order".into(),
+        serde_json::json!("interleaved, rotated every repetition"),
+    );
+    let mut manifest = Manifest {
+        schema_version: MANIFEST_SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        command: "bench".into(),
+        isolab_revision: git_revision(),
+        started_at: rfc3339(started),
+        finished_at: None,
+        host: host.clone(),
+        parameters,
+        notes,
+    };
+    fs::write(dir.join("manifest.json"), manifest.to_json()?)?;
+    let csv_path = dir.join("samples.csv");
+    let mut csv = csv::Writer::from_writer(fs::File::create(&csv_path)?);
+    csv.write_record(SAMPLE_COLUMNS)?;
+    csv.flush()?;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+
+    let total = (a.warmup + a.repetitions) as u64 * (backends.len() * a.scenarios.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut collected: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    let mut failures = 0u32;
+    'outer: for scenario in &a.scenarios {
+        for rep in 0..(a.warmup + a.repetitions) {
+            for b in rotation(&backends, rep as usize) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    break 'outer;
+                }
+                bar.set_message(format!("{} {scenario}", backend_name(b)));
+                let res = run_one(home, b, &a.image, scenario);
+                bar.inc(1);
+                let measured = rep >= a.warmup;
+                match res {
+                    Ok((report, output)) => {
+                        if measured {
+                            let iteration = rep - a.warmup;
+                            let _ = fs::write(
+                                dir.join("logs").join(format!(
+                                    "{}-{scenario}-{iteration}.log",
+                                    backend_name(b)
+                                )),
+                                &output,
+                            );
+                            for s in samples_of(&report, &run_id, &host.host_id, iteration) {
+                                collected
+                                    .entry((
+                                        s.scenario.clone(),
+                                        s.metric.clone(),
+                                        s.backend.clone(),
+                                    ))
+                                    .or_default()
+                                    .push(s.value);
+                                csv.serialize(&s)?;
+                            }
+                            csv.flush()?;
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        bar.println(format!(
+                            "isolab: {} {scenario} repetition {rep} failed: {e:#}",
+                            backend_name(b)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    // SAFETY: restores the default SIGINT disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    if !interrupted {
+        manifest.finished_at = Some(rfc3339_now());
+    } else {
+        manifest.notes.push("interrupted: partial run".into());
+    }
+    fs::write(dir.join("manifest.json"), manifest.to_json()?)?;
+    print!("{}", summary(&collected));
+    println!(
+        "run directory: {}{}",
+        dir.display(),
+        if interrupted {
+            " (interrupted: partial run)"
+        } else {
+            ""
+        }
+    );
+    if failures > 0 {
+        eprintln!("isolab: {failures} instance(s) failed; see the messages above");
+    }
+    Ok(if interrupted || failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A text summary: per scenario and metric, each backend's median, p95 and
+/// CI, and the ratio of its median to the container backend's.
+pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> String {
+    let mut out = String::new();
+    let wanted = [
+        "launch_to_ready",
+        "launch_to_exit",
+        "memory.hold_cgroup_current",
+    ];
+    for ((scenario, metric, backend), values) in collected {
+        if !wanted.contains(&metric.as_str()) {
+            continue;
+        }
+        let Some(s) = stats::summarize(values) else {
+            continue;
+        };
+        let base = collected.get(&(scenario.clone(), metric.clone(), "container".into()));
+        let ratio = base
+            .and_then(|b| stats::ratio_of_medians(b, values))
+            .map(|(r, (lo, hi))| format!("container/{backend} = {r:.2} [{lo:.2}, {hi:.2}]"))
+            .unwrap_or_default();
+        let (scale, unit) = if metric.starts_with("memory") {
+            (1.0 / 1024.0, "KiB")
+        } else {
+            (1e-6, "ms")
+        };
+        out.push_str(&format!(
+            "{scenario:<8} {metric:<28} {backend:<10} n={:<4} median {:>9.3} {unit}  p95 {:>9.3}  CI95 [{:.3}, {:.3}]  {ratio}\n",
+            s.n,
+            s.median * scale,
+            s.p95 * scale,
+            s.ci95.0 * scale,
+            s.ci95.1 * scale
+        ));
+        if metric == "launch_to_exit" {
+            out.push_str(&format!(
+                "{scenario:<8} {:<28} {backend:<10} {:.1} instances/s (sequential, 1/mean)\n",
+                "throughput",
+                1e9 / s.mean
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_interleaves() {
+        let v = ["a", "b", "c"];
+        assert_eq!(rotation(&v, 0), vec!["a", "b", "c"]);
+        assert_eq!(rotation(&v, 1), vec!["b", "c", "a"]);
+        assert_eq!(rotation(&v, 5), vec!["c", "a", "b"]);
+        assert!(rotation::<u8>(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_905_480), "2026-11-28T22:38:00Z");
+    }
+}

@@ -1,0 +1,339 @@
+//! The well-known peers, crun and runc, running the same image and agent
+//! from an OCI bundle the lab writes.
+//!
+//! The bundle's rootfs is the image's layers copied into one directory
+//! (peers take a plain rootfs; the copy is made once per image and cached),
+//! and `config.json` mirrors the lab runtime's defaults: the same
+//! namespaces, capabilities, masked and read-only paths, rlimits,
+//! `noNewPrivileges`, cgroup limits, and a seccomp profile that blocks the
+//! same system calls.
+//!
+//! crun 1.8 refuses the hybrid cgroup layout ("cgroups in hybrid mode not
+//! supported"). On such hosts the lab starts crun in a private mount
+//! namespace where the cgroup2 mount (`/sys/fs/cgroup/unified`) is covered
+//! by an empty tmpfs, so crun sees pure v1 — the host is untouched, and the
+//! cost of the two extra mounts is part of crun's measured time.
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use isolab_reports::{InstanceReport, Mark};
+use isolab_runtime::cgroups::{CgroupLayout, CgroupMode, Limits, PARENT};
+use isolab_runtime::container::{monotonic_ns, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
+use isolab_runtime::image::Store;
+use isolab_runtime::seccomp::BLOCKED;
+use isolab_scenarios::protocol::{self, HOLD_LINE};
+
+/// A container peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Crun,
+    Runc,
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Crun => "crun",
+            Peer::Runc => "runc",
+        }
+    }
+    pub fn program(self) -> Option<PathBuf> {
+        crate::host::which(self.name())
+    }
+    /// The sentence printed when the peer is missing.
+    pub fn skipped(self) -> String {
+        format!(
+            "{} is not installed: skipped (install it with `apt-get install {}`)",
+            self.name(),
+            self.name()
+        )
+    }
+}
+
+/// The flattened rootfs of an image, cached under `bundles/`.
+pub fn rootfs(home: &Path, image: &str) -> Result<PathBuf> {
+    let store = Store::new(home);
+    let img = crate::containers::open_image(home, image)?;
+    let top = img.layers.last().map(|l| &l[..16]).unwrap_or("empty");
+    let dir = home.join("bundles").join(format!("{image}-{top}"));
+    let rootfs = dir.join("rootfs");
+    if rootfs.is_dir() {
+        return Ok(rootfs);
+    }
+    let tmp = dir.join("rootfs.tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    for layer in img.layers.iter() {
+        let src = store.layer_dir(layer);
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(&tmp)
+            .status()?;
+        if !st.success() {
+            let _ = fs::remove_dir_all(&tmp);
+            bail!("copying layer {layer} into the peer rootfs failed");
+        }
+    }
+    fs::rename(&tmp, &rootfs)?;
+    Ok(rootfs)
+}
+
+/// The OCI `config.json` for one peer run.
+pub fn oci_config(rootfs: &Path, id: &str, args: &[String], limits: &Limits) -> serde_json::Value {
+    let (nofile_soft, nofile_hard) = isolab_runtime::container::nofile_limits();
+    let caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    let mut resources = serde_json::Map::new();
+    if let Some(m) = limits.memory_bytes {
+        resources.insert(
+            "memory".into(),
+            serde_json::json!({ "limit": m, "swap": m }),
+        );
+    }
+    if let Some(p) = limits.pids {
+        resources.insert("pids".into(), serde_json::json!({ "limit": p }));
+    }
+    if let Some(c) = limits.cpus {
+        resources.insert(
+            "cpu".into(),
+            serde_json::json!({ "quota": ((c * 100_000.0) as i64).max(1000), "period": 100_000 }),
+        );
+    }
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin", format!("HOSTNAME={id}"), "HOME=/"],
+            "cwd": "/",
+            "capabilities": { "bounding": caps, "effective": caps, "inheritable": caps, "permitted": caps, "ambient": [] },
+            "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": nofile_hard, "soft": nofile_soft }, { "type": "RLIMIT_CORE", "hard": 0, "soft": 0 } ],
+            "noNewPrivileges": true
+        },
+        "root": { "path": rootfs, "readonly": false },
+        "hostname": id,
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
+        ],
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{PARENT}/{id}"),
+            "namespaces": [ {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"} ],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [ { "names": BLOCKED.iter().map(|b| b.0).collect::<Vec<_>>(), "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM } ]
+            }
+        }
+    })
+}
+
+fn cgroup_memory_file(layout: &CgroupLayout, id: &str) -> Option<PathBuf> {
+    match layout.mode {
+        CgroupMode::V2 => layout
+            .v2_mount
+            .as_ref()
+            .map(|m| m.join(PARENT).join(id).join("memory.current")),
+        _ => layout
+            .v1
+            .get("memory")
+            .map(|m| m.join(PARENT).join(id).join("memory.usage_in_bytes")),
+    }
+}
+
+/// Runs the agent once under a peer, foreground, output captured.
+pub fn run(
+    home: &Path,
+    peer: Peer,
+    image: &str,
+    scenario: &str,
+    params: &[String],
+    limits: &Limits,
+    launch_hint: Option<u64>,
+) -> Result<(InstanceReport, String)> {
+    let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
+    let layout = CgroupLayout::detect()?;
+    let rootfs = rootfs(home, image)?;
+    let id = format!("isolab-{}-{}", peer.name(), crate::containers::new_id());
+    let dir = home.join("peers").join(&id);
+    fs::create_dir_all(&dir)?;
+    let state_root = home.join("peers").join(format!("{}-state", peer.name()));
+    fs::create_dir_all(&state_root)?;
+    let mut args = vec![
+        "/isolab-agent".to_owned(),
+        "--scenario".into(),
+        scenario.to_owned(),
+    ];
+    for p in params {
+        args.push("--param".into());
+        args.push(p.clone());
+    }
+    fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&oci_config(&rootfs, &id, &args, limits))?,
+    )?;
+    let hide_unified = peer == Peer::Crun && layout.mode == CgroupMode::Hybrid;
+    let unified = layout
+        .v2_mount
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"));
+    let mut cmd = Command::new(&program);
+    cmd.arg("--root")
+        .arg(&state_root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&dir)
+        .arg(&id);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if hide_unified {
+        let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
+        // SAFETY: runs in the forked child before exec; only system calls
+        // on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        c"tmpfs".as_ptr(),
+                        target.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        c"size=4k".as_ptr().cast(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let launch = launch_hint.unwrap_or_else(monotonic_ns);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut memory = BTreeMap::new();
+    let mut output = String::new();
+    let mut ready_seen = None;
+    if let Some(out) = child.stdout.take() {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let now = monotonic_ns();
+            if line.trim_end() == HOLD_LINE {
+                if let Some(v) = cgroup_memory_file(&layout, &id)
+                    .and_then(|p| fs::read_to_string(p).ok())
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    memory.insert("hold_cgroup_current".to_owned(), v);
+                }
+            }
+            if line.starts_with(protocol::RESULT_PREFIX) && ready_seen.is_none() {
+                ready_seen = Some(now);
+            }
+            output.push_str(&line);
+            line.clear();
+        }
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait()?;
+    let exit_ns = monotonic_ns();
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(state_root.join(&id));
+    let res = protocol::parse_output(peer.name(), &format!("{output}{stderr}"))
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut marks = vec![
+        Mark {
+            name: "launch".into(),
+            ns: launch,
+        },
+        Mark {
+            name: "exit".into(),
+            ns: exit_ns,
+        },
+    ];
+    if let Some(r) = res.marks.iter().find(|m| m.name == "ready") {
+        marks.push(Mark {
+            name: "ready".into(),
+            ns: r.ns,
+        });
+    }
+    let mut report = InstanceReport {
+        backend: peer.name().into(),
+        guest: "agent".into(),
+        scenario: scenario.into(),
+        instance: id,
+        exit_code: status.code().unwrap_or(255),
+        signal: None,
+        oom_killed: false,
+        marks,
+        phases_ns: BTreeMap::new(),
+        launch_to_ready_ns: None,
+        launch_to_exit_ns: None,
+        memory_bytes: memory,
+        result: Some(serde_json::to_value(&res)?),
+        notes: vec![format!(
+            "launch = spawn of {}; ready stamped by the agent (same host clock){}",
+            peer.name(),
+            if hide_unified {
+                "; crun ran in a private mount namespace with the cgroup2 mount hidden (hybrid-cgroup workaround)"
+            } else {
+                ""
+            }
+        )],
+    };
+    report.derive();
+    Ok((report, output))
+}
+
+/// Removes leftovers of peer runs (bundles of dead runs, peer state).
+pub fn prune(home: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let peers = home.join("peers");
+    for e in fs::read_dir(&peers).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with("-state") {
+            for c in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                let id = c.file_name().to_string_lossy().into_owned();
+                let prog = if name.starts_with("crun") {
+                    "crun"
+                } else {
+                    "runc"
+                };
+                let _ = Command::new(prog)
+                    .arg("--root")
+                    .arg(e.path())
+                    .args(["delete", "-f", &id])
+                    .output();
+                let _ = fs::remove_dir_all(c.path());
+                removed.push(format!("{prog} container {id}"));
+            }
+        } else if fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(format!("peer bundle {name}"));
+        }
+    }
+    removed
+}

@@ -1,0 +1,416 @@
+//! Issue 3: the container runtime, proved from inside real containers.
+//! Needs root; skips loudly without it (fails under CI=true).
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn run_json(home: &tempfile::TempDir, args: &[&str]) -> (Value, std::process::Output) {
+    let out = isolab()
+        .args(["run", "--json"])
+        .args(args)
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(&out), stderr(&out)));
+    (v, out)
+}
+
+/// Nothing of an instance may outlive it: no instance dir, no cgroup.
+fn assert_no_leftovers(home: &tempfile::TempDir) {
+    let dir = home.path().join("containers");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "instance dirs left behind: {left:?}");
+}
+
+fn cgroup_exists(id: &str) -> bool {
+    [
+        "/sys/fs/cgroup/memory/isolab",
+        "/sys/fs/cgroup/pids/isolab",
+        "/sys/fs/cgroup/isolab",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).join(id).exists())
+}
+
+#[test]
+fn inside_view_is_isolated() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let (v, out) = run_json(&home, &["--scenario", "inspect", "--hostname", "labbox"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = &v["result"]["data"];
+    assert_eq!(
+        d["pid"], 1,
+        "the agent must be pid 1 of its own pid namespace"
+    );
+    assert_eq!(d["hostname"], "labbox");
+    assert_eq!(d["interfaces"], serde_json::json!(["lo"]), "only loopback");
+    // No host mount is visible: every mount point is the root or one the
+    // runtime made.
+    for m in d["mounts"].as_array().unwrap() {
+        let mp = m.as_str().unwrap().split(' ').next().unwrap();
+        assert!(
+            mp == "/"
+                || mp.starts_with("/proc")
+                || mp.starts_with("/dev")
+                || mp.starts_with("/sys"),
+            "unexpected mount {mp} in {:?}",
+            d["mounts"]
+        );
+    }
+    // Docker's default capability set, as documented in DEFAULT_CAPS:
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    assert_eq!(d["cap_eff"], "00000000a80425fb");
+    assert_eq!(d["cap_bnd"], "00000000a80425fb");
+    assert_eq!(d["seccomp"], "2", "seccomp filter mode");
+    assert_eq!(d["no_new_privs"], "1");
+    assert_eq!(
+        d["unshare_errno"],
+        libc::EPERM,
+        "a blocked syscall returns EPERM"
+    );
+    // Only stdio (and the fd that read /proc/self/fd) are open.
+    let fds: Vec<String> = d["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    let extra: Vec<&String> = fds
+        .iter()
+        .filter(|f| {
+            !["0->", "1->", "2->"].iter().any(|p| f.starts_with(p))
+                && !f.contains("/proc/")
+                && !f.contains("fd")
+        })
+        .collect();
+    assert!(extra.is_empty() && fds.len() <= 4, "leaked fds: {fds:?}");
+    assert_eq!(
+        d["kernel"].as_str().unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim(),
+        "a container shares the host kernel"
+    );
+    // Marks in order, phases present.
+    let names: Vec<&str> = v["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "launch",
+            "clone",
+            "cgroup",
+            "mounts",
+            "pivot_root",
+            "seccomp",
+            "exec",
+            "ready",
+            "exit"
+        ]
+    );
+    assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0);
+    assert!(v["memory_bytes"]["cgroup_peak"].as_u64().unwrap() > 0);
+    assert!(
+        !cgroup_exists(v["instance"].as_str().unwrap()),
+        "cgroup must be removed"
+    );
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn user_namespace_mode_maps_root_away() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    // The mapped root must be able to reach the layers (a 0700 temp dir
+    // would stop it, as it would stop any unprivileged user).
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (v, out) = run_json(&home, &["--scenario", "inspect", "--userns"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(v["result"]["data"]["uid"], "0 100000 65536");
+    // Root inside, with the default set — of the user namespace only.
+    assert_eq!(v["result"]["data"]["cap_eff"], "00000000a80425fb");
+    // Still cannot make namespaces: seccomp stops it.
+    assert_eq!(v["result"]["data"]["unshare_errno"], libc::EPERM);
+    let names: Vec<&str> = v["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"uid_map"), "{names:?}");
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn exit_code_is_propagated() {
+    if !require("root", is_root())
+        || !require(
+            "busybox-static",
+            std::path::Path::new("/bin/busybox").exists(),
+        )
+    {
+        return;
+    }
+    let home = home();
+    let out = isolab()
+        .args([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hi from $(hostname); exit 7",
+        ])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("hi from "));
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn memory_limit_is_enforced_and_reported() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let (v, out) = run_json(
+        &home,
+        &[
+            "--memory",
+            "16M",
+            "--scenario",
+            "memory",
+            "--param",
+            "mib=64",
+        ],
+    );
+    assert_eq!(v["oom_killed"], true, "{v}");
+    assert_eq!(v["exit_code"], 137);
+    assert_eq!(out.status.code(), Some(137));
+    assert!(v["memory_bytes"]["cgroup_peak"].as_u64().unwrap() <= 16 << 20);
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let o = isolab()
+        .args(["run", "--", "/no/such/program"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("entrypoint /no/such/program does not exist in image default"),
+        "{}",
+        stderr(&o)
+    );
+    let o = isolab()
+        .args(["run", "--memory", "1M"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("too small for an instance to start"),
+        "{}",
+        stderr(&o)
+    );
+    let o = isolab()
+        .args(["run", "--memory", "lots"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("k, M or G"), "{}", stderr(&o));
+    // A corrupt layer is refused and leaves the store clean.
+    let bad = home.path().join("bad.tar");
+    std::fs::write(&bad, b"definitely not a tar archive".repeat(30)).unwrap();
+    let o = isolab()
+        .args(["image", "import", "bad", bad.to_str().unwrap()])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a valid tar archive"),
+        "{}",
+        stderr(&o)
+    );
+    let layers: Vec<_> = std::fs::read_dir(home.path().join("layers"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        layers.len(),
+        2,
+        "only the default image's two layers: {layers:?}"
+    );
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn detached_lifecycle_ps_logs_stop_rm() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let cmd = |args: &[&str]| isolab().args(args).env("ISOLAB_HOME", h).output().unwrap();
+    let o = cmd(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        "--scenario",
+        "idle",
+        "--param",
+        "hold_ms=30000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    assert_eq!(id.len(), 12);
+    let ps = stdout(&cmd(&["ps"]));
+    assert!(ps.contains("sleeper") && ps.contains("running"), "{ps}");
+    // The hold line reaches the log.
+    let mut seen = false;
+    for _ in 0..100 {
+        if stdout(&cmd(&["logs", "sleeper"])).contains("@isolab-hold") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(seen, "logs never showed the hold line");
+    let o = cmd(&["rm", "sleeper"]);
+    assert!(
+        stderr(&o).contains("is running: stop it first"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmd(&["stop", "-t", "1", "sleeper"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ps = stdout(&cmd(&["ps", "-a"]));
+    assert!(
+        ps.contains("exited (137)") || ps.contains("exited (143)"),
+        "{ps}"
+    );
+    assert!(!cgroup_exists(&id));
+    assert!(cmd(&["rm", "sleeper"]).status.success());
+    assert!(!stdout(&cmd(&["ps", "-a"])).contains("sleeper"));
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn sigkill_mid_run_leaves_nothing_prune_cannot_clean() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let mut child = isolab()
+        .args(["run", "--scenario", "idle", "--param", "hold_ms=20000"])
+        .env("ISOLAB_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the instance is running.
+    let dir = home.path().join("containers");
+    let mut id = None;
+    for _ in 0..200 {
+        if let Some(e) = std::fs::read_dir(&dir)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+        {
+            let st = std::fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
+            if st.contains("\"running\"") {
+                id = Some(e.file_name().to_string_lossy().into_owned());
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let id = id.expect("instance never reached running");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The container dies with isolab (PR_SET_PDEATHSIG), before any prune.
+    let agent_alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            c.starts_with(b"/isolab-agent\0") && c.windows(14).any(|w| w == b"hold_ms=20000\0")
+        })
+    };
+    let mut gone = false;
+    for _ in 0..100 {
+        if !agent_alive() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(gone, "the container outlived a SIGKILLed isolab");
+    let ps = stdout(
+        &isolab()
+            .args(["ps", "-a"])
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(ps.contains("dead"), "{ps}");
+    let o = isolab()
+        .arg("prune")
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&id), "{}", stdout(&o));
+    assert!(!cgroup_exists(&id), "prune must remove the cgroup");
+    assert_no_leftovers(&home);
+}
+
+#[test]
+fn peers_run_the_same_agent() {
+    if !require("root", is_root()) {
+        return;
+    }
+    for peer in ["crun", "runc"] {
+        let installed = std::process::Command::new(peer)
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !require(peer, installed) {
+            continue;
+        }
+        let home = home();
+        let (v, out) = run_json(&home, &["--backend", peer, "--scenario", "inspect"]);
+        assert!(out.status.success(), "{peer}: {}", stderr(&out));
+        assert_eq!(v["backend"], peer);
+        let d = &v["result"]["data"];
+        assert_eq!(d["pid"], 1);
+        assert_eq!(d["seccomp"], "2");
+        assert_eq!(
+            d["cap_bnd"], "00000000a80425fb",
+            "{peer} gets the same capability set"
+        );
+        assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0);
+    }
+}
