@@ -190,7 +190,11 @@ struct RunArgs {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((0, _)) => return Err(format!("{s:?} is not a size: use a number with k, M or G (e.g. 64M)")),
+        Some((0, _)) => {
+            return Err(format!(
+                "{s:?} is not a size: use a number with k, M or G (e.g. 64M)"
+            ))
+        }
         Some((i, _)) => {
             let unit = t[i..].to_ascii_lowercase();
             let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
