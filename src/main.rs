@@ -10,6 +10,7 @@ mod containers;
 mod doctor;
 mod host;
 mod peers;
+mod selfprotect;
 
 /// The static `isolab-agent`, embedded so the image the lab builds always
 /// carries exactly the bytes this `isolab` was built with.
@@ -291,13 +292,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             containers::rm(&cli.home, &container, force).map(|_| ExitCode::SUCCESS)
         }
         Command::Prune => {
+            require_root("prune")?;
             for line in containers::prune(&cli.home)? {
                 println!("removed {line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image_cmd(&cli.home, cmd),
-        Command::Bench(args) => bench::run(&cli.home, args),
+        Command::Bench(args) => {
+            if nix::unistd::geteuid().is_root() {
+                selfprotect::ensure_sealed()?;
+            }
+            bench::run(&cli.home, args)
+        }
         Command::Agent { write } => {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
@@ -359,6 +366,10 @@ fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCo
 }
 
 fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
+    if a.backend == Backend::Container && nix::unistd::geteuid().is_root() {
+        // Before the launch mark: a one-time cost per isolab process.
+        selfprotect::ensure_sealed()?;
+    }
     let launch = isolab_runtime::container::monotonic_ns();
     let limits = isolab_runtime::cgroups::Limits {
         memory_bytes: a.memory,

@@ -291,6 +291,26 @@ fn detached_lifecycle_ps_logs_stop_rm() {
     assert_eq!(id.len(), 12);
     let ps = stdout(&cmd(&["ps"]));
     assert!(ps.contains("sleeper") && ps.contains("running"), "{ps}");
+    // CVE-2019-5736: the process that made the container runs from a
+    // sealed in-memory copy, not from the host's isolab file.
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(home.path().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let owner = state["owner_pid"].as_i64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{owner}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:isolab-sealed"),
+        "{}",
+        exe.display()
+    );
+    assert!(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{owner}/exe"))
+            .is_err(),
+        "the sealed copy must not be writable"
+    );
     // The hold line reaches the log.
     let mut seen = false;
     for _ in 0..100 {
