@@ -59,4 +59,12 @@ fn main() {
         .join("release")
         .join("isolab-agent");
     println!("cargo:rustc-env=ISOLAB_AGENT_PATH={}", bin.display());
+    // A cheap fingerprint of the agent's bytes (FNV-1a), so a cached default
+    // image built from another agent is noticed and rebuilt.
+    let bytes = std::fs::read(&bin).expect("read the built isolab-agent");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    println!("cargo:rustc-env=ISOLAB_AGENT_FINGERPRINT={h:016x}");
 }

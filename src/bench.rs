@@ -438,7 +438,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
     let wanted = [
         "launch_to_ready",
         "launch_to_exit",
-        "memory.hold_cgroup_current",
+        "memory.hold_cgroup_charged",
     ];
     for ((scenario, metric, backend), values) in collected {
         if !wanted.contains(&metric.as_str()) {

@@ -34,15 +34,29 @@ pub fn build_default_image(home: &Path) -> Result<Image> {
             entrypoint: vec!["/isolab-agent".into()],
             env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into()],
             cwd: "/".into(),
+            labels: [("isolab.agent".to_owned(), AGENT_FINGERPRINT.to_owned())]
+                .into_iter()
+                .collect(),
         },
     )?;
     Ok(img)
 }
 
-/// Opens an image; the default one is built on first use.
+/// Fingerprint of the embedded agent (see build.rs).
+pub const AGENT_FINGERPRINT: &str = env!("ISOLAB_AGENT_FINGERPRINT");
+
+/// Opens an image; the default one is built on first use, and rebuilt when
+/// it holds another agent than this isolab's.
 pub fn open_image(home: &Path, name: &str) -> Result<Image> {
     let store = Store::new(home);
     match store.open(name) {
+        Ok(img)
+            if name == DEFAULT_IMAGE
+                && img.config.labels.get("isolab.agent").map(String::as_str)
+                    != Some(AGENT_FINGERPRINT) =>
+        {
+            build_default_image(home)
+        }
         Ok(img) => Ok(img),
         Err(image::ImageError::NotFound { .. }) if name == DEFAULT_IMAGE => {
             build_default_image(home)
@@ -244,6 +258,9 @@ pub fn run_captured(
             let s = running.stats();
             if let Some(v) = s.memory_current_bytes {
                 memory.insert("hold_cgroup_current".to_owned(), v);
+            }
+            if let Some(v) = s.memory_charged_bytes {
+                memory.insert("hold_cgroup_charged".to_owned(), v);
             }
         }
         output.push_str(&line);

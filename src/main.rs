@@ -351,6 +351,7 @@ fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCo
                     entrypoint: vec![entrypoint],
                     env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into()],
                     cwd: "/".into(),
+                    labels: Default::default(),
                 },
             )?;
             println!("imported image {} ({} layers)", img.name, img.layers.len());

@@ -1,9 +1,12 @@
 //! The well-known peers, crun and runc, running the same image and agent
 //! from an OCI bundle the lab writes.
 //!
-//! The bundle's rootfs is the image's layers copied into one directory
-//! (peers take a plain rootfs; the copy is made once per image and cached),
-//! and `config.json` mirrors the lab runtime's defaults: the same
+//! The bundle's rootfs is the same overlay the lab's runtime uses — the
+//! image's layers as lower dirs and a fresh upper dir per instance —
+//! mounted, as containerd does for Docker, before the peer starts: in a
+//! private mount namespace made for the peer process (so a killed peer
+//! leaves no host mount), and so outside the instance's cgroup charge, as
+//! for the lab's runtime. `config.json` mirrors the lab runtime's defaults: the same
 //! namespaces, capabilities, masked and read-only paths, rlimits,
 //! `noNewPrivileges`, cgroup limits, and a seccomp profile that blocks the
 //! same system calls.
@@ -20,7 +23,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::{CgroupLayout, CgroupMode, Limits, PARENT};
 use isolab_runtime::container::{monotonic_ns, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
@@ -53,35 +56,6 @@ impl Peer {
             self.name()
         )
     }
-}
-
-/// The flattened rootfs of an image, cached under `bundles/`.
-pub fn rootfs(home: &Path, image: &str) -> Result<PathBuf> {
-    let store = Store::new(home);
-    let img = crate::containers::open_image(home, image)?;
-    let top = img.layers.last().map(|l| &l[..16]).unwrap_or("empty");
-    let dir = home.join("bundles").join(format!("{image}-{top}"));
-    let rootfs = dir.join("rootfs");
-    if rootfs.is_dir() {
-        return Ok(rootfs);
-    }
-    let tmp = dir.join("rootfs.tmp");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    for layer in img.layers.iter() {
-        let src = store.layer_dir(layer);
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", src.display()))
-            .arg(&tmp)
-            .status()?;
-        if !st.success() {
-            let _ = fs::remove_dir_all(&tmp);
-            bail!("copying layer {layer} into the peer rootfs failed");
-        }
-    }
-    fs::rename(&tmp, &rootfs)?;
-    Ok(rootfs)
 }
 
 /// The OCI `config.json` for one peer run.
@@ -140,16 +114,10 @@ pub fn oci_config(rootfs: &Path, id: &str, args: &[String], limits: &Limits) -> 
     })
 }
 
-fn cgroup_memory_file(layout: &CgroupLayout, id: &str) -> Option<PathBuf> {
+fn cgroup_memory_dir(layout: &CgroupLayout, id: &str) -> Option<PathBuf> {
     match layout.mode {
-        CgroupMode::V2 => layout
-            .v2_mount
-            .as_ref()
-            .map(|m| m.join(PARENT).join(id).join("memory.current")),
-        _ => layout
-            .v1
-            .get("memory")
-            .map(|m| m.join(PARENT).join(id).join("memory.usage_in_bytes")),
+        CgroupMode::V2 => layout.v2_mount.as_ref().map(|m| m.join(PARENT).join(id)),
+        _ => layout.v1.get("memory").map(|m| m.join(PARENT).join(id)),
     }
 }
 
@@ -165,10 +133,25 @@ pub fn run(
 ) -> Result<(InstanceReport, String)> {
     let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
     let layout = CgroupLayout::detect()?;
-    let rootfs = rootfs(home, image)?;
+    let img = crate::containers::open_image(home, image)?;
+    let lowers: Vec<String> = Store::new(home)
+        .lower_dirs(&img)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let id = format!("isolab-{}-{}", peer.name(), crate::containers::new_id());
     let dir = home.join("peers").join(&id);
-    fs::create_dir_all(&dir)?;
+    let rootfs = dir.join("rootfs");
+    for sub in ["rootfs", "upper", "work"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let overlay_opts = std::ffi::CString::new(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    ))?;
+    let rootfs_c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())?;
     let state_root = home.join("peers").join(format!("{}-state", peer.name()));
     fs::create_dir_all(&state_root)?;
     let mut args = vec![
@@ -199,33 +182,43 @@ pub fn run(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if hide_unified {
-        let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
-        // SAFETY: runs in the forked child before exec; only system calls
-        // on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    || libc::mount(
-                        c"tmpfs".as_ptr(),
-                        target.as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        0,
-                        c"size=4k".as_ptr().cast(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
+    // SAFETY: runs in the forked child before exec; only system calls on
+    // data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    c"overlay".as_ptr(),
+                    rootfs_c.as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    overlay_opts.as_ptr().cast(),
+                ) != 0
+            {
+                return fail();
+            }
+            if hide_unified
+                && libc::mount(
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    c"size=4k".as_ptr().cast(),
+                ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
     }
     let launch = launch_hint.unwrap_or_else(monotonic_ns);
     let mut child = cmd
@@ -240,11 +233,21 @@ pub fn run(
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
             let now = monotonic_ns();
             if line.trim_end() == HOLD_LINE {
-                if let Some(v) = cgroup_memory_file(&layout, &id)
-                    .and_then(|p| fs::read_to_string(p).ok())
-                    .and_then(|t| t.trim().parse().ok())
-                {
-                    memory.insert("hold_cgroup_current".to_owned(), v);
+                if let Some(dir) = cgroup_memory_dir(&layout, &id) {
+                    let file = if layout.mode == CgroupMode::V2 {
+                        "memory.current"
+                    } else {
+                        "memory.usage_in_bytes"
+                    };
+                    if let Some(v) = fs::read_to_string(dir.join(file))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                    {
+                        memory.insert("hold_cgroup_current".to_owned(), v);
+                    }
+                    if let Some(v) = isolab_runtime::cgroups::charged_bytes(&dir, layout.mode) {
+                        memory.insert("hold_cgroup_charged".to_owned(), v);
+                    }
                 }
             }
             if line.starts_with(protocol::RESULT_PREFIX) && ready_seen.is_none() {

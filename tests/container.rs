@@ -110,6 +110,7 @@ fn inside_view_is_isolated() {
         [
             "launch",
             "clone",
+            "rootfs",
             "cgroup",
             "mounts",
             "pivot_root",

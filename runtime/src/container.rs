@@ -7,15 +7,17 @@
 //! check entrypoint, mkdir upper/work
 //! create cgroup, open its join handle
 //! compile seccomp profile
-//! clone3(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET[|NEWUSER])
-//!                                         clone     (first instruction)
-//!                                         cgroup    write "0" to tasks; unshare(NEWCGROUP)
-//! [user ns: write uid/gid maps] ───────▶  uid_map   (waits for the maps)
-//!                                         mounts    overlay, /proc, /dev, /sys, masks
+//! clone3(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET)
+//!                                         clone      (first instruction)
+//!                                         rootfs     private mounts, overlay of the layers
+//!                                         cgroup     write "0" to tasks; unshare(NEWCGROUP)
+//!                                         mounts     /proc, /dev, /sys, masks, read-only paths
 //!                                         pivot_root
 //!                                         hostname, lo up, cwd, rlimits, fds
-//!                                         seccomp   caps dropped, no_new_privs, filter
-//!                                         exec      marks sent, execve(entrypoint)
+//!                                         [--userns: unshare(NEWUSER), ask for maps]
+//! [write uid/gid maps] ────────────────▶  uid_map    setresuid(0) inside
+//!                                         seccomp    caps dropped, no_new_privs, filter
+//!                                         exec       marks sent, execve(entrypoint)
 //! marks pipe hits EOF (CLOEXEC) ◀──────── (agent) ready
 //! wait → exit mark, cgroup stats, cleanup
 //! ```
@@ -510,6 +512,15 @@ fn child_main(
     // so its mounts, which live only in its namespace) behind.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The rootfs (the overlay of the image's layers) is mounted before the
+    // container joins its cgroup: preparing an image's rootfs is the
+    // runtime's work — in Docker, containerd mounts it on the host — and
+    // the lab charges it outside the instance for every backend alike (the
+    // crun/runc peers get the same overlay mounted before they start).
+    if let Err(e) = mount_rootfs(plan) {
+        rep.fail("rootfs", &e);
+    }
+    rep.mark("rootfs");
     if let Join::SelfTasks(fds) = join {
         for fd in fds {
             if let Err(e) = nix::unistd::write(fd, b"0") {
@@ -606,7 +617,8 @@ fn m(
     })
 }
 
-fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
+/// Makes the mount tree private and mounts the overlay rootfs.
+fn mount_rootfs(plan: &ChildPlan) -> Result<(), String> {
     let none: Option<&str> = None;
     m(
         none,
@@ -623,7 +635,12 @@ fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
         Some("overlay"),
         MsFlags::empty(),
         Some(opts),
-    )?;
+    )
+}
+
+fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let root = PathBuf::from(std::ffi::OsStr::from_bytes(plan.merged.as_bytes()));
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mkdir = |p: &Path| fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()));
     let proc_dir = root.join("proc");

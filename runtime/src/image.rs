@@ -53,6 +53,9 @@ pub struct ImageConfig {
     pub env: Vec<String>,
     #[serde(default = "root_dir")]
     pub cwd: String,
+    /// Free-form labels (the default image records which agent it holds).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn root_dir() -> String {
@@ -695,6 +698,7 @@ mod tests {
                     entrypoint: vec!["/isolab-agent".into()],
                     env: vec![],
                     cwd: "/".into(),
+                    labels: Default::default(),
                 },
             )
             .unwrap();

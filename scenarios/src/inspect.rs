@@ -60,6 +60,7 @@ pub fn inspect() -> serde_json::Value {
         "hostname": fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
         "uid": fs::read_to_string("/proc/self/uid_map").unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" "),
         "interfaces": interfaces,
+        "lo_flags": fs::read_to_string("/sys/class/net/lo/flags").unwrap_or_default().trim(),
         "mounts": mountinfo,
         "cap_eff": status_field(&status, "CapEff"),
         "cap_bnd": status_field(&status, "CapBnd"),

@@ -61,7 +61,13 @@ pub struct Limits {
 /// Memory and pid figures read from an instance's cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct CgroupStats {
+    /// The raw usage counter. On both versions it includes pages the kernel
+    /// has pre-charged to per-CPU stocks (up to 64 pages per CPU), so it
+    /// can read up to ~256 KiB per CPU high: see `memory_charged_bytes`.
     pub memory_current_bytes: Option<u64>,
+    /// Exact charge from `memory.stat`: anon + file (+ kernel memory).
+    #[serde(default)]
+    pub memory_charged_bytes: Option<u64>,
     pub memory_peak_bytes: Option<u64>,
     pub pids_current: Option<u64>,
     pub oom_kills: Option<u64>,
@@ -251,6 +257,9 @@ impl Cgroup {
         match self.mode {
             CgroupMode::V2 => CgroupStats {
                 memory_current_bytes: self.read_u64("memory", "memory.current"),
+                memory_charged_bytes: self
+                    .dir("memory")
+                    .and_then(|d| charged_bytes(d, CgroupMode::V2)),
                 memory_peak_bytes: self.read_u64("memory", "memory.peak"),
                 pids_current: self.read_u64("pids", "pids.current"),
                 oom_kills: self
@@ -260,6 +269,9 @@ impl Cgroup {
             },
             _ => CgroupStats {
                 memory_current_bytes: self.read_u64("memory", "memory.usage_in_bytes"),
+                memory_charged_bytes: self
+                    .dir("memory")
+                    .and_then(|d| charged_bytes(d, CgroupMode::V1)),
                 memory_peak_bytes: self.read_u64("memory", "memory.max_usage_in_bytes"),
                 pids_current: self.read_u64("pids", "pids.current"),
                 oom_kills: self
@@ -355,6 +367,41 @@ pub fn prune(layout: &CgroupLayout, keep: &[String]) -> Vec<PathBuf> {
     removed
 }
 
+/// The exact memory charged to a cgroup (its memory controller dir), from
+/// `memory.stat`: v1 `rss + cache + mapped kernel memory`
+/// (`memory.kmem.usage_in_bytes`, charged without per-CPU stock); v2
+/// `anon + file + kernel`.
+pub fn charged_bytes(dir: &Path, mode: CgroupMode) -> Option<u64> {
+    let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    charged_from_stat(&stat, mode, || {
+        fs::read_to_string(dir.join("memory.kmem.usage_in_bytes"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    })
+}
+
+/// Pure part of [`charged_bytes`].
+pub fn charged_from_stat(
+    stat: &str,
+    mode: CgroupMode,
+    kmem: impl FnOnce() -> Option<u64>,
+) -> Option<u64> {
+    match mode {
+        CgroupMode::V2 => {
+            let kernel = keyed(stat, "kernel").or_else(|| {
+                Some(
+                    ["kernel_stack", "pagetables", "percpu", "sock", "slab"]
+                        .iter()
+                        .filter_map(|k| keyed(stat, k))
+                        .sum(),
+                )
+            });
+            Some(keyed(stat, "anon")? + keyed(stat, "file")? + kernel.unwrap_or(0))
+        }
+        _ => Some(keyed(stat, "rss")? + keyed(stat, "cache")? + kmem().unwrap_or(0)),
+    }
+}
+
 fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
@@ -385,6 +432,23 @@ mod tests {
             Some(1)
         );
         assert_eq!(keyed("", "oom_kill"), None);
+    }
+
+    #[test]
+    fn charged_memory_from_stat() {
+        let v1 = "cache 4096\nrss 86016\nrss_huge 0\ntotal_rss 86016\n";
+        assert_eq!(
+            charged_from_stat(v1, CgroupMode::V1, || Some(139264)),
+            Some(4096 + 86016 + 139264)
+        );
+        let v2 = "anon 81920\nfile 4096\nkernel 120000\nkernel_stack 16384\n";
+        assert_eq!(
+            charged_from_stat(v2, CgroupMode::V2, || None),
+            Some(81920 + 4096 + 120000)
+        );
+        let v2_old = "anon 1\nfile 2\nkernel_stack 3\nslab 4\n";
+        assert_eq!(charged_from_stat(v2_old, CgroupMode::V2, || None), Some(10));
+        assert_eq!(charged_from_stat("", CgroupMode::V1, || None), None);
     }
 
     #[test]
