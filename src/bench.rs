@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     backends: Vec<Backend>,
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "startup,idle")]
+    #[arg(long, value_delimiter = ',', default_value = "startup,idle,cpu")]
     scenarios: Vec<String>,
     /// Measured repetitions per backend and scenario.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
@@ -237,8 +237,44 @@ fn run_one(
             Some(launch),
         ),
         Backend::Microvm | Backend::Qemu => {
-            bail!("the {backend:?} backend is not in this build yet (issue 4)")
+            let opts = crate::vms::VmOptions {
+                guest: crate::vms::Guest::Bare,
+                scenario: scenario.into(),
+                params: vec![],
+                mem_mib: 64,
+                vcpus: 1,
+                timeout: std::time::Duration::from_secs(30),
+                kernel: None,
+                echo: false,
+            };
+            if backend == Backend::Microvm {
+                crate::vms::run_microvm(&opts, launch)
+            } else {
+                crate::vms::run_qemu(home, &opts, launch)
+            }
         }
+    }
+}
+
+/// Whether a backend runs a scenario (the bare guest has no `idle`; the
+/// agent has no `exit-cost`).
+pub fn supports(b: Backend, scenario: &str) -> bool {
+    match b {
+        Backend::Container | Backend::Crun | Backend::Runc => {
+            ["startup", "idle", "cpu", "memory"].contains(&scenario)
+        }
+        Backend::Microvm | Backend::Qemu => {
+            ["startup", "cpu", "memory", "exit-cost"].contains(&scenario)
+        }
+    }
+}
+
+/// The backend a peer is compared with.
+pub fn baseline(backend: &str) -> Option<&'static str> {
+    match backend {
+        "crun" | "runc" => Some("container"),
+        "qemu" => Some("microvm"),
+        _ => None,
     }
 }
 
@@ -257,6 +293,11 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
         bail!("bench needs root (namespaces, overlayfs, cgroups): run it with sudo");
     }
     let mut notes = Vec::new();
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     let backends: Vec<Backend> = if a.backends.is_empty() {
         let mut v = vec![Backend::Container];
         for (b, p) in [
@@ -270,6 +311,20 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
                 eprintln!("isolab: {s}");
                 notes.push(s);
             }
+        }
+        if kvm_ok && crate::vms::vmm_binary().is_some() {
+            v.push(Backend::Microvm);
+            if crate::host::which("qemu-system-x86_64").is_some() {
+                v.push(Backend::Qemu);
+            } else {
+                let s = "qemu-system-x86_64 is not installed: skipped (install it with `apt-get install qemu-system-x86`)".to_owned();
+                eprintln!("isolab: {s}");
+                notes.push(s);
+            }
+        } else {
+            let s = "no usable /dev/kvm (or no isolab-vmm next to isolab): the microvm and qemu backends are skipped (see `isolab doctor`)".to_owned();
+            eprintln!("isolab: {s}");
+            notes.push(s);
         }
         v
     } else {
@@ -291,8 +346,16 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
         v
     };
     for s in &a.scenarios {
-        if !["startup", "idle", "cpu", "memory"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} for bench: use startup, idle, cpu or memory");
+        if !["startup", "idle", "cpu", "memory", "exit-cost"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} for bench: use startup, idle, cpu, memory or exit-cost");
+        }
+        for b in &backends {
+            if !supports(*b, s) {
+                notes.push(format!(
+                    "{} does not run the {s} scenario: that cell is empty",
+                    backend_name(*b)
+                ));
+            }
         }
     }
     let host = host_info();
@@ -345,7 +408,12 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 
-    let total = (a.warmup + a.repetitions) as u64 * (backends.len() * a.scenarios.len()) as u64;
+    let cells: usize = a
+        .scenarios
+        .iter()
+        .map(|s| backends.iter().filter(|b| supports(**b, s)).count())
+        .sum();
+    let total = (a.warmup + a.repetitions) as u64 * cells as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -360,6 +428,9 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
             for b in rotation(&backends, rep as usize) {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     break 'outer;
+                }
+                if !supports(b, scenario) {
+                    continue;
                 }
                 bar.set_message(format!("{} {scenario}", backend_name(b)));
                 let res = run_one(home, b, &a.image, scenario);
@@ -439,6 +510,10 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         "launch_to_ready",
         "launch_to_exit",
         "memory.hold_cgroup_charged",
+        "memory.monitor_rss_beyond_guest",
+        "memory.monitor_rss_at_ready",
+        "cpu.sha256",
+        "vm.exit_cost",
     ];
     for ((scenario, metric, backend), values) in collected {
         if !wanted.contains(&metric.as_str()) {
@@ -447,13 +522,28 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         let Some(s) = stats::summarize(values) else {
             continue;
         };
-        let base = collected.get(&(scenario.clone(), metric.clone(), "container".into()));
-        let ratio = base
-            .and_then(|b| stats::ratio_of_medians(b, values))
-            .map(|(r, (lo, hi))| format!("container/{backend} = {r:.2} [{lo:.2}, {hi:.2}]"))
+        // QEMU's memory figure is its RSS at ready; it is compared with our
+        // monitor's RSS beyond the guest's pages.
+        let base_metric = if metric == "memory.monitor_rss_at_ready" {
+            "memory.monitor_rss_beyond_guest"
+        } else {
+            metric.as_str()
+        };
+        let ratio = baseline(backend)
+            .and_then(|base| {
+                collected
+                    .get(&(scenario.clone(), base_metric.to_owned(), base.to_owned()))
+                    .map(|v| (base, v))
+            })
+            .and_then(|(base, b)| stats::ratio_of_medians(b, values).map(|r| (base, r)))
+            .map(|(base, (r, (lo, hi)))| format!("{base}/{backend} = {r:.2} [{lo:.2}, {hi:.2}]"))
             .unwrap_or_default();
         let (scale, unit) = if metric.starts_with("memory") {
             (1.0 / 1024.0, "KiB")
+        } else if metric == "cpu.sha256" {
+            (1.0 / 1048576.0, "MiB/s")
+        } else if metric == "vm.exit_cost" {
+            (1e-3, "us")
         } else {
             (1e-6, "ms")
         };
@@ -479,6 +569,39 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenario_support_and_baselines() {
+        assert!(supports(Backend::Container, "idle") && !supports(Backend::Microvm, "idle"));
+        assert!(supports(Backend::Qemu, "exit-cost") && !supports(Backend::Crun, "exit-cost"));
+        assert_eq!(baseline("crun"), Some("container"));
+        assert_eq!(baseline("qemu"), Some("microvm"));
+        assert_eq!(baseline("container"), None);
+    }
+
+    #[test]
+    fn summary_shows_ratios_against_the_baseline() {
+        let mut c = BTreeMap::new();
+        c.insert(
+            (
+                "startup".to_owned(),
+                "launch_to_exit".to_owned(),
+                "container".to_owned(),
+            ),
+            vec![5e6; 10],
+        );
+        c.insert(
+            (
+                "startup".to_owned(),
+                "launch_to_exit".to_owned(),
+                "crun".to_owned(),
+            ),
+            vec![10e6; 10],
+        );
+        let s = summary(&c);
+        assert!(s.contains("container/crun = 0.50"), "{s}");
+        assert!(s.contains("median     5.000 ms"), "{s}");
+    }
 
     #[test]
     fn rotation_interleaves() {

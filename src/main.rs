@@ -11,6 +11,7 @@ mod doctor;
 mod host;
 mod peers;
 mod selfprotect;
+mod vms;
 
 /// The static `isolab-agent`, embedded so the image the lab builds always
 /// carries exactly the bytes this `isolab` was built with.
@@ -182,6 +183,21 @@ struct RunArgs {
     /// Do not install the default seccomp filter.
     #[arg(long)]
     no_seccomp: bool,
+    /// Guest for the VM backends.
+    #[arg(long, value_enum, default_value = "bare")]
+    guest: vms::Guest,
+    /// Guest memory for the VM backends, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    mem: u64,
+    /// vCPUs for the VM backends.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    vcpus: u8,
+    /// Give up on a VM after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Guest kernel for --guest linux (default: found in /boot).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
     /// Command to run instead of the agent's scenario.
     #[arg(last = true)]
     command: Vec<String>,
@@ -371,7 +387,11 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
         // Before the launch mark: a one-time cost per isolab process.
         selfprotect::ensure_sealed()?;
     }
-    let launch = isolab_runtime::container::monotonic_ns();
+    // A harness that spawned this process passes its own launch instant.
+    let launch = std::env::var("ISOLAB_LAUNCH_NS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(isolab_runtime::container::monotonic_ns);
     let limits = isolab_runtime::cgroups::Limits {
         memory_bytes: a.memory,
         pids: a.pids,
@@ -429,7 +449,37 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
             report
         }
         Backend::Microvm | Backend::Qemu => {
-            anyhow::bail!("the {:?} backend is not in this build yet (issue 4): use --backend container, crun or runc", a.backend);
+            if a.detach || a.tty || !a.command.is_empty() {
+                anyhow::bail!("the VM backends run scenarios only: drop -d/-t and the command");
+            }
+            if !(a.timeout > 0.0 && a.timeout <= 3600.0) {
+                anyhow::bail!(
+                    "--timeout {} is out of range: use 0 < seconds <= 3600",
+                    a.timeout
+                );
+            }
+            let opts = vms::VmOptions {
+                guest: a.guest,
+                scenario: a.scenario.clone(),
+                params: a.params.clone(),
+                mem_mib: a.mem,
+                vcpus: a.vcpus,
+                timeout: std::time::Duration::from_secs_f64(a.timeout),
+                kernel: a.kernel.clone(),
+                echo: !a.json,
+            };
+            let (report, serial) = if a.backend == Backend::Microvm {
+                vms::run_microvm(&opts, launch)?
+            } else {
+                vms::run_qemu(home, &opts, launch)?
+            };
+            if !a.json {
+                if a.backend == Backend::Qemu {
+                    print!("{serial}");
+                }
+                return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));
+            }
+            report
         }
     };
     println!("{}", serde_json::to_string_pretty(&report)?);

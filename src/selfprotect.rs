@@ -16,6 +16,18 @@ use std::io::Write;
 /// The memfd's name; `/proc/self/exe` then reads `/memfd:<name> (deleted)`.
 pub const MEMFD_NAME: &str = "isolab-sealed";
 
+/// Environment variable holding the path isolab was started from.
+pub const ORIGINAL_EXE_ENV: &str = "ISOLAB_ORIGINAL_EXE";
+
+/// The path of the isolab binary on disk (not the sealed copy).
+pub fn original_exe() -> Option<std::path::PathBuf> {
+    if is_sealed_copy() {
+        std::env::var_os(ORIGINAL_EXE_ENV).map(std::path::PathBuf::from)
+    } else {
+        std::env::current_exe().ok()
+    }
+}
+
 /// Whether this process already runs from the sealed copy.
 pub fn is_sealed_copy() -> bool {
     std::fs::read_link("/proc/self/exe").is_ok_and(|p| {
@@ -54,6 +66,11 @@ pub fn ensure_sealed() -> anyhow::Result<()> {
             "sealing the in-memory copy of isolab failed: {}",
             std::io::Error::last_os_error()
         );
+    }
+    // Remember where isolab really lives: its sibling binaries (isolab-vmm)
+    // are found next to it.
+    if let Ok(orig) = std::fs::read_link("/proc/self/exe") {
+        std::env::set_var(ORIGINAL_EXE_ENV, orig);
     }
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.into_encoded_bytes()))

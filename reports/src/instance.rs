@@ -22,7 +22,8 @@ pub struct InstanceReport {
     pub signal: Option<i32>,
     #[serde(default)]
     pub oom_killed: bool,
-    /// In time order: `launch` … `ready` … `exit`.
+    /// In time order: `launch` … `ready` … `exit` (… `reaped` when the
+    /// instance is a separate monitor process).
     pub marks: Vec<Mark>,
     /// Time from each mark to the next, named by the later mark.
     pub phases_ns: BTreeMap<String, u64>,
@@ -51,7 +52,11 @@ impl InstanceReport {
         let at = |n: &str| self.marks.iter().find(|m| m.name == n).map(|m| m.ns);
         if let Some(l) = at("launch") {
             self.launch_to_ready_ns = at("ready").map(|r| r.saturating_sub(l));
-            self.launch_to_exit_ns = at("exit").map(|e| e.saturating_sub(l));
+            // A monitor process's own "exit" (vCPU stopped) comes before the
+            // harness reaps it; "reaped" is the end for every backend.
+            self.launch_to_exit_ns = at("reaped")
+                .or_else(|| at("exit"))
+                .map(|e| e.saturating_sub(l));
         }
     }
 }

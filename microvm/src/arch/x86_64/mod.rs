@@ -1,0 +1,4 @@
+//! x86-64 specifics: memory map, GDT, page tables, vCPU registers.
+pub mod gdt;
+pub mod layout;
+pub mod regs;

@@ -1,0 +1,6 @@
+//! Devices behind a bus: serial (16550, vm-superio), i8042 (reset), the
+//! lab's marker/exit/nop ports.
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, VmEvent};

@@ -1,0 +1,238 @@
+//! Issue 4: the microVM monitor boots the lab guest here (PVM included).
+//! Needs /dev/kvm; skips loudly without it (fails under CI=true).
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn vm_json(args: &[&str]) -> (Option<Value>, std::process::Output) {
+    let out = isolab()
+        .args(["run", "--backend", "microvm", "--guest", "bare", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    (serde_json::from_slice(&out.stdout).ok(), out)
+}
+
+fn vmm() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_isolab-vmm"))
+}
+
+#[test]
+fn bare_guest_startup_marks_in_order() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let (v, out) = vm_json(&["--scenario", "startup"]);
+    let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
+    assert_eq!(v["exit_code"], 0);
+    let names: Vec<&str> = v["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    let want = [
+        "launch",
+        "kvm_open",
+        "vm_created",
+        "memory",
+        "kernel_loaded",
+        "vcpus_ready",
+        "first_entry",
+        "kernel_entry",
+        "params_checked",
+        "ready",
+        "done",
+        "exit",
+        "teardown",
+        "reaped",
+    ];
+    assert_eq!(names, want, "marks out of order");
+    let d = &v["result"]["data"];
+    assert_eq!(d["e820_entries"], 3, "the guest saw our e820 map");
+    assert_eq!(d["ram_bytes"], (64u64 << 20) - (0x10_0000 - 0x9fc00));
+    assert_eq!(d["own_range_is_ram"], true);
+    assert_eq!(d["cmdline_len"], "isolab.scenario=startup".len());
+    assert_eq!(d["ring"], 3, "the workload runs in ring 3");
+    assert!(v["launch_to_ready_ns"].as_u64().unwrap() < v["launch_to_exit_ns"].as_u64().unwrap());
+    let rss = v["memory_bytes"]["monitor_rss_beyond_guest"]
+        .as_u64()
+        .unwrap();
+    assert!(rss > 0 && rss < 64 << 20, "{rss}");
+}
+
+#[test]
+fn cpu_scenario_computes_what_the_agent_computes() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let (v, out) = vm_json(&["--scenario", "cpu", "--param", "blocks=2000"]);
+    let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
+    let want = format!("{:016x}", isolab_scenarios::kernels::cpu_work(2000));
+    assert_eq!(
+        v["result"]["data"]["checksum"],
+        want.as_str(),
+        "same code, same answer in every backend"
+    );
+    let rate = v["result"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "cpu.sha256")
+        .unwrap();
+    assert!(rate["value"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn exit_codes_and_misbehaving_guests() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let (v, out) = vm_json(&["--scenario", "startup", "--param", "exit=7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(v.unwrap()["exit_code"], 7);
+
+    let t = std::time::Instant::now();
+    let (_, out) = vm_json(&["--scenario", "hang", "--timeout", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did not finish within 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "timeout not honoured: {:?}",
+        t.elapsed()
+    );
+
+    let (_, out) = vm_json(&["--scenario", "flood", "--timeout", "1"]);
+    assert!(
+        stderr(&out).contains("did not finish") && stderr(&out).contains("flood flood"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (_, out) = vm_json(&["--scenario", "fault"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("triple-faulted"), "{}", stderr(&out));
+
+    let (v, out) = vm_json(&["--scenario", "unknown-io"]);
+    let v = v.unwrap_or_else(|| panic!("unknown I/O must be ignored: {}", stderr(&out)));
+    assert_eq!(
+        v["result"]["data"]["mmio_read"], 0xffff_ffffu64,
+        "unclaimed MMIO reads as all ones"
+    );
+}
+
+#[test]
+fn exit_cost_and_memory_scenarios_report_metrics() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let (v, out) = vm_json(&["--scenario", "exit-cost", "--param", "exits=2000"]);
+    let v = v.unwrap_or_else(|| panic!("{}", stderr(&out)));
+    let m = &v["result"]["metrics"][0];
+    assert_eq!(m["name"], "vm.exit_cost");
+    assert!(
+        m["value"].as_f64().unwrap() > 50.0,
+        "a VM exit costs more than 50 ns: {m}"
+    );
+    let (v, out) = vm_json(&["--scenario", "memory", "--param", "mib=8"]);
+    let v = v.unwrap_or_else(|| panic!("{}", stderr(&out)));
+    assert!(
+        v["memory_bytes"]["guest_touched"].as_u64().unwrap() >= 8 << 20,
+        "touched pages are resident"
+    );
+    let (_, out) = vm_json(&["--scenario", "memory", "--param", "mib=512"]);
+    assert!(!out.status.success(), "512 MiB cannot fit a 64 MiB guest");
+}
+
+#[test]
+fn bad_input_is_one_sentence() {
+    let o = vmm()
+        .args(["--kvm-device", "/nonexistent/kvm"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/nonexistent/kvm does not exist: enable KVM"),
+        "{}",
+        stderr(&o)
+    );
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let o = vmm().args(["--mem", "2"]).output().unwrap();
+    assert!(
+        stderr(&o).contains("too small: use at least 8 MiB"),
+        "{}",
+        stderr(&o)
+    );
+    let o = vmm().args(["--mem", "100000000"]).output().unwrap();
+    assert!(
+        stderr(&o).contains("more than this host has available"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = home();
+    let k = dir.path().join("k");
+    std::fs::write(&k, b"hello").unwrap();
+    let o = vmm()
+        .args(["--kernel", k.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("is not a kernel"), "{}", stderr(&o));
+    let o = vmm().args(["--frob"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = isolab()
+        .args(["run", "--backend", "microvm", "--scenario", "idle"])
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("needs --guest linux"), "{}", stderr(&o));
+    let o = isolab()
+        .args(["run", "--backend", "microvm", "--timeout", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("--timeout 0 is out of range"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn qemu_runs_the_same_guest() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let installed = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !require("qemu-system-x86_64", installed) {
+        return;
+    }
+    let home = home();
+    let out = isolab()
+        .args([
+            "run",
+            "--backend",
+            "qemu",
+            "--scenario",
+            "cpu",
+            "--param",
+            "blocks=2000",
+            "--json",
+        ])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(v["exit_code"], 0);
+    let want = format!("{:016x}", isolab_scenarios::kernels::cpu_work(2000));
+    assert_eq!(v["result"]["data"]["checksum"], want.as_str());
+    assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0);
+    assert!(v["memory_bytes"]["monitor_rss_at_ready"].as_u64().unwrap() > 1 << 20);
+}
