@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use isolab_reports::stats;
 use isolab_reports::{
-    HostInfo, InstanceReport, Manifest, Sample, MANIFEST_SCHEMA_VERSION, SAMPLE_COLUMNS,
+    HostInfo, InstanceReport, Manifest, Sample, SampleWriter, MANIFEST_SCHEMA_VERSION,
 };
 use isolab_runtime::cgroups::Limits;
 
@@ -41,6 +41,13 @@ pub struct BenchArgs {
     /// Image to run.
     #[arg(long, default_value = crate::containers::DEFAULT_IMAGE)]
     image: String,
+}
+
+impl BenchArgs {
+    /// Where run directories go.
+    pub fn results_dir(&self) -> &Path {
+        &self.results
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -402,9 +409,7 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
     };
     fs::write(dir.join("manifest.json"), manifest.to_json()?)?;
     let csv_path = dir.join("samples.csv");
-    let mut csv = csv::Writer::from_writer(fs::File::create(&csv_path)?);
-    csv.write_record(SAMPLE_COLUMNS)?;
-    csv.flush()?;
+    let mut csv = SampleWriter::new(fs::File::create(&csv_path)?)?;
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 
@@ -456,9 +461,8 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
                                     ))
                                     .or_default()
                                     .push(s.value);
-                                csv.serialize(&s)?;
+                                csv.append(&s)?;
                             }
-                            csv.flush()?;
                         }
                     }
                     Err(e) => {

@@ -10,6 +10,7 @@ mod containers;
 mod doctor;
 mod host;
 mod peers;
+mod report;
 mod selfprotect;
 mod vms;
 
@@ -88,6 +89,30 @@ enum Command {
     Image(ImageCommand),
     /// Measure backends side by side (interleaved) and write a run directory.
     Bench(bench::BenchArgs),
+    /// Turn a run into charts and tables for the book (default: newest run).
+    Report {
+        /// Run directory (default: the newest under --results).
+        run: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// The book's directory; output goes to <book-dir>/src/generated.
+        #[arg(long, default_value = "book")]
+        book_dir: PathBuf,
+    },
+    /// Build the HTML book (after `isolab report`).
+    Book {
+        #[arg(long, default_value = "book")]
+        book_dir: PathBuf,
+    },
+    /// Compare two runs and flag significant changes.
+    Compare { run_a: PathBuf, run_b: PathBuf },
+    /// The lab's main job: doctor, bench, report and book, in one go.
+    Lab {
+        #[command(flatten)]
+        bench: bench::BenchArgs,
+        #[arg(long, default_value = "book")]
+        book_dir: PathBuf,
+    },
     /// Write the embedded static isolab-agent to a file.
     Agent {
         /// Destination file (must not exist).
@@ -320,6 +345,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 selfprotect::ensure_sealed()?;
             }
             bench::run(&cli.home, args)
+        }
+        Command::Report {
+            run,
+            results,
+            book_dir,
+        } => {
+            let dir = match run {
+                Some(r) => r,
+                None => report::latest_run(&results)?,
+            };
+            let r = report::load_run(&dir)?;
+            let out = book_dir.join("src/generated");
+            report::generate(&r, &out)?;
+            println!("report for {} written to {}", dir.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Book { book_dir } => {
+            let html = report::build_book(&book_dir)?;
+            println!("book built: {}", html.join("index.html").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare { run_a, run_b } => {
+            let (a, b) = (report::load_run(&run_a)?, report::load_run(&run_b)?);
+            let changes = report::compare(&a.samples, &b.samples);
+            let mut flagged = 0;
+            println!(
+                "{:<10} {:<32} {:<10} {:>12} {:>12} {:>8}  95% CI",
+                "scenario", "metric", "backend", "median A", "median B", "B/A"
+            );
+            for ch in &changes {
+                if ch.significant {
+                    flagged += 1;
+                }
+                println!(
+                    "{:<10} {:<32} {:<10} {:>12.1} {:>12.1} {:>8.3}  [{:.3}, {:.3}]{}",
+                    ch.key.0,
+                    ch.key.1,
+                    ch.key.2,
+                    ch.median_a,
+                    ch.median_b,
+                    ch.ratio,
+                    ch.ci.0,
+                    ch.ci.1,
+                    if ch.significant { "  SIGNIFICANT" } else { "" }
+                );
+            }
+            println!(
+                "{flagged} significant change(s) of {} compared figures",
+                changes.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab { bench, book_dir } => {
+            require_root("the lab")?;
+            selfprotect::ensure_sealed()?;
+            let results = bench.results_dir().to_path_buf();
+            let code = bench::run(&cli.home, bench)?;
+            let dir = report::latest_run(&results)?;
+            let r = report::load_run(&dir)?;
+            report::generate(&r, &book_dir.join("src/generated"))?;
+            let html = report::build_book(&book_dir)?;
+            println!(
+                "results: {}\nbook:    {}",
+                dir.display(),
+                html.join("index.html").display()
+            );
+            Ok(code)
         }
         Command::Agent { write } => {
             use std::io::Write;

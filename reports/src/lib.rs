@@ -11,6 +11,7 @@
 //!   which versions and parameters, so a run can be reproduced and compared.
 #![forbid(unsafe_code)]
 
+pub mod charts;
 pub mod instance;
 pub mod manifest;
 pub mod sample;
@@ -18,4 +19,4 @@ pub mod stats;
 
 pub use instance::{InstanceReport, Mark};
 pub use manifest::{HostInfo, Manifest, MANIFEST_SCHEMA_VERSION};
-pub use sample::{read_samples, write_samples, Sample, SampleError, SAMPLE_COLUMNS};
+pub use sample::{read_samples, write_samples, Sample, SampleError, SampleWriter, SAMPLE_COLUMNS};

@@ -82,6 +82,38 @@ pub fn write_samples<W: Write>(out: W, samples: &[Sample]) -> Result<(), SampleE
     Ok(())
 }
 
+/// Appends samples one by one (a bench writes rows as it measures them, so
+/// an interrupted run is still a valid file). Writes the header once.
+pub struct SampleWriter<W: Write> {
+    inner: csv::Writer<W>,
+    row: usize,
+}
+
+impl<W: Write> SampleWriter<W> {
+    pub fn new(out: W) -> Result<Self, SampleError> {
+        let mut inner = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(out);
+        inner.write_record(SAMPLE_COLUMNS)?;
+        inner.flush().map_err(csv::Error::from)?;
+        Ok(SampleWriter { inner, row: 0 })
+    }
+
+    /// Appends one row and flushes it to the file.
+    pub fn append(&mut self, s: &Sample) -> Result<(), SampleError> {
+        self.row += 1;
+        if !s.value.is_finite() {
+            return Err(SampleError::NotFinite {
+                row: self.row,
+                value: s.value,
+            });
+        }
+        self.inner.serialize(s)?;
+        self.inner.flush().map_err(csv::Error::from)?;
+        Ok(())
+    }
+}
+
 /// Reads samples, checking the header against [`SAMPLE_COLUMNS`].
 pub fn read_samples<R: Read>(input: R) -> Result<Vec<Sample>, SampleError> {
     let mut r = csv::Reader::from_reader(input);
@@ -151,6 +183,24 @@ mod tests {
             text.lines().nth(1).unwrap(),
             "r1,h1,container,agent,startup,3,m,ns,1.0"
         );
+    }
+
+    #[test]
+    fn incremental_writer_writes_one_header() {
+        let mut buf = Vec::new();
+        {
+            let mut w = SampleWriter::new(&mut buf).unwrap();
+            w.append(&sample("a", 1.0)).unwrap();
+            w.append(&sample("b", 2.0)).unwrap();
+            assert!(w.append(&sample("c", f64::INFINITY)).is_err());
+        }
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert_eq!(text.matches("run_id").count(), 1, "{text}");
+        assert_eq!(read_samples(buf.as_slice()).unwrap().len(), 2);
+        // A writer that was never appended to still leaves a valid file.
+        let mut empty = Vec::new();
+        SampleWriter::new(&mut empty).unwrap();
+        assert!(read_samples(empty.as_slice()).unwrap().is_empty());
     }
 
     #[test]

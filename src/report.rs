@@ -1,0 +1,713 @@
+//! `isolab report`: a run directory → Markdown tables, number snippets and
+//! charts in `book/src/generated/` (generated, never committed); `isolab
+//! book`: the HTML book (mdBook, as a library).
+//!
+//! Every number the book's prose quotes is a snippet file written here
+//! (`generated/numbers/*.txt`, no trailing newline, included inline), so
+//! the book always speaks of the reader's own run.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use isolab_reports::charts::{self, Distribution, Reference, StackedBar, Verdict};
+use isolab_reports::stats;
+use isolab_reports::{read_samples, Manifest, Sample};
+
+/// Published reference figures drawn on the charts, with their sources.
+pub const REFERENCES: &[(&str, f64, &str)] = &[
+    (
+        "Firecracker boot to init",
+        125.0,
+        "Firecracker's specification: a microVM boots to user-space init in ≤ 125 ms",
+    ),
+    (
+        "LightVM boot",
+        2.3,
+        "Manco et al., 'My VM is Lighter (and Safer) than your Container', SOSP 2017: 2.3 ms",
+    ),
+];
+/// Firecracker's documented monitor overhead (≤ 5 MiB), KiB.
+pub const FIRECRACKER_OVERHEAD_KIB: f64 = 5.0 * 1024.0;
+
+/// The newest run directory under `results`.
+pub fn latest_run(results: &Path) -> Result<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(results)
+        .with_context(|| {
+            format!(
+                "no results in {}: run `isolab bench` first",
+                results.display()
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("samples.csv").is_file())
+        .collect();
+    runs.sort();
+    runs.pop()
+        .ok_or_else(|| anyhow!("no run in {}: run `isolab bench` first", results.display()))
+}
+
+/// A loaded run.
+pub struct Run {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub samples: Vec<Sample>,
+}
+
+pub fn load_run(dir: &Path) -> Result<Run> {
+    let m = std::fs::read_to_string(dir.join("manifest.json")).with_context(|| {
+        format!(
+            "{} is not a run directory (no manifest.json)",
+            dir.display()
+        )
+    })?;
+    let manifest = Manifest::from_json(&m)
+        .with_context(|| format!("{}/manifest.json is not an isolab manifest", dir.display()))?;
+    let f = std::fs::File::open(dir.join("samples.csv"))
+        .with_context(|| format!("{} has no samples.csv", dir.display()))?;
+    let samples = read_samples(f)?;
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        manifest,
+        samples,
+    })
+}
+
+type Key = (String, String, String); // scenario, metric, backend
+
+fn collect(samples: &[Sample]) -> BTreeMap<Key, Vec<f64>> {
+    let mut m: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    for s in samples {
+        m.entry((s.scenario.clone(), s.metric.clone(), s.backend.clone()))
+            .or_default()
+            .push(s.value);
+    }
+    m
+}
+
+/// Display order of backends.
+const ORDER: [&str; 5] = ["container", "crun", "runc", "microvm", "qemu"];
+
+fn backends_in(c: &BTreeMap<Key, Vec<f64>>, scenario: &str, metric: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .keys()
+        .filter(|k| k.0 == scenario && k.1 == metric)
+        .map(|k| k.2.clone())
+        .collect();
+    v.sort_by_key(|b| ORDER.iter().position(|o| o == b).unwrap_or(99));
+    v
+}
+
+fn ms(ns: f64) -> String {
+    format!("{:.2}", ns / 1e6)
+}
+
+/// What a KVM flavour means for the results, for every results page.
+pub fn host_note(m: &Manifest) -> String {
+    match m.host.kvm_flavour.as_str() {
+        "pvm" => "**This run was made on a PVM host** (software-assisted nested KVM, no VMX/SVM). Here a guest's ring 0 runs in KVM's instruction emulator and a stock Linux kernel cannot boot to init; VM exits cost several times more than on hardware KVM. The bare lab guest therefore runs its workload in ring 3, which PVM executes natively. VM startup and exit-cost figures from this host are *not* representative of hardware KVM; container figures are.".into(),
+        "hardware-vmx" | "hardware-svm" => format!("This run was made on a host with hardware virtualisation ({}): VM figures are representative of KVM on bare metal (or of nested hardware KVM, see the host table).", m.host.kvm_flavour),
+        "none" => "This run was made on a host without KVM: only the container backends ran.".into(),
+        other => format!("This run was made on a host whose KVM flavour is {other}: treat VM figures with care."),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes every generated file; returns the list of files written.
+pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out.join("numbers"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let c = collect(&run.samples);
+    let m = &run.manifest;
+    let mut files = Vec::new();
+    let num = |name: &str, value: String| -> Result<()> {
+        let p = out.join("numbers").join(format!("{name}.txt"));
+        write(&p, &value)?;
+        Ok(())
+    };
+
+    // Host page.
+    let mut host = String::new();
+    writeln!(host, "{}\n", host_note(m))?;
+    writeln!(host, "| | |\n|---|---|")?;
+    for (k, v) in [
+        ("run", format!("{} ({})", m.run_id, run.dir.display())),
+        ("started", m.started_at.clone()),
+        (
+            "finished",
+            m.finished_at
+                .clone()
+                .unwrap_or_else(|| "interrupted (partial run)".into()),
+        ),
+        ("isolab", m.isolab_revision.clone()),
+        (
+            "CPU",
+            format!("{} ({} CPUs)", m.host.cpu_model, m.host.cpus),
+        ),
+        (
+            "memory",
+            format!(
+                "{:.1} GiB",
+                m.host.memory_bytes as f64 / (1u64 << 30) as f64
+            ),
+        ),
+        ("kernel", m.host.kernel.clone()),
+        (
+            "KVM",
+            format!(
+                "{}{}",
+                m.host.kvm_flavour,
+                if m.host.nested {
+                    " (this host is itself a VM)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("cgroups", m.host.cgroup_mode.clone()),
+        (
+            "peers",
+            m.host
+                .peers
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("parameters", serde_json::to_string(&m.parameters)?),
+    ] {
+        writeln!(host, "| {k} | {} |", v.replace('|', "\\|"))?;
+    }
+    if !m.notes.is_empty() {
+        writeln!(host, "\nNotes from the run:\n")?;
+        for n in &m.notes {
+            writeln!(host, "- {n}")?;
+        }
+    }
+    write(&out.join("host.md"), &host)?;
+    write(&out.join("host-note.md"), &format!("> {}\n", host_note(m)))?;
+    num("kvm_flavour", m.host.kvm_flavour.clone())?;
+    num("host_cpus", m.host.cpus.to_string())?;
+    num("run_id", m.run_id.clone())?;
+
+    // Startup table + chart + numbers.
+    let mut t = String::from("| backend | n | launch→ready median (ms) | p95 | 95% CI of median | launch→exit median (ms) | ratio of medians to baseline (launch→exit) | instances/s |\n|---|---|---|---|---|---|---|---|\n");
+    let mut dists = Vec::new();
+    for b in backends_in(&c, "startup", "launch_to_exit") {
+        let ready = c
+            .get(&("startup".into(), "launch_to_ready".into(), b.clone()))
+            .and_then(|v| stats::summarize(v));
+        let exit = c
+            .get(&("startup".into(), "launch_to_exit".into(), b.clone()))
+            .and_then(|v| stats::summarize(v));
+        let base = crate::bench::baseline(&b);
+        let ratio = base
+            .and_then(|base| {
+                let a = c.get(&("startup".into(), "launch_to_exit".into(), base.to_owned()))?;
+                let x = c.get(&("startup".into(), "launch_to_exit".into(), b.clone()))?;
+                stats::ratio_of_medians(a, x).map(|r| (base, r))
+            })
+            .map(|(base, (r, (lo, hi)))| format!("{base}/{b} = {r:.2} [{lo:.2}, {hi:.2}]"))
+            .unwrap_or_else(|| "—".into());
+        if let (Some(r), Some(e)) = (&ready, &exit) {
+            writeln!(
+                t,
+                "| {b} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
+                r.n,
+                ms(r.median),
+                ms(r.p95),
+                ms(r.ci95.0),
+                ms(r.ci95.1),
+                ms(e.median),
+                1e9 / e.mean
+            )?;
+            num(&format!("{b}_startup_ready_ms"), ms(r.median))?;
+            num(&format!("{b}_startup_exit_ms"), ms(e.median))?;
+        }
+        if let Some(v) = c.get(&("startup".into(), "launch_to_ready".into(), b.clone())) {
+            dists.push(Distribution {
+                label: b.clone(),
+                values: v.iter().map(|x| x / 1e6).collect(),
+            });
+        }
+    }
+    for (a, b) in [
+        ("container", "crun"),
+        ("container", "runc"),
+        ("microvm", "qemu"),
+        ("container", "microvm"),
+    ] {
+        if let (Some(x), Some(y)) = (
+            c.get(&("startup".into(), "launch_to_exit".into(), a.into())),
+            c.get(&("startup".into(), "launch_to_exit".into(), b.into())),
+        ) {
+            if let Some((r, _)) = stats::ratio_of_medians(x, y) {
+                num(&format!("ratio_{a}_{b}_startup"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("startup.md"), &t)?;
+    let refs: Vec<Reference> = REFERENCES
+        .iter()
+        .map(|r| Reference {
+            label: r.0.into(),
+            value: r.1,
+        })
+        .collect();
+    if !dists.is_empty() {
+        files.extend(charts::box_plot_log(
+            &out.join("startup"),
+            "Startup: launch → ready (log scale)",
+            "ms",
+            &dists,
+            &refs,
+        )?);
+    }
+
+    // Phases: median of each phase per backend that reports phases.
+    let mut bars = Vec::new();
+    let mut pt = String::from("| backend | phase | median (ms) |\n|---|---|---|\n");
+    for b in ORDER {
+        let mut segs: Vec<(String, f64, f64)> = Vec::new(); // name, median, order key
+        for ((s, metric, be), v) in &c {
+            if s == "startup" && be == b && metric.starts_with("phase.") {
+                let name = metric.trim_start_matches("phase.").to_owned();
+                let med = stats::median(v).unwrap_or(0.0);
+                let order = phase_order(&name);
+                segs.push((name, med, order));
+            }
+        }
+        if segs.len() < 2 {
+            continue;
+        }
+        segs.sort_by(|a, b| a.2.total_cmp(&b.2));
+        for (n, v, _) in &segs {
+            writeln!(pt, "| {b} | {n} | {} |", ms(*v))?;
+        }
+        bars.push(StackedBar {
+            label: b.into(),
+            segments: segs.into_iter().map(|(n, v, _)| (n, v / 1e6)).collect(),
+        });
+    }
+    write(&out.join("phases.md"), &pt)?;
+    if !bars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join("phases"),
+            "Where a start goes: median phases (startup)",
+            "ms",
+            &bars,
+            &[],
+        )?);
+    }
+
+    // Memory.
+    let mut mt =
+        String::from("| backend | figure | median (KiB) | p95 (KiB) |\n|---|---|---|---|\n");
+    let mut mbars = Vec::new();
+    for b in ORDER {
+        let get = |metric: &str| {
+            ["idle", "startup"]
+                .iter()
+                .find_map(|s| c.get(&(s.to_string(), metric.to_owned(), b.to_owned())))
+                .and_then(|v| stats::summarize(v))
+        };
+        let mut segs = Vec::new();
+        for (metric, label) in [
+            ("memory.hold_cgroup_charged", "cgroup charge (idle agent)"),
+            (
+                "memory.monitor_rss_beyond_guest",
+                "monitor RSS beyond guest pages",
+            ),
+            ("memory.guest_touched", "guest pages touched"),
+            ("memory.monitor_rss_at_ready", "monitor process RSS"),
+        ] {
+            if let Some(s) = get(metric) {
+                writeln!(
+                    mt,
+                    "| {b} | {label} | {:.0} | {:.0} |",
+                    s.median / 1024.0,
+                    s.p95 / 1024.0
+                )?;
+                segs.push((label.to_owned(), s.median / 1024.0));
+                num(
+                    &format!("{b}_{}_kib", metric.trim_start_matches("memory.")),
+                    format!("{:.0}", s.median / 1024.0),
+                )?;
+            }
+        }
+        if !segs.is_empty() {
+            mbars.push(StackedBar {
+                label: b.into(),
+                segments: segs,
+            });
+        }
+    }
+    write(&out.join("memory.md"), &mt)?;
+    if !mbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join("memory"),
+            "Host memory per instance (medians)",
+            "KiB",
+            &mbars,
+            &[Reference {
+                label: "Firecracker overhead ≤ 5 MiB".into(),
+                value: FIRECRACKER_OVERHEAD_KIB,
+            }],
+        )?);
+    }
+
+    // CPU throughput relative to the container.
+    let mut ct = String::from(
+        "| backend | SHA-256 median (MiB/s) | relative to container |\n|---|---|---|\n",
+    );
+    let mut cbars = Vec::new();
+    let base = c
+        .get(&("cpu".into(), "cpu.sha256".into(), "container".into()))
+        .and_then(|v| stats::median(v));
+    for b in backends_in(&c, "cpu", "cpu.sha256") {
+        if let Some(v) = c
+            .get(&("cpu".into(), "cpu.sha256".into(), b.clone()))
+            .and_then(|v| stats::median(v))
+        {
+            let rel = base.map(|x| v / x);
+            writeln!(
+                ct,
+                "| {b} | {:.1} | {} |",
+                v / 1048576.0,
+                rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
+            )?;
+            if let Some(r) = rel {
+                cbars.push(StackedBar {
+                    label: b.clone(),
+                    segments: vec![("throughput / container's".into(), r)],
+                });
+                num(&format!("{b}_cpu_relative"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("cpu.md"), &ct)?;
+    if !cbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join("cpu"),
+            "CPU scenario: throughput relative to the container",
+            "ratio",
+            &cbars,
+            &[Reference {
+                label: "same speed".into(),
+                value: 1.0,
+            }],
+        )?);
+    }
+
+    // VM exit cost.
+    let mut et = String::from("| backend | one VM exit (µs), median |\n|---|---|\n");
+    for b in backends_in(&c, "exit-cost", "vm.exit_cost") {
+        if let Some(v) = c
+            .get(&("exit-cost".into(), "vm.exit_cost".into(), b.clone()))
+            .and_then(|v| stats::median(v))
+        {
+            writeln!(et, "| {b} | {:.1} |", v / 1e3)?;
+            num(&format!("{b}_exit_cost_us"), format!("{:.1}", v / 1e3))?;
+        }
+    }
+    write(&out.join("exit-cost.md"), &et)?;
+
+    // Disk.
+    let mut dt = String::from("| what | bytes |\n|---|---|\n");
+    let mut dbars = Vec::new();
+    let mut any_disk = false;
+    for ((s, metric, b), v) in &c {
+        if s == "disk" {
+            any_disk = true;
+            let med = stats::median(v).unwrap_or(0.0);
+            writeln!(
+                dt,
+                "| {b}: {} | {:.0} |",
+                metric.trim_start_matches("disk."),
+                med
+            )?;
+            dbars.push(StackedBar {
+                label: format!("{b} {}", metric.trim_start_matches("disk.")),
+                segments: vec![("KiB".into(), med / 1024.0)],
+            });
+            num(
+                &format!(
+                    "disk_{b}_{}",
+                    metric.trim_start_matches("disk.").replace('.', "_")
+                ),
+                format!("{:.0}", med / 1024.0),
+            )?;
+        }
+    }
+    if !any_disk {
+        dt.push_str("| (no disk figures in this run) | |\n");
+    }
+    write(&out.join("disk.md"), &dt)?;
+    if !dbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join("disk"),
+            "Disk footprint (KiB)",
+            "KiB",
+            &dbars,
+            &[],
+        )?);
+    }
+
+    // Probes: samples with metric probe.<name>, value 1 isolated / 0 exposed / -1 n/a.
+    let mut probes: BTreeSet<String> = BTreeSet::new();
+    let mut pcols: Vec<String> = Vec::new();
+    for s in &run.samples {
+        if s.scenario == "probes" {
+            probes.insert(s.metric.trim_start_matches("probe.").to_owned());
+            if !pcols.contains(&s.backend) {
+                pcols.push(s.backend.clone());
+            }
+        }
+    }
+    pcols.sort_by_key(|b| ORDER.iter().position(|o| o == b).unwrap_or(99));
+    let mut ptab = String::new();
+    if !probes.is_empty() {
+        let rows: Vec<String> = probes.iter().cloned().collect();
+        let mut cells = Vec::new();
+        writeln!(
+            ptab,
+            "| probe | {} |\n|---|{}",
+            pcols.join(" | "),
+            "---|".repeat(pcols.len())
+        )?;
+        for r in &rows {
+            let mut row = Vec::new();
+            let mut line = format!("| {r} |");
+            for b in &pcols {
+                let v = run
+                    .samples
+                    .iter()
+                    .find(|s| {
+                        s.scenario == "probes"
+                            && s.backend == *b
+                            && s.metric == format!("probe.{r}")
+                    })
+                    .map(|s| s.value);
+                let verdict = match v {
+                    Some(x) if x > 0.5 => Verdict::Isolated,
+                    Some(x) if x > -0.5 => Verdict::Exposed,
+                    Some(_) => Verdict::NotApplicable,
+                    None => Verdict::Missing,
+                };
+                line.push_str(match verdict {
+                    Verdict::Isolated => " isolated |",
+                    Verdict::Exposed => " **exposed** |",
+                    Verdict::NotApplicable => " n/a |",
+                    Verdict::Missing => " — |",
+                });
+                row.push(verdict);
+            }
+            writeln!(ptab, "{line}")?;
+            cells.push(row);
+        }
+        files.extend(charts::heat_map(
+            &out.join("probes"),
+            "Isolation probes (green isolated, red exposed, grey n/a)",
+            &rows,
+            &pcols,
+            &cells,
+        )?);
+    } else {
+        ptab.push_str("(This run has no probe results: run `isolab probes` or a bench with the probes scenario.)\n");
+    }
+    write(&out.join("probes.md"), &ptab)?;
+    for (name, _) in [
+        ("startup", 0),
+        ("phases", 0),
+        ("memory", 0),
+        ("cpu", 0),
+        ("disk", 0),
+        ("probes", 0),
+    ] {
+        if !out.join(format!("{name}.svg")).exists() {
+            // An empty placeholder keeps every page's image link valid.
+            write(
+                &out.join(format!("{name}.svg")),
+                &placeholder_svg(&format!("no {name} data in this run")),
+            )?;
+        }
+    }
+    // Any number the prose quotes that this run did not produce reads "n/a"
+    // (e.g. VM figures on a host without KVM).
+    if let Some(src) = out.parent() {
+        for e in std::fs::read_dir(src).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for part in text.split("generated/numbers/").skip(1) {
+                if let Some(name) = part.split(".txt").next() {
+                    let p = out.join("numbers").join(format!("{name}.txt"));
+                    if !p.exists() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        write(&p, "n/a")?;
+                    }
+                }
+            }
+        }
+    }
+    files.push(out.to_path_buf());
+    Ok(files)
+}
+
+fn placeholder_svg(text: &str) -> String {
+    format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"60\"><text x=\"10\" y=\"35\" font-family=\"sans-serif\" font-size=\"16\">{text}</text></svg>\n")
+}
+
+/// Orders phases as they happen.
+fn phase_order(name: &str) -> f64 {
+    const SEQ: [&str; 22] = [
+        "clone",
+        "rootfs",
+        "cgroup",
+        "uid_map",
+        "mounts",
+        "pivot_root",
+        "seccomp",
+        "exec",
+        "kvm_open",
+        "vm_created",
+        "memory",
+        "kernel_loaded",
+        "vcpus_ready",
+        "first_entry",
+        "kernel_entry",
+        "params_checked",
+        "ready",
+        "done",
+        "exit",
+        "teardown",
+        "reaped",
+        "agent_ready",
+    ];
+    SEQ.iter()
+        .position(|s| *s == name)
+        .map(|p| p as f64)
+        .unwrap_or(50.0)
+}
+
+/// Builds the HTML book with mdBook.
+pub fn build_book(book_dir: &Path) -> Result<PathBuf> {
+    if !book_dir.join("src/generated/host.md").is_file() {
+        bail!(
+            "{} has no generated results: run `isolab report` first",
+            book_dir.display()
+        );
+    }
+    let book = mdbook::MDBook::load(book_dir)
+        .map_err(|e| anyhow!("loading the book in {}: {e}", book_dir.display()))?;
+    book.build()
+        .map_err(|e| anyhow!("building the book: {e}"))?;
+    Ok(book_dir.join("book"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_sort_in_time_order() {
+        let mut v = vec!["exec", "clone", "mounts", "cgroup"];
+        v.sort_by(|a, b| phase_order(a).total_cmp(&phase_order(b)));
+        assert_eq!(v, ["clone", "cgroup", "mounts", "exec"]);
+    }
+
+    #[test]
+    fn host_note_says_what_pvm_means() {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "run_id": "r", "command": "bench", "isolab_revision": "x",
+            "started_at": "t", "host": {"host_id": "h", "hostname": "h", "cpu_model": "c", "cpus": 2,
+            "memory_bytes": 1, "kernel": "k", "kvm_flavour": "pvm", "nested": true, "cgroup_mode": "hybrid", "peers": {}},
+            "parameters": {}
+        }))
+        .unwrap();
+        assert!(host_note(&m).contains("PVM host"));
+        m.host.kvm_flavour = "hardware-vmx".into();
+        assert!(host_note(&m).contains("hardware virtualisation"));
+    }
+}
+
+/// One row of `isolab compare`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: (String, String, String),
+    pub median_a: f64,
+    pub median_b: f64,
+    pub ratio: f64,
+    pub ci: (f64, f64),
+    pub significant: bool,
+}
+
+/// Compares two runs: for every (scenario, metric, backend) in both, the
+/// ratio of medians B/A with a bootstrap 95 % CI; a change is significant
+/// when the interval excludes 1 and the change is over 5 %.
+pub fn compare(a: &[Sample], b: &[Sample]) -> Vec<Change> {
+    let (ca, cb) = (collect(a), collect(b));
+    let mut out = Vec::new();
+    for (k, va) in &ca {
+        let Some(vb) = cb.get(k) else { continue };
+        let (Some(ma), Some(mb)) = (stats::median(va), stats::median(vb)) else {
+            continue;
+        };
+        let Some((ratio, ci)) = stats::ratio_of_medians(vb, va) else {
+            continue;
+        };
+        let significant = (ci.0 > 1.0 || ci.1 < 1.0) && (ratio - 1.0).abs() > 0.05;
+        out.push(Change {
+            key: k.clone(),
+            median_a: ma,
+            median_b: mb,
+            ratio,
+            ci,
+            significant,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    fn s(backend: &str, v: f64) -> Sample {
+        Sample {
+            run_id: "r".into(),
+            host_id: "h".into(),
+            backend: backend.into(),
+            guest: "agent".into(),
+            scenario: "startup".into(),
+            iteration: 0,
+            metric: "launch_to_exit".into(),
+            unit: "ns".into(),
+            value: v,
+        }
+    }
+
+    #[test]
+    fn flags_a_real_change_and_not_noise() {
+        let a: Vec<Sample> = (0..30)
+            .map(|i| s("container", 100.0 + (i % 5) as f64))
+            .collect();
+        let same: Vec<Sample> = (0..30)
+            .map(|i| s("container", 100.0 + ((i + 2) % 5) as f64))
+            .collect();
+        let slower: Vec<Sample> = (0..30)
+            .map(|i| s("container", 150.0 + (i % 5) as f64))
+            .collect();
+        let c = compare(&a, &same);
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].significant, "{:?}", c[0]);
+        let c = compare(&a, &slower);
+        assert!(c[0].significant && c[0].ratio > 1.4, "{:?}", c[0]);
+        assert!(
+            compare(&a, &[s("crun", 1.0)]).is_empty(),
+            "only keys present in both runs"
+        );
+    }
+}
