@@ -27,7 +27,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     backends: Vec<Backend>,
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "startup,idle,cpu")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "startup,idle,cpu,syscall,exit-cost"
+    )]
     scenarios: Vec<String>,
     /// Measured repetitions per backend and scenario.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
@@ -41,13 +45,6 @@ pub struct BenchArgs {
     /// Image to run.
     #[arg(long, default_value = crate::containers::DEFAULT_IMAGE)]
     image: String,
-}
-
-impl BenchArgs {
-    /// Where run directories go.
-    pub fn results_dir(&self) -> &Path {
-        &self.results
-    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -200,6 +197,11 @@ fn run_one(
 ) -> Result<(InstanceReport, String)> {
     let params: Vec<String> = match scenario {
         "idle" => vec!["hold_ms=200".into()],
+        "syscall" => vec!["iterations=200000".into()],
+        "exit-cost" => vec!["exits=2000".into()],
+        "fork-exec" => vec!["iterations=20".into()],
+        "file-io" => vec!["mib=16".into()],
+        "net-loopback" => vec!["round_trips=500".into(), "mib=16".into()],
         _ => vec![],
     };
     let limits = Limits {
@@ -247,7 +249,7 @@ fn run_one(
             let opts = crate::vms::VmOptions {
                 guest: crate::vms::Guest::Bare,
                 scenario: scenario.into(),
-                params: vec![],
+                params,
                 mem_mib: 64,
                 vcpus: 1,
                 timeout: std::time::Duration::from_secs(30),
@@ -295,7 +297,8 @@ fn backend_name(b: Backend) -> &'static str {
     }
 }
 
-pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
+/// Runs the bench; returns the exit code and the run directory written.
+pub fn run(home: &Path, a: BenchArgs) -> Result<(ExitCode, PathBuf)> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench needs root (namespaces, overlayfs, cgroups): run it with sudo");
     }
@@ -353,8 +356,19 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
         v
     };
     for s in &a.scenarios {
-        if !["startup", "idle", "cpu", "memory", "exit-cost"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} for bench: use startup, idle, cpu, memory or exit-cost");
+        const KNOWN: [&str; 9] = [
+            "startup",
+            "idle",
+            "cpu",
+            "memory",
+            "exit-cost",
+            "syscall",
+            "fork-exec",
+            "file-io",
+            "net-loopback",
+        ];
+        if !KNOWN.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} for bench: use {}", KNOWN.join(", "));
         }
         for b in &backends {
             if !supports(*b, s) {
@@ -499,11 +513,12 @@ pub fn run(home: &Path, a: BenchArgs) -> Result<ExitCode> {
     if failures > 0 {
         eprintln!("isolab: {failures} instance(s) failed; see the messages above");
     }
-    Ok(if interrupted || failures > 0 {
+    let code = if interrupted || failures > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((code, dir))
 }
 
 /// A text summary: per scenario and metric, each backend's median, p95 and
@@ -518,6 +533,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         "memory.monitor_rss_at_ready",
         "cpu.sha256",
         "vm.exit_cost",
+        "syscall.getppid",
     ];
     for ((scenario, metric, backend), values) in collected {
         if !wanted.contains(&metric.as_str()) {
@@ -546,7 +562,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
             (1.0 / 1024.0, "KiB")
         } else if metric == "cpu.sha256" {
             (1.0 / 1048576.0, "MiB/s")
-        } else if metric == "vm.exit_cost" {
+        } else if metric == "vm.exit_cost" || metric == "syscall.getppid" {
             (1e-3, "us")
         } else {
             (1e-6, "ms")

@@ -10,6 +10,7 @@ mod containers;
 mod doctor;
 mod host;
 mod peers;
+mod probes_cmd;
 mod report;
 mod selfprotect;
 mod vms;
@@ -89,6 +90,12 @@ enum Command {
     Image(ImageCommand),
     /// Measure backends side by side (interleaved) and write a run directory.
     Bench(bench::BenchArgs),
+    /// Run the isolation probes on every available backend, side by side.
+    Probes {
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Turn a run into charts and tables for the book (default: newest run).
     Report {
         /// Run directory (default: the newest under --results).
@@ -344,7 +351,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if nix::unistd::geteuid().is_root() {
                 selfprotect::ensure_sealed()?;
             }
-            bench::run(&cli.home, args)
+            bench::run(&cli.home, args).map(|(code, _)| code)
+        }
+        Command::Probes { json } => {
+            require_root("the probes")?;
+            selfprotect::ensure_sealed()?;
+            let cols = probes_cmd::run_all(&cli.home);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&probes_cmd::to_json(&cols))?
+                );
+            } else {
+                print!("{}", probes_cmd::render(&cols));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Report {
             run,
@@ -400,9 +421,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab { bench, book_dir } => {
             require_root("the lab")?;
             selfprotect::ensure_sealed()?;
-            let results = bench.results_dir().to_path_buf();
-            let code = bench::run(&cli.home, bench)?;
-            let dir = report::latest_run(&results)?;
+            let (code, dir) = bench::run(&cli.home, bench)?;
+            // The probe matrix joins the run's samples.
+            let run = report::load_run(&dir)?;
+            let cols = probes_cmd::run_all(&cli.home);
+            {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(dir.join("samples.csv"))?;
+                let mut w = csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(&mut f);
+                for s in
+                    probes_cmd::samples(&cols, &run.manifest.run_id, &run.manifest.host.host_id)
+                {
+                    w.serialize(&s)?;
+                }
+                w.flush()?;
+                drop(w);
+                f.flush()?;
+            }
             let r = report::load_run(&dir)?;
             report::generate(&r, &book_dir.join("src/generated"))?;
             let html = report::build_book(&book_dir)?;

@@ -43,7 +43,13 @@ pub fn latest_run(results: &Path) -> Result<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.join("samples.csv").is_file())
         .collect();
-    runs.sort();
+    // Newest by the time its manifest was last written (names can tie
+    // within a second).
+    runs.sort_by_key(|p| {
+        std::fs::metadata(p.join("manifest.json"))
+            .and_then(|m| m.modified())
+            .ok()
+    });
     runs.pop()
         .ok_or_else(|| anyhow!("no run in {}: run `isolab bench` first", results.display()))
 }

@@ -65,9 +65,9 @@ fn inside_view_is_isolated() {
     }
     // Docker's default capability set, as documented in DEFAULT_CAPS:
     // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
-    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
-    assert_eq!(d["cap_eff"], "00000000a80425fb");
-    assert_eq!(d["cap_bnd"], "00000000a80425fb");
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT AUDIT_WRITE SETFCAP (no MKNOD: see DEFAULT_CAPS).
+    assert_eq!(d["cap_eff"], "00000000a00425fb");
+    assert_eq!(d["cap_bnd"], "00000000a00425fb");
     assert_eq!(d["seccomp"], "2", "seccomp filter mode");
     assert_eq!(d["no_new_privs"], "1");
     assert_eq!(
@@ -146,7 +146,7 @@ fn user_namespace_mode_maps_root_away() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(v["result"]["data"]["uid"], "0 100000 65536");
     // Root inside, with the default set — of the user namespace only.
-    assert_eq!(v["result"]["data"]["cap_eff"], "00000000a80425fb");
+    assert_eq!(v["result"]["data"]["cap_eff"], "00000000a00425fb");
     // Still cannot make namespaces: seccomp stops it.
     assert_eq!(v["result"]["data"]["unshare_errno"], libc::EPERM);
     let names: Vec<&str> = v["marks"]
@@ -429,9 +429,51 @@ fn peers_run_the_same_agent() {
         assert_eq!(d["pid"], 1);
         assert_eq!(d["seccomp"], "2");
         assert_eq!(
-            d["cap_bnd"], "00000000a80425fb",
+            d["cap_bnd"], "00000000a00425fb",
             "{peer} gets the same capability set"
         );
         assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0);
     }
+}
+
+#[test]
+fn probes_report_the_expected_differences_from_the_host() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let out = isolab()
+        .args(["probes", "--json"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["container"];
+    assert!(c.as_object().unwrap().len() >= 25, "at least 25 probes");
+    for (probe, want) in [
+        ("own_pid_1", "isolated"),
+        ("hostname", "isolated"),
+        ("network_interfaces", "isolated"),
+        ("host_mounts_visible", "isolated"),
+        ("kernel_shared", "exposed"),
+        ("meminfo_total", "exposed"),
+        ("mount", "isolated"),
+        ("init_module", "isolated"),
+        ("clock_settime", "isolated"),
+        ("mknod_block_device", "isolated"),
+        ("seccomp_filter", "isolated"),
+        ("reachable_syscalls", "exposed"),
+    ] {
+        assert_eq!(c[probe]["verdict"], want, "container {probe}: {}", c[probe]);
+    }
+    // A VM has its own kernel.
+    if has_kvm() {
+        assert_eq!(v["microvm"]["kernel_shared"]["verdict"], "isolated");
+        assert_eq!(
+            v["microvm"]["cpu_vulnerabilities"]["verdict"], "exposed",
+            "shared hardware in both worlds"
+        );
+    }
+    assert_no_leftovers(&home);
 }

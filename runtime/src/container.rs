@@ -105,14 +105,17 @@ pub const USERNS_BASE: u32 = 100_000;
 pub const USERNS_SIZE: u32 = 65_536;
 
 // ANCHOR: default_caps
-/// The capabilities a container keeps (Docker's default set); every other
-/// capability is dropped from all sets, the bounding set included.
+/// The capabilities a container keeps: Docker's default set *without*
+/// CAP_MKNOD. Docker pairs CAP_MKNOD with a device cgroup that forbids
+/// opening the nodes; isolab sets no device cgroup, and with CAP_MKNOD a
+/// container could create a node for the host's disk and open it (the
+/// `mknod_block_device` probe checks). Every other capability is dropped
+/// from all sets, the bounding set included.
 pub const DEFAULT_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_FSETID,
     caps::Capability::CAP_FOWNER,
-    caps::Capability::CAP_MKNOD,
     caps::Capability::CAP_NET_RAW,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_SETUID,

@@ -7,4 +7,6 @@
 
 pub mod inspect;
 pub mod kernels;
+pub mod probes;
 pub mod protocol;
+pub mod workloads;

@@ -2,6 +2,14 @@
 //! the container's entrypoint and the Linux microVM's `/init`.
 //!
 //! Usage: `isolab-agent [--scenario NAME] [--param KEY=VALUE]...`
+//!
+//! Scenarios: `startup` (nothing: the ready mark is the point), `idle`
+//! (hold `hold_ms`), `cpu` (SHA-256 over `blocks` × 64 bytes), `memory`
+//! (touch `mib` MiB, fault cost per page, hold), `syscall` (getppid ×
+//! `iterations`), `fork-exec` (spawn the agent × `iterations`), `file-io`
+//! (write/fsync/read `mib` MiB in /tmp, the writable layer), `net-loopback`
+//! (TCP round trips and bulk transfer), `inspect` (what the instance sees)
+//! and `probes` (the isolation probes).
 //! It stamps `ready` first thing in `main`, runs the scenario and prints
 //! one result line (see `isolab_scenarios::protocol`). Scenarios that hold
 //! (`idle`, `memory`) print a `@isolab-hold` line when the workload is in
@@ -10,8 +18,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use isolab_scenarios::kernels;
 use isolab_scenarios::protocol::{ResultLine, HOLD_LINE};
+use isolab_scenarios::{kernels, workloads};
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -96,6 +104,41 @@ fn main() -> ExitCode {
             std::hint::black_box(&v);
         }
         "inspect" => r.data = isolab_scenarios::inspect::inspect(),
+        "syscall" => r
+            .metrics
+            .extend(workloads::syscall(param(&params, "iterations", 1_000_000))),
+        "fork-exec" => r
+            .metrics
+            .extend(workloads::fork_exec(param(&params, "iterations", 50))),
+        "file-io" => match workloads::file_io(param(&params, "mib", 64)) {
+            Ok((metrics, fs)) => {
+                r.metrics.extend(metrics);
+                r.data = serde_json::json!({ "tmp_fs": fs });
+            }
+            Err(e) => {
+                r.ok = false;
+                r.error = Some(format!("file-io: {e}"));
+            }
+        },
+        "net-loopback" => match workloads::net_loopback(
+            param(&params, "round_trips", 2000),
+            param(&params, "mib", 64),
+        ) {
+            Ok(metrics) => r.metrics.extend(metrics),
+            Err(e) => {
+                r.ok = false;
+                r.error = Some(format!("net-loopback: {e}"));
+            }
+        },
+        "probes" => {
+            let host: BTreeMap<String, String> = params
+                .iter()
+                .filter(|(k, _)| k.starts_with("host_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let probes = isolab_scenarios::probes::run_all(&host);
+            r.data = serde_json::json!({ "probes": probes });
+        }
         other => {
             r.ok = false;
             r.error = Some(format!("unknown scenario {other:?}"));

@@ -1,0 +1,883 @@
+//! Isolation probes: questions the agent asks from inside an instance.
+//!
+//! Each probe returns a value, a verdict (isolated / exposed / n/a) and a
+//! one-line reason the book uses. Facts about the host that an instance
+//! cannot see (its hostname, kernel, boot id, memory, CPUs, uptime) are
+//! passed in as parameters by the harness (`host_*`), so the comparison is
+//! made inside.
+//!
+//! No probe harms the host: anything that could change state is asked in
+//! a way that fails after the permission check (an invalid argument), or
+//! is done only inside the instance's own namespaces and undone at once,
+//! or is reported as "would be allowed" without doing it.
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+/// A probe's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Isolated,
+    Exposed,
+    NotApplicable,
+}
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub name: String,
+    pub value: String,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+fn p(name: &str, value: impl ToString, verdict: Verdict, reason: &str) -> Probe {
+    Probe {
+        name: name.into(),
+        value: value.to_string(),
+        verdict,
+        reason: reason.into(),
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn errname(e: i32) -> String {
+    match e {
+        0 => "allowed".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::EACCES => "EACCES".into(),
+        libc::ENOSYS => "ENOSYS".into(),
+        libc::EINVAL => "EINVAL".into(),
+        libc::EFAULT => "EFAULT".into(),
+        libc::EBADF => "EBADF".into(),
+        libc::ENOENT => "ENOENT".into(),
+        libc::EROFS => "EROFS".into(),
+        other => format!("errno {other}"),
+    }
+}
+
+/// A refused call (EPERM/EACCES/ENOSYS) is isolated; anything else means
+/// the permission check passed.
+fn refused(e: i32) -> Verdict {
+    if matches!(e, libc::EPERM | libc::EACCES | libc::ENOSYS) {
+        Verdict::Isolated
+    } else {
+        Verdict::Exposed
+    }
+}
+
+/// Runs `f` in a forked child (so nothing it does stays in this process)
+/// and returns what it exits with (an errno or 0), or `None` on a crash.
+fn in_child(f: impl FnOnce() -> i32) -> Option<i32> {
+    // SAFETY: the agent is single-threaded here; the child makes system
+    // calls only and _exits.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::alarm(5);
+            let code = f();
+            libc::_exit(code & 0xff);
+        }
+        if pid < 0 {
+            return None;
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+    }
+}
+
+fn read(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+fn meminfo_total_kib() -> Option<u64> {
+    read("/proc/meminfo")?
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_count() -> usize {
+    read("/proc/cpuinfo")
+        .map(|t| t.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+}
+
+/// Number the probes check against `MAX_SYSCALL` (inclusive).
+pub const MAX_SYSCALL: i64 = 462;
+
+/// System calls that must not be called even with junk arguments: they end,
+/// block, or replace the calling process.
+const NEVER_CALL: &[i64] = &[
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_pause,
+    libc::SYS_fork,
+    libc::SYS_vfork,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_rt_sigsuspend,
+    libc::SYS_sync,
+    libc::SYS_vhangup,
+    // uretprobe (Linux 6.11) and uprobe (6.16): called from anywhere but
+    // their trampolines they kill the caller with SIGILL.
+    335,
+    336,
+];
+
+/// Counts system calls whose permission check passes: each number is
+/// called once with every argument set to all ones (invalid pointers,
+/// fds, flags), in a child; a refusal (EPERM from seccomp or a missing
+/// capability, ENOSYS) counts as unreachable.
+pub fn reachable_syscalls() -> Option<(u32, u32)> {
+    let (r, w) = {
+        let mut fds = [0; 2];
+        // SAFETY: pipe into a valid array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        (fds[0], fds[1])
+    };
+    let status = in_child(|| {
+        let (mut reachable, mut tried) = (0u32, 0u32);
+        for nr in 0..=MAX_SYSCALL {
+            if NEVER_CALL.contains(&nr) {
+                continue;
+            }
+            let a = u64::MAX;
+            // SAFETY: junk arguments make every call fail after its
+            // permission check; the calls that could do harm with any
+            // arguments are in NEVER_CALL.
+            let ret = unsafe { libc::syscall(nr, a, a, a, a, a, a) };
+            let e = if ret < 0 { errno() } else { 0 };
+            tried += 1;
+            if !matches!(e, libc::EPERM | libc::ENOSYS) {
+                reachable += 1;
+            }
+        }
+        let msg = format!("{reachable} {tried}");
+        // SAFETY: writing a small buffer to our pipe.
+        unsafe { libc::write(w, msg.as_ptr().cast(), msg.len()) };
+        0
+    });
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(w) };
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a local buffer, then closing.
+    let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closing our read end, used no more.
+    unsafe { libc::close(r) };
+    status?;
+    let text = std::str::from_utf8(&buf[..n.max(0) as usize]).ok()?;
+    let mut it = text.split_whitespace().filter_map(|x| x.parse().ok());
+    Some((it.next()?, it.next()?))
+}
+
+/// Runs every probe. `host` holds the harness's `host_*` facts.
+pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
+    use Verdict::*;
+    let h = |k: &str| host.get(k).cloned();
+    let mut out = Vec::new();
+
+    // Processes.
+    let pids: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let me = std::process::id();
+    out.push(p(
+        "own_pid_1",
+        me,
+        if me == 1 { Isolated } else { Exposed },
+        "in its own pid namespace the workload is pid 1",
+    ));
+    out.push(p(
+        "host_processes_visible",
+        pids.len(),
+        if pids.len() <= 4 { Isolated } else { Exposed },
+        "processes visible in /proc: a shared pid namespace shows the host's",
+    ));
+    let init = fs::read("/proc/1/cmdline")
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    out.push(p(
+        "pid_1_is_ours",
+        &init,
+        if init.contains("isolab-agent") || me == 1 {
+            Isolated
+        } else {
+            Exposed
+        },
+        "pid 1 is the instance's own init, not the host's (ptrace of the host's init impossible)",
+    ));
+
+    // Identity.
+    let hostname = read("/proc/sys/kernel/hostname").unwrap_or_default();
+    out.push(match h("host_hostname") {
+        Some(hh) => p(
+            "hostname",
+            &hostname,
+            if hh != hostname { Isolated } else { Exposed },
+            "the UTS namespace gives the instance its own host name",
+        ),
+        None => p(
+            "hostname",
+            &hostname,
+            NotApplicable,
+            "host name not given by the harness",
+        ),
+    });
+    let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let boot_id = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let shared_kernel = h("host_boot_id").is_some_and(|b| b == boot_id);
+    out.push(match h("host_boot_id") {
+        Some(_) => p(
+            "kernel_shared",
+            format!("{kernel} boot_id {}", &boot_id.get(..8).unwrap_or("")),
+            if shared_kernel { Exposed } else { Isolated },
+            "same boot id as the host: the instance runs on the host's kernel",
+        ),
+        None => p(
+            "kernel_shared",
+            &kernel,
+            NotApplicable,
+            "host boot id not given",
+        ),
+    });
+    out.push(match h("host_kernel") {
+        Some(hk) => p(
+            "kernel_version",
+            &kernel,
+            if hk == kernel && shared_kernel {
+                Exposed
+            } else {
+                Isolated
+            },
+            "the kernel version a container reports is the host's",
+        ),
+        None => p(
+            "kernel_version",
+            &kernel,
+            NotApplicable,
+            "host kernel not given",
+        ),
+    });
+
+    // Mounts and network.
+    let mounts: Vec<String> = read("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect();
+    let foreign: Vec<&String> = mounts
+        .iter()
+        .filter(|m| {
+            !(m.as_str() == "/"
+                || m.starts_with("/proc")
+                || m.starts_with("/dev")
+                || m.starts_with("/sys")
+                || m.starts_with("/run"))
+        })
+        .collect();
+    out.push(p(
+        "host_mounts_visible",
+        foreign.len(),
+        if foreign.is_empty() {
+            Isolated
+        } else {
+            Exposed
+        },
+        "no host mount point leaks into the instance's mount table",
+    ));
+    let ifs: Vec<String> = read("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_owned()))
+        .collect();
+    out.push(p(
+        "network_interfaces",
+        ifs.join(","),
+        if ifs.iter().all(|i| i == "lo") {
+            Isolated
+        } else {
+            Exposed
+        },
+        "a new network namespace has only loopback",
+    ));
+
+    // Host totals that leak.
+    let mem = meminfo_total_kib().unwrap_or(0);
+    out.push(
+        match h("host_mem_kib").and_then(|v| v.parse::<u64>().ok()) {
+            Some(hm) => p(
+                "meminfo_total",
+                format!("{mem} kB"),
+                if mem.abs_diff(hm) < hm / 50 {
+                    Exposed
+                } else {
+                    Isolated
+                },
+                "/proc/meminfo shows the host's total memory, not the instance's limit",
+            ),
+            None => p("meminfo_total", mem, NotApplicable, "host memory not given"),
+        },
+    );
+    let cpus = cpu_count();
+    out.push(match h("host_cpus").and_then(|v| v.parse::<usize>().ok()) {
+        Some(hc) => p(
+            "cpu_count",
+            cpus,
+            if cpus == hc && shared_kernel {
+                Exposed
+            } else {
+                Isolated
+            },
+            "/proc/cpuinfo lists the host's CPUs whatever the CPU quota",
+        ),
+        None => p("cpu_count", cpus, NotApplicable, "host CPU count not given"),
+    });
+    let up: f64 = read("/proc/uptime")
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    out.push(match h("host_uptime").and_then(|v| v.parse::<f64>().ok()) {
+        Some(hu) => p(
+            "host_uptime",
+            format!("{up:.0} s"),
+            if (up - hu).abs() < 30.0 {
+                Exposed
+            } else {
+                Isolated
+            },
+            "uptime reveals when the host booted (a time namespace could hide it)",
+        ),
+        None => p("host_uptime", up, NotApplicable, "host uptime not given"),
+    });
+
+    // Kernel information in /proc.
+    let kcore = fs::metadata("/proc/kcore").map(|m| m.len()).ok();
+    out.push(match kcore {
+        Some(0) | None => p(
+            "proc_kcore",
+            "masked",
+            Isolated,
+            "/proc/kcore (host physical memory image) is masked",
+        ),
+        Some(n) => p("proc_kcore", n, Exposed, "/proc/kcore is visible"),
+    });
+    let kallsyms = read("/proc/kallsyms")
+        .and_then(|t| t.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let addr_nonzero = kallsyms
+        .split_whitespace()
+        .next()
+        .is_some_and(|a| a.chars().any(|c| c != '0'));
+    out.push(p(
+        "kallsyms_addresses",
+        if addr_nonzero {
+            "real addresses"
+        } else {
+            "zeroed"
+        },
+        if addr_nonzero { Exposed } else { Isolated },
+        "kernel symbol addresses would defeat KASLR",
+    ));
+    let keys = read("/proc/keys").unwrap_or_default();
+    out.push(p(
+        "proc_keys",
+        keys.lines().count(),
+        if keys.is_empty() { Isolated } else { Exposed },
+        "/proc/keys (the shared kernel keyring) is masked",
+    ));
+    let dmesg = {
+        let mut buf = [0u8; 64];
+        // SAFETY: SYSLOG_ACTION_READ_ALL into a local buffer.
+        let r = unsafe { libc::klogctl(3, buf.as_mut_ptr().cast(), buf.len() as i32) };
+        if r < 0 {
+            errno()
+        } else {
+            0
+        }
+    };
+    out.push(p(
+        "dmesg",
+        errname(dmesg),
+        refused(dmesg),
+        "the host's kernel log (syslog) is refused",
+    ));
+
+    // Capabilities and what actually happens.
+    let status = read("/proc/self/status").unwrap_or_default();
+    let capeff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    let caps = u64::from_str_radix(&capeff, 16).unwrap_or(0);
+    out.push(p(
+        "cap_sys_admin",
+        format!("CapEff {capeff}"),
+        if caps & (1 << 21) == 0 {
+            Isolated
+        } else {
+            Exposed
+        },
+        "CAP_SYS_ADMIN (mount, namespaces, much of the kernel) is not held",
+    ));
+    let mount_e = in_child(|| {
+        // SAFETY: a mount attempt on the instance's own /tmp; undone at once
+        // if it succeeds (and only inside the instance's mount namespace).
+        unsafe {
+            if libc::mount(
+                c"isolab".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) == 0
+            {
+                libc::umount2(c"/tmp".as_ptr(), libc::MNT_DETACH);
+                0
+            } else {
+                errno()
+            }
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "mount",
+        errname(mount_e),
+        refused(mount_e),
+        "mounting file systems is refused",
+    ));
+    // SAFETY: init_module with a NULL image fails after the permission check.
+    let e = unsafe {
+        if libc::syscall(libc::SYS_init_module, 0usize, 0usize, c"".as_ptr()) < 0 {
+            errno()
+        } else {
+            0
+        }
+    };
+    out.push(p(
+        "init_module",
+        errname(e),
+        refused(e),
+        "loading a kernel module (code into the shared kernel) is refused",
+    ));
+    let e = in_child(unsafe_unshare).unwrap_or(-1);
+    out.push(p(
+        "unshare",
+        errname(e),
+        refused(e),
+        "making new namespaces is refused",
+    ));
+    let e = in_child(|| {
+        let f = match fs::File::open("/proc/self/ns/uts") {
+            Ok(f) => f,
+            Err(e) => return e.raw_os_error().unwrap_or(1),
+        };
+        // SAFETY: setns into our own UTS namespace: a no-op if allowed.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWUTS) };
+        if r < 0 {
+            errno()
+        } else {
+            0
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "setns",
+        errname(e),
+        refused(e),
+        "joining namespaces is refused",
+    ));
+    // The host's root file system device (passed by the harness), else sda.
+    let (major, minor) = h("host_root_dev")
+        .and_then(|d| {
+            let (a, b) = d.split_once(':')?;
+            Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
+        })
+        .unwrap_or((8, 0));
+    let e = in_child(|| {
+        let path = c"/tmp/.isolab-probe-blk";
+        // SAFETY: a node for the host's root disk in the instance's /tmp;
+        // opened read-only and removed at once, nothing is read.
+        unsafe {
+            if libc::mknod(
+                path.as_ptr(),
+                libc::S_IFBLK | 0o600,
+                libc::makedev(major, minor),
+            ) != 0
+            {
+                return errno();
+            }
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            let e = if fd < 0 { errno() } else { 0 };
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            libc::unlink(path.as_ptr());
+            e
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "mknod_block_device",
+        format!(
+            "{major}:{minor} {}",
+            if e == 0 { "opened".into() } else { errname(e) }
+        ),
+        if e == 0 { Exposed } else { Isolated },
+        "creating and opening a node for the host's root disk must fail",
+    ));
+    let e = in_child(|| {
+        let bad = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: -1,
+        };
+        // SAFETY: an invalid time: EINVAL after the permission check, so
+        // the clock is never changed. The raw system call: glibc's wrapper
+        // rejects the value itself before asking the kernel.
+        unsafe {
+            if libc::syscall(
+                libc::SYS_clock_settime,
+                libc::CLOCK_REALTIME,
+                &bad as *const libc::timespec,
+            ) < 0
+            {
+                errno()
+            } else {
+                0
+            }
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "clock_settime",
+        if e == libc::EINVAL {
+            "would be allowed".into()
+        } else {
+            errname(e)
+        },
+        refused(e),
+        "setting the host's clock is refused",
+    ));
+    let e = in_child(|| {
+        // SAFETY: a key in this (child) process's own keyring; it dies
+        // with the child.
+        unsafe {
+            let r = libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                c"isolab-probe".as_ptr(),
+                c"x".as_ptr(),
+                1usize,
+                -2i64,
+            );
+            if r < 0 {
+                errno()
+            } else {
+                0
+            }
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "add_key",
+        errname(e),
+        refused(e),
+        "the kernel keyring is not namespaced: add_key is refused",
+    ));
+    let e = in_child(|| {
+        // SAFETY: a software counter on ourselves, closed at once.
+        unsafe {
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
+            attr[4..8].copy_from_slice(&128u32.to_ne_bytes()); // size
+            let fd = libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0);
+            if fd < 0 {
+                errno()
+            } else {
+                libc::close(fd as i32);
+                0
+            }
+        }
+    })
+    .unwrap_or(-1);
+    out.push(p(
+        "perf_event_open",
+        errname(e),
+        refused(e),
+        "performance counters observe the host and are refused",
+    ));
+    for (name, nr, why) in [
+        (
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            "userfaultfd, a tool for winning kernel races, is refused",
+        ),
+        (
+            "io_uring_setup",
+            libc::SYS_io_uring_setup,
+            "io_uring, a large attack surface, is refused",
+        ),
+        (
+            "bpf",
+            libc::SYS_bpf,
+            "loading BPF programs into the shared kernel is refused",
+        ),
+    ] {
+        let e = in_child(|| {
+            // SAFETY: invalid arguments (all ones): fails after the check;
+            // a returned fd is closed.
+            unsafe {
+                let r = libc::syscall(nr, u64::MAX, 0usize, 0usize);
+                if r < 0 {
+                    errno()
+                } else {
+                    libc::close(r as i32);
+                    0
+                }
+            }
+        })
+        .unwrap_or(-1);
+        out.push(p(
+            name,
+            if e == libc::EINVAL || e == libc::EFAULT {
+                "would be allowed".into()
+            } else {
+                errname(e)
+            },
+            refused(e),
+            why,
+        ));
+    }
+
+    // Host-wide kernel knobs, without writing them.
+    for (name, path, why) in [
+        (
+            "core_pattern_writable",
+            "/proc/sys/kernel/core_pattern",
+            "core_pattern runs a program on the host at every crash",
+        ),
+        (
+            "binfmt_misc_writable",
+            "/proc/sys/fs/binfmt_misc/register",
+            "binfmt_misc registers host-wide interpreters",
+        ),
+        (
+            "sysrq_trigger_writable",
+            "/proc/sysrq-trigger",
+            "sysrq-trigger can reboot the host",
+        ),
+    ] {
+        let c = CString::new(path).unwrap_or_default();
+        // SAFETY: access(2) only checks.
+        let w = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+        let ro = fs::OpenOptions::new().write(true).open(path).is_err();
+        out.push(p(
+            name,
+            if w && !ro { "writable" } else { "not writable" },
+            if w && !ro { Exposed } else { Isolated },
+            why,
+        ));
+    }
+    let release_agents: Vec<String> = fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("release_agent"))
+        .filter(|p| fs::OpenOptions::new().write(true).open(p).is_ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    out.push(p(
+        "release_agent_writable",
+        release_agents.len(),
+        if release_agents.is_empty() {
+            Isolated
+        } else {
+            Exposed
+        },
+        "a writable cgroup v1 release_agent is the classic container escape",
+    ));
+
+    // Devices.
+    let devs: Vec<&str> = [
+        "/dev/kvm",
+        "/dev/mem",
+        "/dev/kmem",
+        "/dev/sda",
+        "/dev/vda",
+        "/dev/nvme0n1",
+        "/dev/port",
+    ]
+    .into_iter()
+    .filter(|d| fs::metadata(d).is_ok())
+    .collect();
+    out.push(p(
+        "host_devices",
+        if devs.is_empty() {
+            "none".into()
+        } else {
+            devs.join(",")
+        },
+        if devs.is_empty() { Isolated } else { Exposed },
+        "no host device (disk, /dev/mem, /dev/kvm) is present in /dev",
+    ));
+
+    // Shared hardware.
+    let vulns: Vec<String> = fs::read_dir("/sys/devices/system/cpu/vulnerabilities")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = fs::read_to_string(e.path()).ok()?;
+            (!v.starts_with("Not affected")).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    out.push(p(
+        "cpu_vulnerabilities",
+        if vulns.is_empty() {
+            "none reported".into()
+        } else {
+            vulns.join(",")
+        },
+        if vulns.is_empty() {
+            NotApplicable
+        } else {
+            Exposed
+        },
+        "the CPU is shared in both worlds: side channels cross containers and VMs alike",
+    ));
+
+    // Seccomp and the whole surface.
+    let seccomp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    out.push(p(
+        "seccomp_filter",
+        format!("mode {seccomp}"),
+        if seccomp == "2" { Isolated } else { Exposed },
+        "a seccomp filter narrows the system calls that reach the kernel",
+    ));
+    match reachable_syscalls() {
+        Some((n, tried)) => out.push(p(
+            "reachable_syscalls",
+            format!("{n}/{tried}"),
+            if shared_kernel { Exposed } else { Isolated },
+            "system calls that pass their permission check reach the host kernel only when it is shared",
+        )),
+        None => out.push(p("reachable_syscalls", "could not count", NotApplicable, "the counting child crashed")),
+    }
+    out
+}
+
+fn unsafe_unshare() -> i32 {
+    // SAFETY: unshare in a throwaway child.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) == 0 {
+            0
+        } else {
+            errno()
+        }
+    }
+}
+
+fn nix_stat_root() -> Result<String, ()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata("/").map_err(|_| ())?.dev();
+    Ok(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+}
+
+/// The host facts the harness passes as `host_*` parameters.
+pub fn host_facts() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if let Some(v) = read("/proc/sys/kernel/hostname") {
+        m.insert("host_hostname".into(), v);
+    }
+    if let Some(v) = read("/proc/sys/kernel/osrelease") {
+        m.insert("host_kernel".into(), v);
+    }
+    if let Some(v) = read("/proc/sys/kernel/random/boot_id") {
+        m.insert("host_boot_id".into(), v);
+    }
+    if let Some(v) = meminfo_total_kib() {
+        m.insert("host_mem_kib".into(), v.to_string());
+    }
+    m.insert("host_cpus".into(), cpu_count().to_string());
+    if let Ok(st) = nix_stat_root() {
+        m.insert("host_root_dev".into(), st);
+    }
+    if let Some(v) =
+        read("/proc/uptime").and_then(|u| u.split_whitespace().next().map(str::to_owned))
+    {
+        m.insert("host_uptime".into(), v);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_helpers() {
+        assert_eq!(refused(libc::EPERM), Verdict::Isolated);
+        assert_eq!(refused(libc::ENOSYS), Verdict::Isolated);
+        assert_eq!(refused(libc::EINVAL), Verdict::Exposed);
+        assert_eq!(refused(0), Verdict::Exposed);
+        assert_eq!(errname(libc::EPERM), "EPERM");
+    }
+
+    #[test]
+    fn on_the_host_itself_the_probes_say_exposed() {
+        // Run outside any container: the host facts match, so the shared
+        // kernel and host totals must be reported as exposed.
+        let probes = run_all(&host_facts());
+        assert!(probes.len() >= 25, "{} probes", probes.len());
+        let get = |n: &str| {
+            probes
+                .iter()
+                .find(|p| p.name == n)
+                .unwrap_or_else(|| panic!("no probe {n}"))
+        };
+        // As root on the host, the clock could be set and most system
+        // calls are reachable.
+        assert_eq!(get("clock_settime").value, "would be allowed");
+        let (reachable, tried) = reachable_syscalls().expect("the counting child must not crash");
+        assert!(reachable > 250 && tried > 400, "{reachable}/{tried}");
+        assert_eq!(get("kernel_shared").verdict, Verdict::Exposed);
+        assert_eq!(get("hostname").verdict, Verdict::Exposed);
+        assert_eq!(get("meminfo_total").verdict, Verdict::Exposed);
+        assert_ne!(get("own_pid_1").verdict, Verdict::Isolated);
+        for p in &probes {
+            assert!(!p.reason.is_empty(), "{}", p.name);
+        }
+        let names: std::collections::BTreeSet<&str> =
+            probes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), probes.len(), "probe names are unique");
+    }
+}

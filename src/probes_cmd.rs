@@ -1,0 +1,256 @@
+//! `isolab probes`: the isolation probes on every available backend, side
+//! by side.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use isolab_reports::Sample;
+use isolab_scenarios::probes::{self, Probe, Verdict};
+
+/// One backend's answers (or why it was skipped).
+pub struct Column {
+    pub backend: String,
+    pub probes: Result<Vec<Probe>, String>,
+}
+
+fn params() -> Vec<String> {
+    probes::host_facts()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+fn from_report(r: &isolab_reports::InstanceReport) -> Result<Vec<Probe>, String> {
+    let data = r
+        .result
+        .as_ref()
+        .and_then(|v| v.get("data"))
+        .and_then(|d| d.get("probes"))
+        .cloned()
+        .ok_or("no probe data in the result")?;
+    serde_json::from_value(data).map_err(|e| e.to_string())
+}
+
+/// The bare guest has no OS to ask: its column is derived from what the
+/// monitor gave it (its own kernel — itself — its own RAM, its vCPUs), and
+/// every question about processes, files or system calls is n/a.
+pub fn bare_guest_column(
+    report: &isolab_reports::InstanceReport,
+    host_names: &[String],
+) -> Vec<Probe> {
+    let data = report
+        .result
+        .as_ref()
+        .and_then(|v| v.get("data"))
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for name in host_names {
+        let (value, verdict, reason) = match name.as_str() {
+            "kernel_shared" | "kernel_version" => (
+                "own kernel (the lab guest)".to_owned(),
+                Verdict::Isolated,
+                "a VM runs its own kernel; the host's is not reachable",
+            ),
+            "meminfo_total" => (
+                format!("{} bytes of RAM", data["ram_bytes"]),
+                Verdict::Isolated,
+                "the guest sees the RAM the monitor gave it, not the host's",
+            ),
+            "cpu_count" => (
+                "its vCPUs".to_owned(),
+                Verdict::Isolated,
+                "the guest sees its vCPUs, not the host's CPUs",
+            ),
+            "host_devices" => (
+                "none".to_owned(),
+                Verdict::Isolated,
+                "only the monitor's emulated devices exist",
+            ),
+            "reachable_syscalls" => (
+                "0 (VM exits only)".to_owned(),
+                Verdict::Isolated,
+                "the guest's only interface to the host is VM exits into its monitor",
+            ),
+            "cpu_vulnerabilities" => (
+                "shared CPU".to_owned(),
+                Verdict::Exposed,
+                "the CPU is shared in both worlds: side channels cross VMs too",
+            ),
+            _ => (
+                "no OS".to_owned(),
+                Verdict::NotApplicable,
+                "the bare guest is not an operating system: nothing to ask",
+            ),
+        };
+        out.push(Probe {
+            name: name.clone(),
+            value,
+            verdict,
+            reason: reason.into(),
+        });
+    }
+    out
+}
+
+/// Runs the probes everywhere available.
+pub fn run_all(home: &Path) -> Vec<Column> {
+    let mut cols = Vec::new();
+    let opts = crate::containers::RunOptions {
+        image: crate::containers::DEFAULT_IMAGE.into(),
+        scenario: "probes".into(),
+        params: params(),
+        command: vec![],
+        name: None,
+        hostname: None,
+        env: vec![],
+        workdir: None,
+        limits: isolab_runtime::cgroups::Limits {
+            memory_bytes: Some(256 << 20),
+            pids: Some(1024),
+            cpus: None,
+        },
+        userns: false,
+        seccomp: true,
+    };
+    let launch = isolab_runtime::container::monotonic_ns();
+    let container = crate::containers::run_captured(home, &opts, launch)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|(r, _)| from_report(&r));
+    let names: Vec<String> = container
+        .as_ref()
+        .map(|v| v.iter().map(|p| p.name.clone()).collect())
+        .unwrap_or_default();
+    cols.push(Column {
+        backend: "container".into(),
+        probes: container,
+    });
+    for peer in [crate::peers::Peer::Crun, crate::peers::Peer::Runc] {
+        let probes = if peer.program().is_none() {
+            Err(peer.skipped())
+        } else {
+            crate::peers::run(
+                home,
+                peer,
+                crate::containers::DEFAULT_IMAGE,
+                "probes",
+                &params(),
+                &opts.limits,
+                None,
+            )
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|(r, _)| from_report(&r))
+        };
+        cols.push(Column {
+            backend: peer.name().into(),
+            probes,
+        });
+    }
+    let vm = crate::vms::VmOptions {
+        guest: crate::vms::Guest::Bare,
+        scenario: "startup".into(),
+        params: vec![],
+        mem_mib: 64,
+        vcpus: 1,
+        timeout: std::time::Duration::from_secs(30),
+        kernel: None,
+        echo: false,
+    };
+    let microvm = crate::vms::run_microvm(&vm, isolab_runtime::container::monotonic_ns())
+        .map_err(|e| format!("{e:#}"))
+        .map(|(r, _)| bare_guest_column(&r, &names));
+    cols.push(Column {
+        backend: "microvm".into(),
+        probes: microvm,
+    });
+    cols
+}
+
+/// The matrix as text: probes down, backends across.
+pub fn render(cols: &[Column]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for c in cols {
+        if let Ok(ps) = &c.probes {
+            for p in ps {
+                if !names.contains(&p.name) {
+                    names.push(p.name.clone());
+                }
+            }
+        }
+    }
+    let mut out = format!("{:<26}", "probe");
+    for c in cols {
+        out.push_str(&format!(" {:<12}", c.backend));
+    }
+    out.push('\n');
+    for n in &names {
+        out.push_str(&format!("{n:<26}"));
+        for c in cols {
+            let cell = match &c.probes {
+                Ok(ps) => match ps.iter().find(|p| &p.name == n).map(|p| p.verdict) {
+                    Some(Verdict::Isolated) => "isolated",
+                    Some(Verdict::Exposed) => "EXPOSED",
+                    Some(Verdict::NotApplicable) => "n/a",
+                    None => "-",
+                },
+                Err(_) => "skipped",
+            };
+            out.push_str(&format!(" {cell:<12}"));
+        }
+        out.push('\n');
+    }
+    for c in cols {
+        if let Err(e) = &c.probes {
+            out.push_str(&format!("\n{}: {e}", c.backend));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// The matrix as JSON: backend → probe name → {value, verdict, reason}.
+pub fn to_json(cols: &[Column]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for c in cols {
+        m.insert(
+            c.backend.clone(),
+            match &c.probes {
+                Ok(ps) => serde_json::json!(ps.iter().map(|p| (p.name.clone(), serde_json::json!({"value": p.value, "verdict": p.verdict, "reason": p.reason}))).collect::<BTreeMap<_, _>>()),
+                Err(e) => serde_json::json!({ "skipped": e }),
+            },
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Sample rows for a run directory (value 1 isolated, 0 exposed, -1 n/a).
+pub fn samples(cols: &[Column], run_id: &str, host_id: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for c in cols {
+        if let Ok(ps) = &c.probes {
+            for p in ps {
+                out.push(Sample {
+                    run_id: run_id.into(),
+                    host_id: host_id.into(),
+                    backend: c.backend.clone(),
+                    guest: if c.backend == "microvm" {
+                        "bare"
+                    } else {
+                        "agent"
+                    }
+                    .into(),
+                    scenario: "probes".into(),
+                    iteration: 0,
+                    metric: format!("probe.{}", p.name),
+                    unit: "verdict".into(),
+                    value: match p.verdict {
+                        Verdict::Isolated => 1.0,
+                        Verdict::Exposed => 0.0,
+                        Verdict::NotApplicable => -1.0,
+                    },
+                });
+            }
+        }
+    }
+    out
+}
