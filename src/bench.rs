@@ -255,6 +255,7 @@ fn run_one(
                 timeout: std::time::Duration::from_secs(30),
                 kernel: None,
                 echo: false,
+                home: Some(home.to_path_buf()),
             };
             if backend == Backend::Microvm {
                 crate::vms::run_microvm(&opts, launch)

@@ -319,6 +319,7 @@ pub fn run_captured(
             "ready is stamped by the agent itself: a container shares the host's CLOCK_MONOTONIC"
                 .into(),
         ],
+        console_head: None,
     };
     report.derive();
     Ok((report, output))

@@ -494,6 +494,16 @@ pub fn examine(opts: &Options) -> Report {
     }
 }
 
+/// This host's KVM flavour (as `doctor` reports it).
+pub fn kvm_flavour_here() -> KvmFlavour {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    host::kvm_flavour(
+        Path::new("/dev/kvm").exists(),
+        &cpuinfo,
+        Path::new("/sys/module/kvm_pvm").exists(),
+    )
+}
+
 /// True when the ELF at `p` has no program interpreter (statically linked).
 pub fn is_static(p: &Path) -> bool {
     std::fs::read(p).is_ok_and(|b| elf_is_static(&b))

@@ -218,15 +218,15 @@ struct RunArgs {
     /// Guest for the VM backends.
     #[arg(long, value_enum, default_value = "bare")]
     guest: vms::Guest,
-    /// Guest memory for the VM backends, in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1048576))]
-    mem: u64,
+    /// Guest memory for the VM backends, in MiB (default 64 bare, 256 Linux).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    mem: Option<u64>,
     /// vCPUs for the VM backends.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     vcpus: u8,
-    /// Give up on a VM after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    /// Give up on a VM after this many seconds (default 10 bare, 120 Linux).
+    #[arg(long)]
+    timeout: Option<f64>,
     /// Guest kernel for --guest linux (default: found in /boot).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -583,21 +583,21 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
             if a.detach || a.tty || !a.command.is_empty() {
                 anyhow::bail!("the VM backends run scenarios only: drop -d/-t and the command");
             }
-            if !(a.timeout > 0.0 && a.timeout <= 3600.0) {
-                anyhow::bail!(
-                    "--timeout {} is out of range: use 0 < seconds <= 3600",
-                    a.timeout
-                );
+            let linux = a.guest == vms::Guest::Linux;
+            let timeout = a.timeout.unwrap_or(if linux { 120.0 } else { 10.0 });
+            if !(timeout > 0.0 && timeout <= 3600.0) {
+                anyhow::bail!("--timeout {timeout} is out of range: use 0 < seconds <= 3600");
             }
             let opts = vms::VmOptions {
                 guest: a.guest,
                 scenario: a.scenario.clone(),
                 params: a.params.clone(),
-                mem_mib: a.mem,
+                mem_mib: a.mem.unwrap_or(if linux { 256 } else { 64 }),
                 vcpus: a.vcpus,
-                timeout: std::time::Duration::from_secs_f64(a.timeout),
+                timeout: std::time::Duration::from_secs_f64(timeout),
                 kernel: a.kernel.clone(),
                 echo: !a.json,
+                home: Some(home.to_path_buf()),
             };
             let (report, serial) = if a.backend == Backend::Microvm {
                 vms::run_microvm(&opts, launch)?

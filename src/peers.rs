@@ -307,6 +307,7 @@ pub fn run(
                 ""
             }
         )],
+        console_head: None,
     };
     report.derive();
     Ok((report, output))

@@ -155,6 +155,7 @@ pub fn run_all(home: &Path) -> Vec<Column> {
         timeout: std::time::Duration::from_secs(30),
         kernel: None,
         echo: false,
+        home: Some(home.to_path_buf()),
     };
     let microvm = crate::vms::run_microvm(&vm, isolab_runtime::container::monotonic_ns())
         .map_err(|e| format!("{e:#}"))

@@ -48,6 +48,216 @@ pub struct VmOptions {
     pub timeout: Duration,
     pub kernel: Option<PathBuf>,
     pub echo: bool,
+    /// isolab's home (images, caches): needed to build a Linux guest's
+    /// initramfs.
+    pub home: Option<PathBuf>,
+}
+
+/// The kernel command line of a Linux guest (before the isolab.* words):
+/// serial console and early printk, reboot through the i8042, no panic
+/// wait, and none of the PC hardware a microVM does not have.
+pub const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp tsc=reliable";
+
+/// Modules the lab wants in a Linux guest when the kernel has them as
+/// modules (Debian's cloud kernel does).
+pub const WANTED_MODULES: [&str; 2] = ["virtio_mmio", "virtio_blk"];
+
+/// A prepared Linux guest.
+pub struct LinuxGuest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub warning: Option<String>,
+}
+
+/// Resolves `names` and their dependencies from a modules.dep text, in
+/// load order (dependencies first), as paths relative to the modules dir.
+pub fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> {
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    for line in modules_dep.lines() {
+        let Some((m, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = m
+            .rsplit('/')
+            .next()
+            .unwrap_or(m)
+            .split('.')
+            .next()
+            .unwrap_or(m)
+            .replace('-', "_");
+        by_name.insert(name, m.to_owned());
+        deps.insert(
+            m.to_owned(),
+            rest.split_whitespace().map(str::to_owned).collect(),
+        );
+    }
+    let mut order = Vec::new();
+    fn visit(m: &str, deps: &BTreeMap<String, Vec<String>>, order: &mut Vec<String>) {
+        if order.iter().any(|o| o == m) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, order);
+        }
+        order.push(m.to_owned());
+    }
+    for n in names {
+        let m = by_name.get(*n).ok_or_else(|| anyhow!("module {n} is not in modules.dep: install the kernel's modules package or use a kernel with {n} built in"))?;
+        visit(m, &deps, &mut order);
+    }
+    Ok(order)
+}
+
+/// Finds the kernel, packs modules it wants, writes the initramfs.
+pub fn prepare_linux(home: &std::path::Path, opts: &VmOptions) -> Result<LinuxGuest> {
+    use isolab_microvm::kernel;
+    let kpath = match &opts.kernel {
+        Some(k) => k.clone(),
+        None => kernel::find_in(std::path::Path::new("/boot"))?,
+    };
+    let info = kernel::inspect(&kpath)?;
+    let kver = info
+        .version
+        .as_deref()
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("")
+        .to_owned();
+    let store = isolab_runtime::image::Store::new(home);
+    let img = crate::containers::open_image(home, crate::containers::DEFAULT_IMAGE)?;
+    let mut tree = isolab_runtime::initramfs::merged_tree(&store, &img)?;
+    use isolab_runtime::initramfs::Node;
+    tree.insert(
+        "init".into(),
+        Node::Symlink {
+            target: "/isolab-agent".into(),
+        },
+    );
+    // Modules the kernel has as modules, if its config is next to it.
+    let config = std::fs::read_to_string(format!("/boot/config-{kver}")).unwrap_or_default();
+    let wanted: Vec<&str> = WANTED_MODULES
+        .iter()
+        .copied()
+        .filter(|m| config.contains(&format!("CONFIG_{}=m", m.to_uppercase())))
+        .collect();
+    if !wanted.is_empty() {
+        let dir = PathBuf::from(format!("/lib/modules/{kver}"));
+        let dep = std::fs::read_to_string(dir.join("modules.dep"))
+            .map_err(|e| anyhow!("kernel {kver} needs modules ({}) but {}/modules.dep is unreadable ({e}): install its modules or pass a kernel with them built in", wanted.join(", "), dir.display()))?;
+        let order = module_closure(&dep, &wanted)?;
+        for d in ["lib", "lib/modules", "lib/modules/isolab"] {
+            tree.insert(d.into(), Node::Dir { mode: 0o755 });
+        }
+        let mut names = Vec::new();
+        for m in &order {
+            let data = std::fs::read(dir.join(m)).map_err(|e| {
+                anyhow!(
+                    "missing module {}: {e}: reinstall the kernel's modules",
+                    dir.join(m).display()
+                )
+            })?;
+            let name = m.rsplit('/').next().unwrap_or(m).to_owned();
+            tree.insert(
+                format!("lib/modules/isolab/{name}"),
+                Node::File { mode: 0o644, data },
+            );
+            names.push(name);
+        }
+        tree.insert(
+            "lib/modules/isolab/order".into(),
+            Node::File {
+                mode: 0o644,
+                data: names.join("\n").into_bytes(),
+            },
+        );
+    }
+    let cpio = isolab_runtime::initramfs::write_cpio(&tree);
+    if cpio.len() as u64 >= opts.mem_mib << 20 {
+        bail!(
+            "the initramfs ({} MiB) is larger than guest memory ({} MiB): raise --mem",
+            cpio.len() >> 20,
+            opts.mem_mib
+        );
+    }
+    let cache = home.join("cache");
+    std::fs::create_dir_all(&cache)?;
+    let initrd = cache.join(format!("initramfs-{:08x}.cpio", fnv(&cpio)));
+    if !initrd.exists() {
+        let tmp = initrd.with_extension("tmp");
+        std::fs::write(&tmp, &cpio)?;
+        std::fs::rename(&tmp, &initrd)?;
+    }
+    let flavour = crate::doctor::kvm_flavour_here();
+    let warning = (!flavour.boots_stock_linux()).then(|| {
+        format!(
+            "this host's KVM is {}: a stock Linux kernel starts and prints its first lines, then stops on an emulation failure (here after ~40 s) before init; to boot to the agent, pass a PVM-aware kernel with --kernel or use a host with hardware KVM",
+            flavour.as_str()
+        )
+    });
+    Ok(LinuxGuest {
+        kernel: kpath,
+        initrd,
+        warning,
+    })
+}
+
+/// The report of a Linux guest: the phases it reached, even when it did
+/// not reach the agent (as on PVM hosts).
+fn linux_report(
+    opts: &VmOptions,
+    marks: Vec<Mark>,
+    mut notes: Vec<String>,
+    memory: BTreeMap<String, u64>,
+    r: &vmm::VmReport,
+    pid: u32,
+) -> Result<(InstanceReport, String)> {
+    let result = protocol::parse_output("microvm", &r.serial).ok();
+    let reached: Vec<&str> = ["kernel_start", "kernel_init", "agent_ready"]
+        .into_iter()
+        .filter(|n| marks.iter().any(|m| m.name == *n))
+        .collect();
+    let mut marks = marks;
+    // ready = the agent's own mark when it got there.
+    if let Some(a) = marks.iter().find(|m| m.name == "agent_ready").map(|m| m.ns) {
+        marks.push(Mark {
+            name: "ready".into(),
+            ns: a,
+        });
+    }
+    let code = match (&r.stop, r.timed_out, &result) {
+        (StopReason::Reset, false, Some(res)) if res.ok => i32::from(r.exit_code.unwrap_or(0)),
+        _ => {
+            notes.push(format!(
+                "the guest stopped before the agent's result ({}; phases reached: {}); last serial lines:\n{}",
+                if r.timed_out { format!("timed out after {:?}", opts.timeout) } else { r.stop.describe() },
+                if reached.is_empty() { "none".to_owned() } else { reached.join(", ") },
+                protocol::tail(&r.serial, 8)
+            ));
+            1
+        }
+    };
+    if !crate::doctor::kvm_flavour_here().boots_stock_linux() {
+        notes.push("host KVM is PVM: a stock kernel cannot boot to init here; the figures show how far it got".into());
+    }
+    let mut report = InstanceReport {
+        backend: "microvm".into(),
+        guest: "linux".into(),
+        scenario: opts.scenario.clone(),
+        instance: format!("vm-{pid}"),
+        exit_code: code,
+        signal: None,
+        oom_killed: false,
+        marks,
+        phases_ns: BTreeMap::new(),
+        launch_to_ready_ns: None,
+        launch_to_exit_ns: None,
+        memory_bytes: memory,
+        result: result.map(|x| serde_json::to_value(x).unwrap_or_default()),
+        notes,
+        console_head: Some(r.serial.chars().take(8192).collect()),
+    };
+    report.derive();
+    Ok((report, r.serial.clone()))
 }
 
 /// `key=value` scenario parameters → `isolab.key=value` command-line words.
@@ -131,18 +341,28 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
             }
             "bare"
         }
-        Guest::Linux => bail!(
-            "the Linux guest is not in this build yet (issue 5){}: use --guest bare",
-            opts.kernel
-                .as_ref()
-                .map(|k| format!("; {} was not booted", k.display()))
-                .unwrap_or_default()
-        ),
+        Guest::Linux => "linux",
     };
-    args.extend([
-        "--cmdline".into(),
-        guest_cmdline(&opts.scenario, &opts.params)?,
-    ]);
+    let mut cmdline = guest_cmdline(&opts.scenario, &opts.params)?;
+    if opts.guest == Guest::Linux {
+        let home = opts
+            .home
+            .as_deref()
+            .ok_or_else(|| anyhow!("internal: no home for the Linux guest"))?;
+        let linux = prepare_linux(home, opts)?;
+        args.extend([
+            "--kernel".into(),
+            linux.kernel.display().to_string(),
+            "--initrd".into(),
+            linux.initrd.display().to_string(),
+            "--pit".into(),
+        ]);
+        cmdline = format!("{LINUX_CMDLINE} {cmdline}");
+        if let Some(w) = linux.warning {
+            eprintln!("isolab: {w}");
+        }
+    }
+    args.extend(["--cmdline".into(), cmdline]);
     args.extend([
         "--mem".into(),
         opts.mem_mib.to_string(),
@@ -219,6 +439,12 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
         r.process_peak_rss_bytes
             .saturating_sub(r.guest_touched_bytes),
     );
+    if opts.guest == Guest::Linux {
+        return linux_report(opts, marks, notes, memory, &r, child.id());
+    }
+    if opts.guest == Guest::Linux {
+        return linux_report(opts, marks, notes, memory, &r, child.id());
+    }
     let code = match (&r.stop, r.timed_out, r.exit_code) {
         (_, true, _) => bail!(
             "the guest did not finish within {:?} (raise --timeout); last serial output:\n{}",
@@ -251,6 +477,7 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
         memory_bytes: memory,
         result: Some(serde_json::to_value(&res)?),
         notes,
+        console_head: None,
     };
     report.derive();
     Ok((report, r.serial))
@@ -451,6 +678,7 @@ pub fn run_qemu(
         memory_bytes: memory,
         result: Some(serde_json::to_value(&res)?),
         notes: vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's result line on QEMU's serial output (QEMU has no boot-marker port)".into()],
+        console_head: None,
     };
     report.derive();
     Ok((report, serial))
@@ -459,6 +687,25 @@ pub fn run_qemu(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_dependencies_come_first() {
+        let dep = "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio.ko:\n";
+        let order = module_closure(dep, &["virtio_mmio", "virtio_blk"]).unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio_mmio.ko",
+                "kernel/drivers/block/virtio_blk.ko"
+            ]
+        );
+        assert!(module_closure(dep, &["nope"])
+            .unwrap_err()
+            .to_string()
+            .contains("not in modules.dep"));
+    }
 
     #[test]
     fn qemu_exit_codes_and_args() {

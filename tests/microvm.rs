@@ -42,6 +42,7 @@ fn bare_guest_startup_marks_in_order() {
         "kernel_entry",
         "params_checked",
         "ready",
+        "first_serial",
         "done",
         "exit",
         "teardown",

@@ -28,6 +28,8 @@ pub enum KernelError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot unpack kernel {path}: {detail}")]
+    Unpack { path: PathBuf, detail: String },
     #[error("no guest kernel in {dir}: install one (apt-get install linux-image-cloud-amd64) or pass --kernel PATH")]
     NoneFound { dir: PathBuf },
 }
@@ -228,6 +230,97 @@ fn identify_elf(path: &Path, b: &[u8]) -> Result<KernelFormat, KernelError> {
     Ok(KernelFormat::Elf { pvh, entry })
 }
 
+/// Decompresses a bzImage's payload into the `vmlinux` ELF it carries.
+///
+/// Booting that ELF at its 64-bit entry (as Firecracker does) skips the
+/// bzImage's own decompressor, which under PVM runs in KVM's instruction
+/// emulator and takes minutes. Supports the gzip and LZ4 (legacy frame)
+/// payloads distribution kernels use.
+pub fn extract_vmlinux(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, KernelError> {
+    let info = identify(path, bytes)?;
+    let KernelFormat::BzImage {
+        compression,
+        protocol,
+        ..
+    } = info.format
+    else {
+        return Ok(bytes.to_vec());
+    };
+    let truncated = |d: &str| KernelError::Truncated {
+        path: path.to_path_buf(),
+        detail: d.into(),
+    };
+    if protocol < 0x0208 {
+        return Err(KernelError::Unpack {
+            path: path.to_path_buf(),
+            detail: "boot protocol older than 2.08 has no payload fields".into(),
+        });
+    }
+    let setup_sects = match bytes[0x1f1] {
+        0 => 4,
+        n => n as usize,
+    };
+    let off = (setup_sects + 1) * 512
+        + le32(bytes, 0x248).ok_or_else(|| truncated("payload offset"))? as usize;
+    let len = le32(bytes, 0x24c).ok_or_else(|| truncated("payload length"))? as usize;
+    let payload = bytes
+        .get(off..off + len)
+        .ok_or_else(|| truncated("payload"))?;
+    let unpack_err = |d: String| KernelError::Unpack {
+        path: path.to_path_buf(),
+        detail: d,
+    };
+    let out = match compression {
+        Compression::Gzip => {
+            let mut v = Vec::new();
+            flate2::read::GzDecoder::new(payload).read_to_end(&mut v).map_err(|e| unpack_err(format!("gzip: {e}")))?;
+            v
+        }
+        Compression::Lz4 => lz4_legacy(payload).map_err(unpack_err)?,
+        other => {
+            return Err(unpack_err(format!(
+                "isolab unpacks gzip and lz4 kernels, not {other:?}: pass an uncompressed vmlinux with --kernel"
+            )))
+        }
+    };
+    if !out.starts_with(b"\x7fELF") {
+        return Err(unpack_err("the payload is not an ELF vmlinux".into()));
+    }
+    Ok(out)
+}
+
+/// The LZ4 "legacy" frame the kernel uses: magic, then blocks of
+/// (u32 compressed size, data), each at most 8 MiB decompressed; the build
+/// appends the total size as a last u32.
+fn lz4_legacy(p: &[u8]) -> Result<Vec<u8>, String> {
+    const MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+    const BLOCK_MAX: usize = 8 << 20;
+    if !p.starts_with(&MAGIC) {
+        return Err("not an LZ4 legacy stream".into());
+    }
+    let mut out = Vec::new();
+    let mut at = 4;
+    let mut block = vec![0u8; BLOCK_MAX];
+    while at + 4 <= p.len() {
+        let size = u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) as usize;
+        if size == u32::from_le_bytes(MAGIC) as usize {
+            at += 4; // a concatenated stream starts again
+            continue;
+        }
+        if at + 4 + size > p.len() {
+            break; // the appended total size
+        }
+        let n = lz4_flex::block::decompress_into(&p[at + 4..at + 4 + size], &mut block)
+            .map_err(|e| format!("lz4 block at {at}: {e}"))?;
+        out.extend_from_slice(&block[..n]);
+        at += 4 + size;
+    }
+    if out.is_empty() {
+        return Err("empty LZ4 stream".into());
+    }
+    Ok(out)
+}
+
 /// Reads and identifies a kernel file.
 pub fn inspect(path: &Path) -> Result<KernelInfo, KernelError> {
     let mut bytes = Vec::new();
@@ -397,6 +490,24 @@ mod tests {
             find_in(&empty.path().join("nope")),
             Err(KernelError::BootDir { .. })
         ));
+    }
+
+    #[test]
+    fn lz4_legacy_round_trip_and_broken_streams() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let block = lz4_flex::block::compress(&data);
+        let mut stream = vec![0x02, 0x21, 0x4c, 0x18];
+        stream.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        stream.extend_from_slice(&block);
+        stream.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        assert_eq!(lz4_legacy(&stream).unwrap(), data);
+        assert!(lz4_legacy(b"nope").is_err());
+        let mut bad = stream.clone();
+        bad[12] ^= 0xff;
+        let _ = lz4_legacy(&bad); // must not panic
+        let mut image = fake_bzimage(&stream[..0x400.min(stream.len())]);
+        image.truncate(0x420);
+        assert!(extract_vmlinux(Path::new("k"), &image).is_err());
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct VmConfig {
     /// Bytes of serial output kept for the harness (the rest is dropped).
     pub serial_limit: usize,
     pub kvm_device: PathBuf,
+    /// Boot a bzImage by unpacking the vmlinux it carries and entering that
+    /// at its 64-bit entry (skips the decompressor; see kernel.rs).
+    pub unpack_bzimage: bool,
     /// Create KVM's in-kernel PIT. A Linux guest needs its timer; the bare
     /// lab guest takes no interrupts, and destroying the PIT (stopping its
     /// kthread) costs ~15 ms at teardown here, so it goes without.
@@ -138,6 +141,7 @@ impl Default for VmConfig {
             serial_limit: 16 << 20,
             kvm_device: PathBuf::from("/dev/kvm"),
             pit: false,
+            unpack_bzimage: true,
         }
     }
 }
@@ -290,6 +294,22 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
         crate::kernel::KernelFormat::Elf { .. } => {
             let r = Elf::load(mem, None, &mut image, himem).map_err(load_err)?;
             (r.kernel_load.raw_value(), r.kernel_end, None)
+        }
+        crate::kernel::KernelFormat::BzImage { .. } if cfg.unpack_bzimage => {
+            // Boot the vmlinux inside at its 64-bit entry, keeping the
+            // bzImage's setup header for the zero page.
+            let bytes = image.into_inner();
+            let header = BzImage::load(mem, None, &mut std::io::Cursor::new(&bytes), himem)
+                .map_err(load_err)?
+                .setup_header;
+            let vmlinux = crate::kernel::extract_vmlinux(&name, &bytes)?;
+            image = std::io::Cursor::new(vmlinux);
+            let r = Elf::load(mem, None, &mut image, himem).map_err(load_err)?;
+            tracing::debug!(
+                entry = format_args!("{:#x}", r.kernel_load.raw_value()),
+                "unpacked vmlinux loaded"
+            );
+            (r.kernel_load.raw_value(), r.kernel_end, header)
         }
         crate::kernel::KernelFormat::BzImage { entry64, .. } => {
             if !entry64 {
@@ -447,6 +467,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         captured: captured.clone(),
         limit: cfg.serial_limit,
         dropped: 0,
+        seen: Vec::new(),
     };
     let serial = Arc::new(Mutex::new(SerialDevice(vm_superio::Serial::new(
         EventFdTrigger(serial_evt),
@@ -538,12 +559,10 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         let l = lab.lock().unwrap_or_else(|p| p.into_inner());
         (l.marks.clone(), l.exit_code, l.nop_writes)
     };
-    let serial_dropped = serial
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .0
-        .writer()
-        .dropped;
+    let (serial_dropped, serial_seen) = {
+        let s = serial.lock().unwrap_or_else(|p| p.into_inner());
+        (s.0.writer().dropped, s.0.writer().seen.clone())
+    };
     let serial_text =
         String::from_utf8_lossy(&captured.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
     // Unmap guest memory before closing the VM, as a process exit does:
@@ -565,6 +584,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         name: ports::mark_name(m.label).into(),
         ns: m.ns,
     }));
+    marks.extend(serial_seen.into_iter().map(|(name, ns)| Mark { name, ns }));
     marks.sort_by_key(|m| m.ns);
     Ok(VmReport {
         marks,

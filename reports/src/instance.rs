@@ -37,6 +37,9 @@ pub struct InstanceReport {
     /// What a reader must know (e.g. how `ready` was stamped).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The first lines a VM guest printed on its console (up to 8 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_head: Option<String>,
 }
 
 impl InstanceReport {
@@ -93,6 +96,7 @@ mod tests {
             memory_bytes: BTreeMap::new(),
             result: None,
             notes: vec![],
+            console_head: None,
         };
         r.derive();
         assert_eq!(r.marks[0].name, "launch");

@@ -2,4 +2,5 @@
 pub mod cgroups;
 pub mod container;
 pub mod image;
+pub mod initramfs;
 pub mod seccomp;

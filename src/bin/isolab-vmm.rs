@@ -49,6 +49,7 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             }
             "--echo" => cfg.echo_serial = true,
             "--pit" => cfg.pit = true,
+            "--no-unpack" => cfg.unpack_bzimage = false,
             "--kvm-device" => cfg.kvm_device = PathBuf::from(val()?),
             other => return Err(format!("unknown argument {other:?}")),
         }

@@ -26,7 +26,16 @@ pub struct SerialSink {
     pub captured: Arc<Mutex<Vec<u8>>>,
     pub limit: usize,
     pub dropped: u64,
+    /// Host time of the first byte, and of the first time each watched
+    /// text appeared (a Linux guest's phases: "Linux version", "Run /init").
+    pub seen: Vec<(String, u64)>,
 }
+
+/// Texts on a Linux guest's console that mark its phases.
+pub const WATCHED: [(&str, &str); 2] = [
+    ("Linux version", "kernel_start"),
+    ("Run /init as init process", "kernel_init"),
+];
 
 impl Write for SerialSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -35,6 +44,18 @@ impl Write for SerialSink {
             let _ = e.flush();
         }
         let mut c = self.captured.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_empty() && !buf.is_empty() && self.seen.is_empty() {
+            self.seen.push(("first_serial".into(), monotonic_ns()));
+        }
+        for (text, mark) in WATCHED {
+            if !self.seen.iter().any(|s| s.0 == mark) && buf.ends_with(b"\n") {
+                let from = c.len().saturating_sub(1024);
+                let tail = [&c[from..], buf].concat();
+                if tail.windows(text.len()).any(|w| w == text.as_bytes()) {
+                    self.seen.push((mark.into(), monotonic_ns()));
+                }
+            }
+        }
         let room = self.limit.saturating_sub(c.len());
         let take = room.min(buf.len());
         c.extend_from_slice(&buf[..take]);
@@ -167,6 +188,7 @@ mod tests {
             captured: captured.clone(),
             limit: 10,
             dropped: 0,
+            seen: vec![],
         };
         s.write_all(b"0123456789abcdef").unwrap();
         assert_eq!(captured.lock().unwrap().as_slice(), b"0123456789");
@@ -181,6 +203,7 @@ mod tests {
             captured: captured.clone(),
             limit: 1 << 20,
             dropped: 0,
+            seen: vec![],
         };
         let mut dev = SerialDevice(Serial::new(
             EventFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
@@ -193,5 +216,10 @@ mod tests {
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
         assert_eq!(captured.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(dev.0.writer().seen[0].0, "first_serial");
+        for b in b"[ 0.0] Linux version 6.1\n" {
+            dev.write(0, &[*b]);
+        }
+        assert!(dev.0.writer().seen.iter().any(|s| s.0 == "kernel_start"));
     }
 }

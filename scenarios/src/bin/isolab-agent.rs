@@ -65,9 +65,24 @@ fn main() -> ExitCode {
             _ => {}
         }
     }
-    let mut r = ResultLine::new(&scenario);
+    if args.is_empty() && std::env::args().next().is_some_and(|a| a.ends_with("init")) {
+        return vm_init::run(ready);
+    }
+    let r = run_scenario(&scenario, &params, ready);
+    println!("{}", r.to_line());
+    if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// Runs one scenario and returns its result line.
+fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -> ResultLine {
+    let params = params.clone();
+    let mut r = ResultLine::new(scenario);
     r.mark("ready", ready);
-    match scenario.as_str() {
+    match scenario {
         "startup" => {}
         "idle" => hold(param(&params, "hold_ms", 500)),
         "cpu" => {
@@ -144,10 +159,108 @@ fn main() -> ExitCode {
             r.error = Some(format!("unknown scenario {other:?}"));
         }
     }
-    println!("{}", r.to_line());
-    if r.ok {
+    r
+}
+
+/// The agent as a Linux microVM's `/init` (the kernel runs it as pid 1
+/// with argv[0] = "/init" and no arguments).
+mod vm_init {
+    use std::collections::BTreeMap;
+    use std::process::ExitCode;
+
+    const MARK_PORT: u16 = 0x0f10;
+    const EXIT_PORT: u16 = 0x0f11;
+    const MARK_AGENT_READY: u8 = 8;
+
+    fn outb(port: u16, v: u8) {
+        // SAFETY: the port range was granted with ioperm; a port write is
+        // a VM exit handled by the monitor.
+        unsafe {
+            std::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+        }
+    }
+
+    fn mount(src: &std::ffi::CStr, target: &std::ffi::CStr, fstype: &std::ffi::CStr) {
+        let _ = std::fs::create_dir_all(target.to_str().unwrap_or("/"));
+        // SAFETY: valid NUL-terminated strings; failures are ignored (a
+        // missing file system only loses that view).
+        unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+
+    /// Loads the modules listed, in order, in /lib/modules/isolab/order.
+    fn load_modules() -> Vec<String> {
+        let mut loaded = Vec::new();
+        let order = std::fs::read_to_string("/lib/modules/isolab/order").unwrap_or_default();
+        for name in order.lines().filter(|l| !l.is_empty()) {
+            let path = format!("/lib/modules/isolab/{name}");
+            let Ok(f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            // SAFETY: finit_module on an open module file with empty params.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_finit_module,
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    c"".as_ptr(),
+                    0,
+                )
+            };
+            if r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+                loaded.push(name.to_owned());
+            }
+        }
+        loaded
+    }
+
+    pub fn run(ready: u64) -> ExitCode {
+        // SAFETY: ioperm for our three lab ports, as root in the guest.
+        let ports = unsafe { libc::ioperm(u64::from(MARK_PORT), 3, 1) } == 0;
+        if ports {
+            outb(MARK_PORT, MARK_AGENT_READY);
+        }
+        mount(c"proc", c"/proc", c"proc");
+        mount(c"sysfs", c"/sys", c"sysfs");
+        mount(c"devtmpfs", c"/dev", c"devtmpfs");
+        let modules = load_modules();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let mut scenario = "startup".to_owned();
+        let mut params = BTreeMap::new();
+        for w in cmdline.split_whitespace() {
+            if let Some((k, v)) = w.strip_prefix("isolab.").and_then(|kv| kv.split_once('=')) {
+                if k == "scenario" {
+                    scenario = v.to_owned();
+                } else {
+                    params.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        let mut r = super::run_scenario(&scenario, &params, ready);
+        r.data = match std::mem::take(&mut r.data) {
+            serde_json::Value::Object(mut m) => {
+                m.insert("modules_loaded".into(), serde_json::json!(modules));
+                serde_json::Value::Object(m)
+            }
+            serde_json::Value::Null => serde_json::json!({ "modules_loaded": modules }),
+            other => other,
+        };
+        println!("{}", r.to_line());
+        if ports {
+            outb(EXIT_PORT, if r.ok { 0 } else { 2 });
+        }
+        // SAFETY: sync then restart; with reboot=k the kernel pulses the
+        // i8042 reset line and the monitor ends the VM.
+        unsafe {
+            libc::sync();
+            libc::reboot(libc::LINUX_REBOOT_CMD_RESTART);
+        }
         ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
     }
 }
