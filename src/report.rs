@@ -424,7 +424,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     write(&out.join("exit-cost.md"), &et)?;
 
     // Disk.
-    let mut dt = String::from("| what | bytes |\n|---|---|\n");
+    let mut dt = String::from("| backend: what | bytes |\n|---|---|\n");
     let mut dbars = Vec::new();
     let mut any_disk = false;
     for ((s, metric, b), v) in &c {
