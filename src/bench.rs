@@ -256,6 +256,7 @@ fn run_one(
                 kernel: None,
                 echo: false,
                 home: Some(home.to_path_buf()),
+                interactive: false,
             };
             if backend == Backend::Microvm {
                 crate::vms::run_microvm(&opts, launch)

@@ -580,11 +580,17 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
             report
         }
         Backend::Microvm | Backend::Qemu => {
-            if a.detach || a.tty || !a.command.is_empty() {
-                anyhow::bail!("the VM backends run scenarios only: drop -d/-t and the command");
+            if a.detach || !a.command.is_empty() || (a.tty && a.backend == Backend::Qemu) {
+                anyhow::bail!("the VM backends run scenarios only (and -it only with --backend microvm): drop -d and the command");
             }
             let linux = a.guest == vms::Guest::Linux;
-            let timeout = a.timeout.unwrap_or(if linux { 120.0 } else { 10.0 });
+            let timeout = a.timeout.unwrap_or(if a.tty {
+                3600.0
+            } else if linux {
+                120.0
+            } else {
+                10.0
+            });
             if !(timeout > 0.0 && timeout <= 3600.0) {
                 anyhow::bail!("--timeout {timeout} is out of range: use 0 < seconds <= 3600");
             }
@@ -598,6 +604,7 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
                 kernel: a.kernel.clone(),
                 echo: !a.json,
                 home: Some(home.to_path_buf()),
+                interactive: a.interactive && a.tty,
             };
             let (report, serial) = if a.backend == Backend::Microvm {
                 vms::run_microvm(&opts, launch)?

@@ -156,6 +156,7 @@ pub fn run_all(home: &Path) -> Vec<Column> {
         kernel: None,
         echo: false,
         home: Some(home.to_path_buf()),
+        interactive: false,
     };
     let microvm = crate::vms::run_microvm(&vm, isolab_runtime::container::monotonic_ns())
         .map_err(|e| format!("{e:#}"))

@@ -23,14 +23,16 @@ pub enum Guest {
 /// `spin` is a register-only loop (`isolab.n` iterations): with
 /// `--param ring=0` it shows that PVM runs a guest's ring 0 in KVM's
 /// instruction emulator.
+/// `echo-input` reads a line from the serial port (the `-it` path);
 /// `hang`, `flood`, `unknown-io` and `fault` misbehave on purpose, to
 /// test the monitor.
-pub const BARE_SCENARIOS: [&str; 9] = [
+pub const BARE_SCENARIOS: [&str; 10] = [
     "startup",
     "cpu",
     "memory",
     "exit-cost",
     "spin",
+    "echo-input",
     "hang",
     "flood",
     "unknown-io",
@@ -51,6 +53,8 @@ pub struct VmOptions {
     /// isolab's home (images, caches): needed to build a Linux guest's
     /// initramfs.
     pub home: Option<PathBuf>,
+    /// `-it`: the terminal's keys go to the guest's serial port.
+    pub interactive: bool,
 }
 
 /// The kernel command line of a Linux guest (before the isolab.* words):
@@ -373,12 +377,19 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
     if opts.echo {
         args.push("--echo".into());
     }
+    if opts.interactive {
+        args.push("--interactive".into());
+    }
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
     })?;
     let mut child = std::process::Command::new(&vmm)
         .args(&args)
-        .stdin(std::process::Stdio::null())
+        .stdin(if opts.interactive {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(if opts.echo {
             std::process::Stdio::inherit()

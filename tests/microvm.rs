@@ -237,3 +237,41 @@ fn qemu_runs_the_same_guest() {
     assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0);
     assert!(v["memory_bytes"]["monitor_rss_at_ready"].as_u64().unwrap() > 1 << 20);
 }
+
+#[test]
+fn serial_input_reaches_the_guest() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    use std::io::Write;
+    let mut child = isolab()
+        .args([
+            "run",
+            "--backend",
+            "microvm",
+            "-i",
+            "-t",
+            "--scenario",
+            "echo-input",
+            "--timeout",
+            "20",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello guest\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"input\":\"hello guest\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -435,6 +435,30 @@ extern "C" fn workload(_: u64) -> ! {
             put_u64(x ^ buf[0]);
             put(",");
         }
+        // Reads a line from the serial port (polling the data-ready bit)
+        // and reports it: the serial input path, end to end.
+        b"echo-input" => {
+            let mut line = [0u8; 64];
+            let mut n = 0;
+            while n < line.len() {
+                let mut spins = 0u64;
+                while inb(0x3fd) & 1 == 0 && spins < 50_000_000 {
+                    spins += 1;
+                }
+                if spins >= 50_000_000 {
+                    break;
+                }
+                let c = inb(0x3f8);
+                if c == b'\n' || c == b'\r' {
+                    break;
+                }
+                line[n] = c;
+                n += 1;
+            }
+            put("\"input\":");
+            json_str(&line[..n]);
+            put(",");
+        }
         // Misbehaviour on purpose, for the monitor's tests.
         b"hang" => loop {
             core::hint::spin_loop();

@@ -119,6 +119,8 @@ pub struct VmConfig {
     /// Boot a bzImage by unpacking the vmlinux it carries and entering that
     /// at its 64-bit entry (skips the decompressor; see kernel.rs).
     pub unpack_bzimage: bool,
+    /// Feed this process's stdin to the guest's serial port (`-it`).
+    pub serial_input: bool,
     /// Create KVM's in-kernel PIT. A Linux guest needs its timer; the bare
     /// lab guest takes no interrupts, and destroying the PIT (stopping its
     /// kthread) costs ~15 ms at teardown here, so it goes without.
@@ -142,6 +144,7 @@ impl Default for VmConfig {
             kvm_device: PathBuf::from("/dev/kvm"),
             pit: false,
             unpack_bzimage: true,
+            serial_input: false,
         }
     }
 }
@@ -180,6 +183,33 @@ impl Stamps {
             name: name.to_owned(),
             ns: monotonic_ns(),
         });
+    }
+}
+
+/// Copies stdin into the UART's receive FIFO until told to stop.
+fn serial_input(serial: &Arc<Mutex<SerialDevice>>, stop: &AtomicBool) {
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd with a 50 ms timeout.
+        let r = unsafe { libc::poll(&mut pfd, 1, 50) };
+        if r <= 0 || pfd.revents & libc::POLLIN == 0 {
+            if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                return;
+            }
+            continue;
+        }
+        // SAFETY: reading into a local buffer from fd 0.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = s.0.enqueue_raw_bytes(&buf[..n as usize]);
     }
 }
 
@@ -482,6 +512,12 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     pio.insert(u64::from(ports::MARK_PORT), 3, lab.clone())
         .map_err(bus_err)?;
     let pio = Arc::new(pio);
+    // Serial input: a thread polls stdin and queues bytes into the UART.
+    let input_stop = Arc::new(AtomicBool::new(false));
+    let input_thread = cfg.serial_input.then(|| {
+        let (serial, input_stop) = (serial.clone(), input_stop.clone());
+        std::thread::spawn(move || serial_input(&serial, &input_stop))
+    });
     let mmio = Arc::new(Bus::new());
 
     // vCPUs.
@@ -532,6 +568,10 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     // Stop every vCPU: set the flag and kick the threads until they end.
     // The one that reported is already leaving its loop: just join it.
     stop.store(true, Ordering::SeqCst);
+    input_stop.store(true, Ordering::SeqCst);
+    if let Some(t) = input_thread {
+        let _ = t.join();
+    }
     if let Some(i) = reporter {
         let h = handles.remove(i);
         let _ = h.join();

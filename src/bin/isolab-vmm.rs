@@ -7,7 +7,7 @@
 //! framework — to stay small.
 //!
 //! Usage: `isolab-vmm [--kernel PATH] [--initrd PATH] [--cmdline STR]
-//! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit]`; prints one JSON
+//! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit] [--interactive]`; prints one JSON
 //! `VmReport` on stdout, or one sentence on stderr and exits 1.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,11 +50,27 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             "--echo" => cfg.echo_serial = true,
             "--pit" => cfg.pit = true,
             "--no-unpack" => cfg.unpack_bzimage = false,
+            "--interactive" => cfg.serial_input = true,
             "--kvm-device" => cfg.kvm_device = PathBuf::from(val()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(cfg)
+}
+
+/// Puts stdin in raw mode; returns the attributes to restore.
+fn raw_terminal() -> Option<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it for a tty.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::isatty(0) == 0 || libc::tcgetattr(0, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(0, libc::TCSANOW, &t);
+        Some(saved)
+    }
 }
 
 fn main() -> ExitCode {
@@ -66,7 +82,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match vmm::boot(&cfg) {
+    // With --interactive on a terminal, the terminal goes raw (every key
+    // to the guest) and is restored however the VM ends.
+    let saved = cfg.serial_input.then(raw_terminal).flatten();
+    let result = vmm::boot(&cfg);
+    if let Some(t) = saved {
+        // SAFETY: restoring the attributes read from fd 0 before.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+    }
+    match result {
         Ok(report) => match serde_json::to_string(&report) {
             Ok(j) => {
                 println!("{j}");
