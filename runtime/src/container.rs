@@ -9,11 +9,11 @@
 //! compile seccomp profile
 //! clone3(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET)
 //!                                         clone      (first instruction)
-//!                                         rootfs     private mounts, overlay of the layers
+//!                                         rootfs     private mounts, overlay of the layers, lo up
 //!                                         cgroup     write "0" to tasks; unshare(NEWCGROUP)
 //!                                         mounts     /proc, /dev, /sys, masks, read-only paths
 //!                                         pivot_root
-//!                                         hostname, lo up, cwd, rlimits, fds
+//!                                         hostname, cwd, rlimits, fds
 //!                                         [--userns: unshare(NEWUSER), ask for maps]
 //! [write uid/gid maps] ────────────────▶  uid_map    setresuid(0) inside
 //!                                         seccomp    caps dropped, no_new_privs, filter
@@ -523,6 +523,12 @@ fn child_main(
     if let Err(e) = mount_rootfs(plan) {
         rep.fail("rootfs", &e);
     }
+    // Loopback comes up here too, before the cgroup join, like the
+    // rootfs: setting up the instance's network is the runtime's work
+    // (crun and runc do it from outside the container's cgroup as well).
+    if let Err(e) = loopback_up() {
+        rep.fail("rootfs", &format!("bringing lo up: {e}"));
+    }
     rep.mark("rootfs");
     if let Join::SelfTasks(fds) = join {
         for fd in fds {
@@ -807,7 +813,6 @@ fn pivot_into(merged: &CString) -> Result<(), String> {
 
 fn finish_environment(spec: &Spec) -> Result<(), String> {
     nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
-    loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| format!("working dir {}: {e}", spec.cwd))?;
     use nix::sys::resource::{setrlimit, Resource};
     let (soft, hard) = nofile_limits();
