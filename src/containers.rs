@@ -223,6 +223,29 @@ fn prepare(home: &Path, opts: &RunOptions, stdio: Stdio, detached: bool) -> Resu
     Ok(Prepared { spec, state, dir })
 }
 
+/// Prepares and starts a foreground container, recording it as running;
+/// on failure its instance dir is removed.
+fn launch_foreground(
+    home: &Path,
+    opts: &RunOptions,
+    stdio: Stdio,
+    layout: &CgroupLayout,
+) -> Result<(container::Running, PathBuf)> {
+    let p = prepare(home, opts, stdio, false)?;
+    let (dir, mut state) = (p.dir.clone(), p.state.clone());
+    let running = match container::launch(p.spec, layout) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    state.status = "running".into();
+    state.pid = running.pid.as_raw();
+    let _ = write_state(&dir, &state);
+    Ok((running, dir))
+}
+
 fn layout() -> Result<CgroupLayout> {
     CgroupLayout::detect().context("reading /proc/self/mountinfo for the cgroup layout")
 }
@@ -236,18 +259,7 @@ pub fn run_captured(
 ) -> Result<(InstanceReport, String)> {
     let layout = layout()?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let p = prepare(home, opts, Stdio::Into(w), false)?;
-    let (dir, mut state) = (p.dir.clone(), p.state.clone());
-    let running = match container::launch(p.spec, &layout) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-    };
-    state.status = "running".into();
-    state.pid = running.pid.as_raw();
-    let _ = write_state(&dir, &state);
+    let (running, dir) = launch_foreground(home, opts, Stdio::Into(w), &layout)?;
     // Read output; at the hold line, read the cgroup's memory.
     let mut output = String::new();
     let mut memory = BTreeMap::new();
@@ -301,26 +313,17 @@ pub fn run_captured(
         }
         Err(_) => None,
     };
-    let mut report = InstanceReport {
-        backend: "container".into(),
-        guest: "agent".into(),
-        scenario: opts.scenario.clone(),
-        instance: id,
-        exit_code: exit.code,
-        signal: exit.signal,
-        oom_killed: exit.oom_killed,
-        marks,
-        phases_ns: BTreeMap::new(),
-        launch_to_ready_ns: None,
-        launch_to_exit_ns: None,
-        memory_bytes: memory,
-        result,
-        notes: vec![
-            "ready is stamped by the agent itself: a container shares the host's CLOCK_MONOTONIC"
-                .into(),
-        ],
-        console_head: None,
-    };
+    let mut report = InstanceReport::new("container", "agent", &opts.scenario, id);
+    report.exit_code = exit.code;
+    report.signal = exit.signal;
+    report.oom_killed = exit.oom_killed;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = result;
+    report.notes = vec![
+        "ready is stamped by the agent itself: a container shares the host's CLOCK_MONOTONIC"
+            .into(),
+    ];
     report.derive();
     Ok((report, output))
 }
@@ -335,18 +338,7 @@ pub fn run_foreground(home: &Path, opts: &RunOptions, tty: bool) -> Result<i32> 
     } else {
         (Stdio::Inherit, None)
     };
-    let p = prepare(home, opts, stdio, false)?;
-    let (dir, mut state) = (p.dir.clone(), p.state.clone());
-    let running = match container::launch(p.spec, &layout) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-    };
-    state.status = "running".into();
-    state.pid = running.pid.as_raw();
-    let _ = write_state(&dir, &state);
+    let (running, dir) = launch_foreground(home, opts, stdio, &layout)?;
     if let Some(master) = master {
         pump_pty(master);
     }

@@ -284,31 +284,20 @@ pub fn run(
             ns: r.ns,
         });
     }
-    let mut report = InstanceReport {
-        backend: peer.name().into(),
-        guest: "agent".into(),
-        scenario: scenario.into(),
-        instance: id,
-        exit_code: status.code().unwrap_or(255),
-        signal: None,
-        oom_killed: false,
-        marks,
-        phases_ns: BTreeMap::new(),
-        launch_to_ready_ns: None,
-        launch_to_exit_ns: None,
-        memory_bytes: memory,
-        result: Some(serde_json::to_value(&res)?),
-        notes: vec![format!(
-            "launch = spawn of {}; ready stamped by the agent (same host clock){}",
-            peer.name(),
-            if hide_unified {
-                "; crun ran in a private mount namespace with the cgroup2 mount hidden (hybrid-cgroup workaround)"
-            } else {
-                ""
-            }
-        )],
-        console_head: None,
-    };
+    let mut report = InstanceReport::new(peer.name(), "agent", scenario, id);
+    report.exit_code = status.code().unwrap_or(255);
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = Some(serde_json::to_value(&res)?);
+    report.notes = vec![format!(
+        "launch = spawn of {}; ready stamped by the agent (same host clock){}",
+        peer.name(),
+        if hide_unified {
+            "; crun ran in a private mount namespace with the cgroup2 mount hidden (hybrid-cgroup workaround)"
+        } else {
+            ""
+        }
+    )];
     report.derive();
     Ok((report, output))
 }

@@ -243,23 +243,13 @@ fn linux_report(
     if !crate::doctor::kvm_flavour_here().boots_stock_linux() {
         notes.push("host KVM is PVM: a stock kernel cannot boot to init here; the figures show how far it got".into());
     }
-    let mut report = InstanceReport {
-        backend: "microvm".into(),
-        guest: "linux".into(),
-        scenario: opts.scenario.clone(),
-        instance: format!("vm-{pid}"),
-        exit_code: code,
-        signal: None,
-        oom_killed: false,
-        marks,
-        phases_ns: BTreeMap::new(),
-        launch_to_ready_ns: None,
-        launch_to_exit_ns: None,
-        memory_bytes: memory,
-        result: result.map(|x| serde_json::to_value(x).unwrap_or_default()),
-        notes,
-        console_head: Some(r.serial.chars().take(8192).collect()),
-    };
+    let mut report = InstanceReport::new("microvm", "linux", &opts.scenario, format!("vm-{pid}"));
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = result.map(|x| serde_json::to_value(x).unwrap_or_default());
+    report.notes = notes;
+    report.console_head = Some(r.serial.chars().take(8192).collect());
     report.derive();
     Ok((report, r.serial.clone()))
 }
@@ -473,23 +463,17 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
     let mut res = protocol::parse_output("microvm", &r.serial).map_err(|e| anyhow!("{e}"))?;
     res.metrics
         .extend(derive_metrics(&opts.scenario, &marks, &res.data));
-    let mut report = InstanceReport {
-        backend: "microvm".into(),
-        guest: guest_name.into(),
-        scenario: opts.scenario.clone(),
-        instance: format!("vm-{}", child.id()),
-        exit_code: code,
-        signal: None,
-        oom_killed: false,
-        marks,
-        phases_ns: BTreeMap::new(),
-        launch_to_ready_ns: None,
-        launch_to_exit_ns: None,
-        memory_bytes: memory,
-        result: Some(serde_json::to_value(&res)?),
-        notes,
-        console_head: None,
-    };
+    let mut report = InstanceReport::new(
+        "microvm",
+        guest_name,
+        &opts.scenario,
+        format!("vm-{}", child.id()),
+    );
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = Some(serde_json::to_value(&res)?);
+    report.notes = notes;
     report.derive();
     Ok((report, r.serial))
 }
@@ -674,23 +658,12 @@ pub fn run_qemu(
     if let Some(r) = rss_at_ready {
         memory.insert("monitor_rss_at_ready".to_owned(), r);
     }
-    let mut report = InstanceReport {
-        backend: "qemu".into(),
-        guest: "bare".into(),
-        scenario: opts.scenario.clone(),
-        instance: format!("qemu-{pid}"),
-        exit_code: code,
-        signal: None,
-        oom_killed: false,
-        marks,
-        phases_ns: BTreeMap::new(),
-        launch_to_ready_ns: None,
-        launch_to_exit_ns: None,
-        memory_bytes: memory,
-        result: Some(serde_json::to_value(&res)?),
-        notes: vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's result line on QEMU's serial output (QEMU has no boot-marker port)".into()],
-        console_head: None,
-    };
+    let mut report = InstanceReport::new("qemu", "bare", &opts.scenario, format!("qemu-{pid}"));
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = Some(serde_json::to_value(&res)?);
+    report.notes = vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's result line on QEMU's serial output (QEMU has no boot-marker port)".into()];
     report.derive();
     Ok((report, serial))
 }

@@ -43,6 +43,28 @@ pub struct InstanceReport {
 }
 
 impl InstanceReport {
+    /// An empty report for one instance; callers fill what they measured
+    /// and call [`InstanceReport::derive`].
+    pub fn new(backend: &str, guest: &str, scenario: &str, instance: String) -> Self {
+        InstanceReport {
+            backend: backend.into(),
+            guest: guest.into(),
+            scenario: scenario.into(),
+            instance,
+            exit_code: 0,
+            signal: None,
+            oom_killed: false,
+            marks: Vec::new(),
+            phases_ns: BTreeMap::new(),
+            launch_to_ready_ns: None,
+            launch_to_exit_ns: None,
+            memory_bytes: BTreeMap::new(),
+            result: None,
+            notes: Vec::new(),
+            console_head: None,
+        }
+    }
+
     /// Fills `phases_ns`, `launch_to_ready_ns` and `launch_to_exit_ns`
     /// from `marks` (sorted by time first).
     pub fn derive(&mut self) {
