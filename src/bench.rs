@@ -45,6 +45,59 @@ pub struct BenchArgs {
     /// Image to run.
     #[arg(long, default_value = crate::containers::DEFAULT_IMAGE)]
     image: String,
+    /// A TOML file with the matrix (keys: backends, scenarios,
+    /// repetitions, warmup, image); its keys replace the flags' values.
+    #[arg(long, value_name = "FILE.toml")]
+    matrix: Option<PathBuf>,
+}
+
+/// The matrix as a TOML file gives it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixFile {
+    pub backends: Option<Vec<String>>,
+    pub scenarios: Option<Vec<String>>,
+    pub repetitions: Option<u32>,
+    pub warmup: Option<u32>,
+    pub image: Option<String>,
+}
+
+impl BenchArgs {
+    /// Applies a matrix file's keys over the flags.
+    fn apply_matrix(&mut self) -> Result<()> {
+        let Some(path) = &self.matrix else {
+            return Ok(());
+        };
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read matrix file {}", path.display()))?;
+        let m: MatrixFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("matrix file {}: {e}", path.display()))?;
+        if let Some(b) = m.backends {
+            self.backends = b
+                .iter()
+                .map(|x| <Backend as clap::ValueEnum>::from_str(x, true).map_err(|_| anyhow::anyhow!("matrix file {}: unknown backend {x:?}: use container, crun, runc, microvm or qemu", path.display())))
+                .collect::<Result<_>>()?;
+        }
+        if let Some(s) = m.scenarios {
+            self.scenarios = s;
+        }
+        if let Some(r) = m.repetitions {
+            if r == 0 {
+                bail!(
+                    "matrix file {}: repetitions must be at least 1",
+                    path.display()
+                );
+            }
+            self.repetitions = r;
+        }
+        if let Some(w) = m.warmup {
+            self.warmup = w;
+        }
+        if let Some(i) = m.image {
+            self.image = i;
+        }
+        Ok(())
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -300,7 +353,8 @@ fn backend_name(b: Backend) -> &'static str {
 }
 
 /// Runs the bench; returns the exit code and the run directory written.
-pub fn run(home: &Path, a: BenchArgs) -> Result<(ExitCode, PathBuf)> {
+pub fn run(home: &Path, mut a: BenchArgs) -> Result<(ExitCode, PathBuf)> {
+    a.apply_matrix()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("bench needs root (namespaces, overlayfs, cgroups): run it with sudo");
     }
@@ -743,6 +797,45 @@ pub fn disk_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrix_file_replaces_flags_and_rejects_junk() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(
+            &f,
+            "backends = [\"container\", \"qemu\"]\nscenarios = [\"startup\"]\nrepetitions = 7\n",
+        )
+        .unwrap();
+        let mut t = T::parse_from(["x", "--matrix", f.to_str().unwrap()]);
+        t.b.apply_matrix().unwrap();
+        assert_eq!(t.b.backends, vec![Backend::Container, Backend::Qemu]);
+        assert_eq!(
+            (t.b.scenarios.clone(), t.b.repetitions, t.b.warmup),
+            (vec!["startup".to_owned()], 7, 3)
+        );
+        std::fs::write(&f, "backends = [\"docker\"]\n").unwrap();
+        assert!(T::parse_from(["x", "--matrix", f.to_str().unwrap()])
+            .b
+            .apply_matrix()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown backend"));
+        std::fs::write(&f, "repetition = 3\n").unwrap();
+        assert!(
+            T::parse_from(["x", "--matrix", f.to_str().unwrap()])
+                .b
+                .apply_matrix()
+                .is_err(),
+            "a misspelt key is an error"
+        );
+    }
 
     #[test]
     fn scenario_support_and_baselines() {

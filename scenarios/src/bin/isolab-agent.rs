@@ -89,8 +89,12 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
             let blocks = param(&params, "blocks", kernels::CPU_CHECK_BLOCKS * 100);
             let t0 = monotonic_ns();
             let sum = kernels::cpu_work(blocks);
-            let dt = (monotonic_ns() - t0).max(1) as f64 / 1e9;
-            r.metric("cpu.sha256", "bytes_per_s", (blocks * 64) as f64 / dt);
+            let dt = monotonic_ns() - t0;
+            r.metric(
+                "cpu.sha256",
+                "bytes_per_s",
+                workloads::bytes_per_s(blocks * 64, dt),
+            );
             r.data = serde_json::json!({ "checksum": format!("{sum:016x}"), "blocks": blocks });
         }
         "memory" => {
@@ -103,17 +107,17 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
             for i in (0..v.len()).step_by(4096) {
                 v[i] = 1;
             }
-            let dt = (monotonic_ns() - t0).max(1);
-            let pages = (mib << 20) / 4096;
+            let dt = monotonic_ns() - t0;
+            let bytes = (mib as u64) << 20;
             r.metric(
                 "memory.touch_rate",
                 "bytes_per_s",
-                (mib << 20) as f64 / (dt as f64 / 1e9),
+                workloads::bytes_per_s(bytes, dt),
             );
             r.metric(
                 "memory.fault_cost",
                 "ns_per_page",
-                dt as f64 / pages.max(1) as f64,
+                workloads::ns_per_op(dt, bytes / 4096),
             );
             hold(param(&params, "hold_ms", 0));
             std::hint::black_box(&v);
