@@ -759,16 +759,31 @@ fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
             none,
         )?;
     }
+    // Masked directories share one empty read-only tmpfs (one superblock
+    // instead of one each: kernel memory the container is charged for).
+    let mut empty_dir: Option<PathBuf> = None;
     for path in MASKED_PATHS {
         let p = root.join(path.trim_start_matches('/'));
         match fs::symlink_metadata(&p) {
-            Ok(md) if md.is_dir() => m(
-                Some("tmpfs"),
-                &p,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                Some("size=0"),
-            )?,
+            Ok(md) if md.is_dir() => match &empty_dir {
+                Some(first) => m(
+                    Some(first.to_str().unwrap_or("")),
+                    &p,
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?,
+                None => {
+                    m(
+                        Some("tmpfs"),
+                        &p,
+                        Some("tmpfs"),
+                        MsFlags::MS_RDONLY,
+                        Some("size=0"),
+                    )?;
+                    empty_dir = Some(p.clone());
+                }
+            },
             Ok(_) => m(
                 Some(dev.join("null").to_str().unwrap_or("/dev/null")),
                 &p,

@@ -8,11 +8,11 @@
 //! `clone3` answers `ENOSYS` (as Docker does) so libc falls back to `clone`,
 //! whose flags a filter can see.
 //!
-//! How: three stacked filters (the kernel applies the strictest answer).
-//! seccompiler builds the two that name system calls — the blocked list
-//! and `clone3` — and a five-instruction guard, written by hand because
-//! seccompiler has no notion of a *range* of numbers, refuses everything
-//! outside 0..=MAX_KNOWN_SYSCALL. Writing the allow-list out as ~410
+//! How: one filter. seccompiler builds the part that names system calls
+//! (the blocked list, `clone` with namespace flags); an eight-instruction
+//! prefix, written by hand because seccompiler has no notion of a *range*
+//! of numbers, refuses everything outside 0..=MAX_KNOWN_SYSCALL and answers
+//! `clone3` with ENOSYS. Writing the allow-list out as ~410
 //! single-number rules instead gives a ~900-instruction program that costs
 //! about 1 ms to install (the kernel emulates it for every syscall number
 //! to build its action cache) and ~8 KiB of kernel memory per container.
@@ -290,41 +290,40 @@ pub fn default_profile() -> Result<Profile, SeccompError> {
         TargetArch::x86_64,
     )
     .map_err(compile)?;
-    let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, vec![])].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(compile)?;
     Ok(Profile {
-        programs: vec![
-            known_numbers_only(),
-            BpfProgram::try_from(deny_list).map_err(compile)?,
-            BpfProgram::try_from(clone3).map_err(compile)?,
-        ],
+        programs: vec![{
+            // One program: the hand-written prefix, then seccompiler's
+            // (its jumps are relative, so prefixing keeps them right). One
+            // filter instead of three also means one BPF image charged to
+            // the container instead of three.
+            let mut p = known_numbers_prefix();
+            p.extend(BpfProgram::try_from(deny_list).map_err(compile)?);
+            p
+        }],
     })
 }
 
-/// The guard: x86-64 only, no x32 numbers, nothing above the known range.
-fn known_numbers_only() -> BpfProgram {
+/// The prefix: x86-64 only, no x32 numbers, nothing above the known
+/// range, `clone3` → ENOSYS; anything else falls through to the rest.
+fn known_numbers_prefix() -> BpfProgram {
     use seccompiler::sock_filter;
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const RET_ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
     let ret_eperm = 0x0005_0000 | libc::EPERM as u32; // SECCOMP_RET_ERRNO
+    let ret_enosys = 0x0005_0000 | libc::ENOSYS as u32;
     let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     vec![
         ins(LD_W_ABS, 0, 0, 4),                     // A = seccomp_data.arch
         ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),        // x86-64? skip next
         ins(RET_K, 0, 0, ret_eperm),                // other arch: EPERM
         ins(LD_W_ABS, 0, 0, 0), // A = seccomp_data.nr (x32 numbers have bit 30 set, so are > max)
-        ins(JGT_K, 0, 1, MAX_KNOWN_SYSCALL as u32), // unknown? fall through
+        ins(JGT_K, 0, 1, MAX_KNOWN_SYSCALL as u32), // unknown? -> next, else skip it
         ins(RET_K, 0, 0, ret_eperm), //   EPERM
-        ins(RET_K, 0, 0, RET_ALLOW), // known: the other filters decide
+        ins(JEQ_K, 0, 1, libc::SYS_clone3 as u32), // clone3? -> next, else skip it
+        ins(RET_K, 0, 0, ret_enosys), //   ENOSYS: libc falls back to clone
     ]
 }
 
