@@ -324,9 +324,17 @@ fn run_one(
 /// agent has no `exit-cost`).
 pub fn supports(b: Backend, scenario: &str) -> bool {
     match b {
-        Backend::Container | Backend::Crun | Backend::Runc => {
-            ["startup", "idle", "cpu", "memory"].contains(&scenario)
-        }
+        Backend::Container | Backend::Crun | Backend::Runc => [
+            "startup",
+            "idle",
+            "cpu",
+            "memory",
+            "syscall",
+            "fork-exec",
+            "file-io",
+            "net-loopback",
+        ]
+        .contains(&scenario),
         Backend::Microvm | Backend::Qemu => {
             ["startup", "cpu", "memory", "exit-cost"].contains(&scenario)
         }
@@ -841,6 +849,8 @@ mod tests {
     fn scenario_support_and_baselines() {
         assert!(supports(Backend::Container, "idle") && !supports(Backend::Microvm, "idle"));
         assert!(supports(Backend::Qemu, "exit-cost") && !supports(Backend::Crun, "exit-cost"));
+        assert!(supports(Backend::Container, "syscall") && supports(Backend::Runc, "net-loopback"));
+        assert!(!supports(Backend::Microvm, "syscall"));
         assert_eq!(baseline("crun"), Some("container"));
         assert_eq!(baseline("qemu"), Some("microvm"));
         assert_eq!(baseline("container"), None);

@@ -410,15 +410,30 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         )?);
     }
 
-    // VM exit cost.
-    let mut et = String::from("| backend | one VM exit (µs), median |\n|---|---|\n");
-    for b in backends_in(&c, "exit-cost", "vm.exit_cost") {
-        if let Some(v) = c
-            .get(&("exit-cost".into(), "vm.exit_cost".into(), b.clone()))
-            .and_then(|v| stats::median(v))
-        {
-            writeln!(et, "| {b} | {:.1} |", v / 1e3)?;
-            num(&format!("{b}_exit_cost_us"), format!("{:.1}", v / 1e3))?;
+    // Crossing a boundary: a system call in a container, a VM exit in a VM.
+    let mut et = String::from("| backend | boundary | median (µs) |\n|---|---|---|\n");
+    for (scenario, metric, what, tag) in [
+        (
+            "syscall",
+            "syscall.getppid",
+            "system call (getppid)",
+            "syscall",
+        ),
+        (
+            "exit-cost",
+            "vm.exit_cost",
+            "VM exit (port write)",
+            "exit_cost",
+        ),
+    ] {
+        for b in backends_in(&c, scenario, metric) {
+            if let Some(v) = c
+                .get(&(scenario.into(), metric.into(), b.clone()))
+                .and_then(|v| stats::median(v))
+            {
+                writeln!(et, "| {b} | {what} | {:.3} |", v / 1e3)?;
+                num(&format!("{b}_{tag}_us"), format!("{:.3}", v / 1e3))?;
+            }
         }
     }
     write(&out.join("exit-cost.md"), &et)?;
