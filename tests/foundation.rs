@@ -127,3 +127,72 @@ fn the_embedded_agent_is_statically_linked() {
     assert!(!again.status.success());
     assert!(stderr(&again).contains("choose a path that does not exist yet"));
 }
+
+#[test]
+fn interrupted_bench_leaves_a_valid_partial_run() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let results = home.path().join("results");
+    let mut child = isolab()
+        .args([
+            "bench",
+            "--backends",
+            "container",
+            "--scenarios",
+            "startup",
+            "--repetitions",
+            "1000",
+            "--warmup",
+            "0",
+            "--results",
+        ])
+        .arg(&results)
+        .env("ISOLAB_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for some rows, then Ctrl-C.
+    let mut csv = None;
+    for _ in 0..300 {
+        if let Some(p) = std::fs::read_dir(&results)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("samples.csv"))
+        {
+            if std::fs::read_to_string(&p)
+                .map(|t| t.lines().count() > 20)
+                .unwrap_or(false)
+            {
+                csv = Some(p);
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let csv = csv.expect("bench wrote no rows");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted bench exits non-zero");
+    let rows = isolab_reports::read_samples(std::fs::File::open(&csv).unwrap())
+        .expect("the partial samples.csv is valid");
+    assert!(
+        !rows.is_empty() && rows.len() < 1000 * 10,
+        "{} rows",
+        rows.len()
+    );
+    let m = isolab_reports::Manifest::from_json(
+        &std::fs::read_to_string(csv.with_file_name("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(m.finished_at.is_none(), "a partial run has no finished_at");
+    assert!(
+        m.notes.iter().any(|n| n.contains("interrupted")),
+        "{:?}",
+        m.notes
+    );
+}
