@@ -287,7 +287,6 @@ fn run_one(
             scenario,
             &params,
             &limits,
-            Some(launch),
         ),
         Backend::Runc => crate::peers::run(
             home,
@@ -296,7 +295,6 @@ fn run_one(
             scenario,
             &params,
             &limits,
-            Some(launch),
         ),
         Backend::Microvm | Backend::Qemu => {
             let opts = crate::vms::VmOptions {
@@ -312,9 +310,9 @@ fn run_one(
                 interactive: false,
             };
             if backend == Backend::Microvm {
-                crate::vms::run_microvm(&opts, launch)
+                crate::vms::run_microvm(&opts)
             } else {
-                crate::vms::run_qemu(home, &opts, launch)
+                crate::vms::run_qemu(home, &opts)
             }
         }
     }

@@ -564,15 +564,8 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 peers::Peer::Runc
             };
-            let (report, output) = peers::run(
-                home,
-                peer,
-                &a.image,
-                &a.scenario,
-                &a.params,
-                &limits,
-                Some(launch),
-            )?;
+            let (report, output) =
+                peers::run(home, peer, &a.image, &a.scenario, &a.params, &limits)?;
             if !a.json {
                 print!("{output}");
                 return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));
@@ -607,9 +600,9 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
                 interactive: a.interactive && a.tty,
             };
             let (report, serial) = if a.backend == Backend::Microvm {
-                vms::run_microvm(&opts, launch)?
+                vms::run_microvm(&opts)?
             } else {
-                vms::run_qemu(home, &opts, launch)?
+                vms::run_qemu(home, &opts)?
             };
             if !a.json {
                 if a.backend == Backend::Qemu {

@@ -129,7 +129,6 @@ pub fn run(
     scenario: &str,
     params: &[String],
     limits: &Limits,
-    launch_hint: Option<u64>,
 ) -> Result<(InstanceReport, String)> {
     let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
     let layout = CgroupLayout::detect()?;
@@ -220,7 +219,9 @@ pub fn run(
             Ok(())
         });
     }
-    let launch = launch_hint.unwrap_or_else(monotonic_ns);
+    // launch = the instant the peer's process is spawned (after the
+    // harness wrote its bundle), the same rule for every peer.
+    let launch = monotonic_ns();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;

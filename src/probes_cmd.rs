@@ -136,7 +136,6 @@ pub fn run_all(home: &Path) -> Vec<Column> {
                 "probes",
                 &params(),
                 &opts.limits,
-                None,
             )
             .map_err(|e| format!("{e:#}"))
             .and_then(|(r, _)| from_report(&r))
@@ -158,7 +157,7 @@ pub fn run_all(home: &Path) -> Vec<Column> {
         home: Some(home.to_path_buf()),
         interactive: false,
     };
-    let microvm = crate::vms::run_microvm(&vm, isolab_runtime::container::monotonic_ns())
+    let microvm = crate::vms::run_microvm(&vm)
         .map_err(|e| format!("{e:#}"))
         .map(|(r, _)| bare_guest_column(&r, &names));
     cols.push(Column {

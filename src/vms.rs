@@ -321,7 +321,7 @@ pub fn vmm_binary() -> Option<PathBuf> {
 
 /// Boots one VM with our monitor (`isolab-vmm`, one process per VM, as
 /// QEMU is for the peer) and reports it.
-pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, String)> {
+pub fn run_microvm(opts: &VmOptions) -> Result<(InstanceReport, String)> {
     use std::io::Read;
     let mut args: Vec<String> = Vec::new();
     let guest_name = match opts.guest {
@@ -373,6 +373,9 @@ pub fn run_microvm(opts: &VmOptions, launch: u64) -> Result<(InstanceReport, Str
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
     })?;
+    // launch = the spawn of the monitor process, after the harness's own
+    // preparation (e.g. a Linux guest's initramfs), as for QEMU.
+    let launch = isolab_runtime::container::monotonic_ns();
     let mut child = std::process::Command::new(&vmm)
         .args(&args)
         .stdin(if opts.interactive {
@@ -556,11 +559,7 @@ fn rss_of(pid: u32) -> Option<u64> {
 }
 
 /// Runs the bare guest under `qemu-system-x86_64 -M microvm`.
-pub fn run_qemu(
-    home: &std::path::Path,
-    opts: &VmOptions,
-    launch: u64,
-) -> Result<(InstanceReport, String)> {
+pub fn run_qemu(home: &std::path::Path, opts: &VmOptions) -> Result<(InstanceReport, String)> {
     use std::io::Read;
     if opts.guest != Guest::Bare {
         bail!("the QEMU peer runs the bare guest only in this build: use --guest bare");
@@ -582,6 +581,7 @@ pub fn run_qemu(
         opts.mem_mib,
         opts.vcpus,
     );
+    let launch = isolab_runtime::container::monotonic_ns();
     let mut child = std::process::Command::new(&qemu)
         .args(&args)
         .stdin(std::process::Stdio::null())
