@@ -164,7 +164,9 @@ fn prepare(home: &Path, opts: &RunOptions, stdio: Stdio, detached: bool) -> Resu
     {
         bail!("invalid container name {name:?}: use letters, digits, '-', '_' and '.'");
     }
-    if list_states(home).iter().any(|s| s.name == name) {
+    // Only a chosen name can clash (an id is fresh); no need to read every
+    // instance's state on the launch path otherwise.
+    if opts.name.is_some() && list_states(home).iter().any(|s| s.name == name) {
         bail!("a container named {name:?} already exists: remove it with `isolab rm {name}` or pick another --name");
     }
     let dir = containers_dir(home).join(&id);
@@ -246,8 +248,14 @@ fn launch_foreground(
     Ok((running, dir))
 }
 
-fn layout() -> Result<CgroupLayout> {
-    CgroupLayout::detect().context("reading /proc/self/mountinfo for the cgroup layout")
+/// This host's cgroup layout, read once per process.
+pub fn layout() -> Result<CgroupLayout> {
+    static LAYOUT: std::sync::OnceLock<CgroupLayout> = std::sync::OnceLock::new();
+    if let Some(l) = LAYOUT.get() {
+        return Ok(l.clone());
+    }
+    let l = CgroupLayout::detect().context("reading /proc/self/mountinfo for the cgroup layout")?;
+    Ok(LAYOUT.get_or_init(|| l).clone())
 }
 
 /// Runs a container in the foreground with its output captured, and

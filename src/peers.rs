@@ -131,7 +131,7 @@ pub fn run(
     limits: &Limits,
 ) -> Result<(InstanceReport, String)> {
     let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
-    let layout = CgroupLayout::detect()?;
+    let layout = crate::containers::layout()?;
     let img = crate::containers::open_image(home, image)?;
     let lowers: Vec<String> = Store::new(home)
         .lower_dirs(&img)

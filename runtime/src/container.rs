@@ -285,7 +285,7 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
         drop(marks_r);
         drop(go_w);
         drop(req_r);
-        child_main(&plan, &spec, &join, profile.as_ref(), marks_w, go_r, req_w);
+        child_main(&plan, &spec, &join, profile, marks_w, go_r, req_w);
     }
     if r < 0 {
         let e = std::io::Error::last_os_error();

@@ -260,7 +260,17 @@ pub struct Profile {
 }
 
 /// Builds the default profile.
-pub fn default_profile() -> Result<Profile, SeccompError> {
+/// The default profile, compiled once per process (a bench starts
+/// hundreds of containers; the program is the same for all).
+pub fn default_profile() -> Result<&'static Profile, SeccompError> {
+    static PROFILE: std::sync::OnceLock<Result<Profile, String>> = std::sync::OnceLock::new();
+    PROFILE
+        .get_or_init(|| compile_default_profile().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| SeccompError::Compile(e.clone()))
+}
+
+fn compile_default_profile() -> Result<Profile, SeccompError> {
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr, _) in BLOCKED {
         deny.insert(*nr, vec![]);
