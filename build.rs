@@ -16,7 +16,12 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for p in ["scenarios/src", "scenarios/Cargo.toml", "Cargo.lock"] {
+    for p in [
+        "scenarios/src",
+        "scenarios/Cargo.toml",
+        "microvm/src/ports.rs",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", manifest.join(p).display());
     }
     let target_dir = out.join("agent-target");

@@ -148,12 +148,7 @@ pub fn rotation<T: Clone>(items: &[T], rep: usize) -> Vec<T> {
 pub fn host_info() -> HostInfo {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kvm = Path::new("/dev/kvm");
-    let flavour = crate::host::kvm_flavour(
-        kvm.exists(),
-        &cpuinfo,
-        Path::new("/sys/module/kvm_pvm").exists(),
-    );
+    let flavour = crate::doctor::kvm_flavour_here();
     let mut peers = BTreeMap::new();
     for (n, p) in [
         ("crun", "crun"),

@@ -18,8 +18,8 @@ pub const MARK_READY: u8 = 3;
 pub const MARK_WORK_START: u8 = 4;
 pub const MARK_WORK_END: u8 = 5;
 pub const MARK_DONE: u8 = 6;
-/// The Linux agent's marks (written from user space through /dev/port).
-pub const MARK_KERNEL_INIT: u8 = 7;
+/// The Linux agent's mark, written from user space after `ioperm`
+/// (`kernel_start` and `kernel_init` come from the console instead).
 pub const MARK_AGENT_READY: u8 = 8;
 
 /// The name of a mark label, as reports show it.
@@ -31,7 +31,6 @@ pub fn mark_name(label: u8) -> &'static str {
         MARK_WORK_START => "work_start",
         MARK_WORK_END => "work_end",
         MARK_DONE => "done",
-        MARK_KERNEL_INIT => "kernel_init",
         MARK_AGENT_READY => "agent_ready",
         _ => "mark",
     }

@@ -233,13 +233,15 @@ pub const BLOCKED: &[(&str, i64, &str)] = &[
 // ANCHOR_END: blocked
 
 /// Namespace flags `clone` may not carry inside a container.
-pub const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUSER
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u64;
+pub const CLONE_NS_FLAGS: [libc::c_int; 7] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWCGROUP,
+];
 
 /// Errors compiling the profile (a bug, not bad input).
 #[derive(Debug, thiserror::Error)]
@@ -278,15 +280,7 @@ fn compile_default_profile() -> Result<Profile, SeccompError> {
     // clone with any namespace flag set is refused (one rule per flag:
     // a rule matches when that flag's bit is set).
     let mut clone_rules = Vec::new();
-    for flag in [
-        libc::CLONE_NEWNS,
-        libc::CLONE_NEWUTS,
-        libc::CLONE_NEWIPC,
-        libc::CLONE_NEWUSER,
-        libc::CLONE_NEWPID,
-        libc::CLONE_NEWNET,
-        libc::CLONE_NEWCGROUP,
-    ] {
+    for flag in CLONE_NS_FLAGS {
         let f = flag as u64;
         let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(f), f)
             .map_err(compile)?;

@@ -17,7 +17,7 @@
 pub mod detect;
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 pub use detect::{CgroupLayout, CgroupMode};
@@ -407,14 +407,6 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok())?
     })
-}
-
-/// For tests and state: the raw fd numbers of a join handle.
-pub fn join_fds(j: &Join) -> Vec<i32> {
-    match j {
-        Join::SelfTasks(v) => v.iter().map(|f| f.as_raw_fd()).collect(),
-        Join::IntoCgroup(f) => vec![f.as_raw_fd()],
-    }
 }
 
 #[cfg(test)]

@@ -166,15 +166,18 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
     r
 }
 
+// The lab's ports, from the same file the monitor and the bare guest use.
+#[path = "../../../microvm/src/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 /// The agent as a Linux microVM's `/init` (the kernel runs it as pid 1
 /// with argv[0] = "/init" and no arguments).
 mod vm_init {
     use std::collections::BTreeMap;
     use std::process::ExitCode;
 
-    const MARK_PORT: u16 = 0x0f10;
-    const EXIT_PORT: u16 = 0x0f11;
-    const MARK_AGENT_READY: u8 = 8;
+    use super::ports::{EXIT_PORT, MARK_AGENT_READY, MARK_PORT};
 
     fn outb(port: u16, v: u8) {
         // SAFETY: the port range was granted with ioperm; a port write is
