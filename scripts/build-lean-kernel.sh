@@ -23,5 +23,20 @@ cd "$src"
 make -s tinyconfig
 scripts/kconfig/merge_config.sh -m .config "$repo/microvm/lean-kernel.config" >/dev/null
 make -s olddefconfig
+# merge_config.sh only warns when Kconfig drops a value (a missing
+# dependency); a lean kernel without, say, virtio-blk would fail much later.
+missing=0
+while IFS= read -r line; do
+    [[ "$line" =~ ^CONFIG_([A-Z0-9_]+)=(.*)$ ]] || continue
+    opt="${BASH_REMATCH[1]}" want="${BASH_REMATCH[2]}"
+    if [[ "$want" == n ]]; then
+        grep -qE "^CONFIG_$opt=[ym]" .config || continue
+    else
+        grep -qx "CONFIG_$opt=$want" .config && continue
+    fi
+    echo "lean-kernel.config asks for CONFIG_$opt=$want but Kconfig did not keep it (a dependency is missing)" >&2
+    missing=1
+done < "$repo/microvm/lean-kernel.config"
+[[ $missing == 0 ]] || exit 1
 make -s -j"$(nproc)" bzImage
 echo "$src/arch/x86/boot/bzImage"
