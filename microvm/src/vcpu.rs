@@ -19,8 +19,10 @@ pub enum StopReason {
     Halt,
     /// KVM could not enter the guest.
     FailEntry { reason: u64 },
-    /// KVM hit an internal error (e.g. an emulation failure).
-    InternalError,
+    /// KVM hit an internal error (e.g. an emulation failure): KVM's
+    /// sub-error code and the guest's instruction pointer, which the run
+    /// loop fills in (0 when unknown).
+    InternalError { suberror: u32, rip: u64 },
     /// A system event (e.g. PSCI/ACPI shutdown) of this type.
     SystemEvent { event: u32 },
     /// The monitor stopped the vCPU (timeout or teardown).
@@ -44,7 +46,14 @@ impl StopReason {
             StopReason::Shutdown => "the guest triple-faulted (KVM shutdown exit); under PVM any guest fault ends the VM this way".into(),
             StopReason::Halt => "the guest halted with interrupts off".into(),
             StopReason::FailEntry { reason } => format!("KVM could not enter the guest (hardware reason {reason:#x})"),
-            StopReason::InternalError => "KVM reported an internal error (typically an instruction it could not emulate)".into(),
+            StopReason::InternalError { suberror, rip } => format!(
+                "KVM reported an internal error (suberror {suberror}{}) at guest RIP {rip:#x}",
+                if *suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                    ": an instruction it could not emulate"
+                } else {
+                    ""
+                }
+            ),
             StopReason::SystemEvent { event } => format!("the guest raised system event {event}"),
             StopReason::Stopped => "the monitor stopped the guest".into(),
             StopReason::RunError { errno } => format!("KVM_RUN failed: {}", std::io::Error::from_raw_os_error(*errno)),
@@ -78,7 +87,12 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> ExitOutcome {
         VcpuExit::FailEntry(reason, _) => {
             return ExitOutcome::Stop(StopReason::FailEntry { reason })
         }
-        VcpuExit::InternalError => return ExitOutcome::Stop(StopReason::InternalError),
+        VcpuExit::InternalError => {
+            return ExitOutcome::Stop(StopReason::InternalError {
+                suberror: 0,
+                rip: 0,
+            })
+        }
         VcpuExit::SystemEvent(event, _) => {
             return ExitOutcome::Stop(StopReason::SystemEvent { event })
         }
@@ -137,7 +151,14 @@ pub fn run(
         }
         match vcpu.run() {
             Ok(exit) => {
-                if let ExitOutcome::Stop(r) = handle_exit(exit, pio, mmio) {
+                if let ExitOutcome::Stop(mut r) = handle_exit(exit, pio, mmio) {
+                    if let StopReason::InternalError { suberror, rip } = &mut r {
+                        // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR,
+                        // so `internal` is the union member KVM wrote.
+                        *suberror =
+                            unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                        *rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    }
                     if !r.is_clean() {
                         if let Ok(regs) = vcpu.get_regs() {
                             tracing::warn!(
@@ -232,7 +253,10 @@ mod tests {
         );
         assert_eq!(
             handle_exit(VcpuExit::InternalError, &pio, &mmio),
-            ExitOutcome::Stop(StopReason::InternalError)
+            ExitOutcome::Stop(StopReason::InternalError {
+                suberror: 0,
+                rip: 0
+            })
         );
         assert_eq!(
             handle_exit(VcpuExit::FailEntry(0x80000021, 0), &pio, &mmio),
