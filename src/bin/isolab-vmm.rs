@@ -7,7 +7,8 @@
 //! framework — to stay small.
 //!
 //! Usage: `isolab-vmm [--kernel PATH] [--initrd PATH] [--cmdline STR]
-//! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit] [--interactive]`; prints one JSON
+//! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit] [--interactive]
+//! [--disk PATH | --disk-ro PATH]…`; prints one JSON
 //! `VmReport` on stdout, or one sentence on stderr and exits 1.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,10 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             "--no-unpack" => cfg.unpack_bzimage = false,
             "--interactive" => cfg.serial_input = true,
             "--kvm-device" => cfg.kvm_device = PathBuf::from(val()?),
+            "--disk" | "--disk-ro" => cfg.disks.push(vmm::DiskConfig {
+                path: PathBuf::from(val()?),
+                read_only: a == "--disk-ro",
+            }),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }

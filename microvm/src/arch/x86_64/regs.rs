@@ -37,18 +37,29 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// The three page-table pages identity-mapping the first GiB with 2 MiB
-/// pages: (address, 64-bit entries) to write.
+/// The page-table pages identity-mapping the first GiB with 2 MiB pages,
+/// plus the 2 MiB page of virtio-mmio windows: (address, 64-bit entries)
+/// to write.
 pub fn identity_page_tables() -> Vec<(u64, Vec<u64>)> {
     // Present, writable and user-accessible: the lab guest may run its
     // workload in ring 3 on these same tables.
     const PRESENT_RW: u64 = 0x7;
     const HUGE: u64 = 0x80;
+    // Device registers: write-through and cache-disabled.
+    const UNCACHED: u64 = 0x18;
     let pd: Vec<u64> = (0..512u64).map(|i| (i << 21) | PRESENT_RW | HUGE).collect();
+    let gib = VIRTIO_MMIO_START >> 30;
+    let mut pd_mmio = vec![0u64; ((VIRTIO_MMIO_START >> 21) & 511) as usize + 1];
+    pd_mmio[((VIRTIO_MMIO_START >> 21) & 511) as usize] =
+        (VIRTIO_MMIO_START & !((1 << 21) - 1)) | PRESENT_RW | HUGE | UNCACHED;
+    let mut pdpt = vec![0u64; gib as usize + 1];
+    pdpt[0] = PD_START | PRESENT_RW;
+    pdpt[gib as usize] = PD_MMIO_START | PRESENT_RW;
     vec![
         (PML4_START, vec![PDPT_START | PRESENT_RW]),
-        (PDPT_START, vec![PD_START | PRESENT_RW]),
+        (PDPT_START, pdpt),
         (PD_START, pd),
+        (PD_MMIO_START, pd_mmio),
     ]
 }
 
@@ -206,12 +217,21 @@ mod tests {
     fn page_tables_identity_map_one_gib() {
         let t = identity_page_tables();
         assert_eq!(t[0], (PML4_START, vec![PDPT_START | 7]));
-        assert_eq!(t[1], (PDPT_START, vec![PD_START | 7]));
+        assert_eq!(
+            t[1],
+            (PDPT_START, vec![PD_START | 7, 0, 0, PD_MMIO_START | 7])
+        );
         let pd = &t[2].1;
         assert_eq!(pd.len(), 512);
         assert_eq!(pd[0], 0x87);
         assert_eq!(pd[511], (511 << 21) | 0x87);
         assert_eq!((pd.len() as u64) << 21, IDENTITY_MAPPED);
+        // The virtio window: 0xd000_0000 is entry 128 of the 4th GiB's PD,
+        // mapped to itself, uncached; nothing else in that GiB is mapped.
+        assert_eq!(t[3].0, PD_MMIO_START);
+        assert_eq!(t[3].1.len(), 129);
+        assert_eq!(t[3].1[128], 0xd000_0000 | 0x87 | 0x18);
+        assert!(t[3].1[..128].iter().all(|e| *e == 0));
     }
 
     #[test]
