@@ -114,6 +114,13 @@ fn xattr_opaque(p: &Path) -> bool {
     n == 1 && v[0] == b'y'
 }
 
+/// The file tree under a directory, as [`Node`]s (paths relative).
+pub fn tree_of_dir(root: &Path) -> Result<BTreeMap<String, Node>, InitramfsError> {
+    let mut tree = BTreeMap::new();
+    walk(root, Path::new(""), &mut tree)?;
+    Ok(tree)
+}
+
 /// The image's merged file tree (paths relative, no leading `/`).
 pub fn merged_tree(store: &Store, image: &Image) -> Result<BTreeMap<String, Node>, InitramfsError> {
     let mut tree = BTreeMap::new();

@@ -1,6 +1,7 @@
 //! isolab's namespace container runtime.
 pub mod cgroups;
 pub mod container;
+pub mod diskimage;
 pub mod image;
 pub mod initramfs;
 pub mod seccomp;
