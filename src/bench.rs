@@ -293,16 +293,10 @@ fn run_one(
         ),
         Backend::Microvm | Backend::Qemu => {
             let opts = crate::vms::VmOptions {
-                guest: crate::vms::Guest::Bare,
                 scenario: scenario.into(),
                 params,
-                mem_mib: 64,
-                vcpus: 1,
-                timeout: std::time::Duration::from_secs(30),
-                kernel: None,
-                echo: false,
                 home: Some(home.to_path_buf()),
-                interactive: false,
+                ..Default::default()
             };
             if backend == Backend::Microvm {
                 crate::vms::run_microvm(&opts)

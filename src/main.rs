@@ -142,6 +142,9 @@ enum ImageCommand {
         #[arg(long, default_value = "/isolab-agent")]
         entrypoint: String,
     },
+    /// Write the default image's layers as an ext4 disk (cached; what
+    /// `run --backend microvm --disk image` attaches) and print its path.
+    Disk,
     /// List images.
     Ls,
     /// Remove an image (its layers go at the next prune).
@@ -230,6 +233,11 @@ struct RunArgs {
     /// Guest kernel for --guest linux (default: found in /boot).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Attach a virtio-blk disk to a microVM (repeatable): a file
+    /// (read-write), or `image` for the image's layers as a read-only ext4
+    /// disk. The bare guest's `disk` scenario gets `image` by default.
+    #[arg(long = "disk", value_name = "FILE|image")]
+    disks: Vec<String>,
     /// Command to run instead of the agent's scenario.
     #[arg(last = true)]
     command: Vec<String>,
@@ -503,6 +511,9 @@ fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCo
             )?;
             println!("imported image {} ({} layers)", img.name, img.layers.len());
         }
+        ImageCommand::Disk => {
+            println!("{}", vms::image_disk(home)?.display());
+        }
         ImageCommand::Ls => {
             for n in store.list() {
                 println!("{n}");
@@ -528,6 +539,11 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
         pids: a.pids,
         cpus: a.cpus,
     };
+    if !a.disks.is_empty() && a.backend != Backend::Microvm {
+        anyhow::bail!(
+            "--disk attaches a virtio disk to our microVM: use it with --backend microvm"
+        );
+    }
     let report = match a.backend {
         Backend::Container => {
             require_root("the container backend")?;
@@ -598,6 +614,7 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
                 echo: !a.json,
                 home: Some(home.to_path_buf()),
                 interactive: a.interactive && a.tty,
+                disks: a.disks.clone(),
             };
             let (report, serial) = if a.backend == Backend::Microvm {
                 vms::run_microvm(&opts)?

@@ -146,16 +146,8 @@ pub fn run_all(home: &Path) -> Vec<Column> {
         });
     }
     let vm = crate::vms::VmOptions {
-        guest: crate::vms::Guest::Bare,
-        scenario: "startup".into(),
-        params: vec![],
-        mem_mib: 64,
-        vcpus: 1,
-        timeout: std::time::Duration::from_secs(30),
-        kernel: None,
-        echo: false,
         home: Some(home.to_path_buf()),
-        interactive: false,
+        ..Default::default()
     };
     let microvm = crate::vms::run_microvm(&vm)
         .map_err(|e| format!("{e:#}"))

@@ -26,11 +26,12 @@ pub enum Guest {
 /// `echo-input` reads a line from the serial port (the `-it` path);
 /// `hang`, `flood`, `unknown-io` and `fault` misbehave on purpose, to
 /// test the monitor.
-pub const BARE_SCENARIOS: [&str; 10] = [
+pub const BARE_SCENARIOS: [&str; 11] = [
     "startup",
     "cpu",
     "memory",
     "exit-cost",
+    "disk",
     "spin",
     "echo-input",
     "hang",
@@ -55,7 +56,31 @@ pub struct VmOptions {
     pub home: Option<PathBuf>,
     /// `-it`: the terminal's keys go to the guest's serial port.
     pub interactive: bool,
+    /// virtio-blk disks: host files, or [`IMAGE_DISK`] for the image's
+    /// layers as a read-only ext4 disk.
+    pub disks: Vec<String>,
 }
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            guest: Guest::Bare,
+            scenario: "startup".into(),
+            params: vec![],
+            mem_mib: 64,
+            vcpus: 1,
+            timeout: Duration::from_secs(30),
+            kernel: None,
+            echo: false,
+            home: None,
+            interactive: false,
+            disks: vec![],
+        }
+    }
+}
+
+/// The `--disk` value that means "the image's layers, as ext4".
+pub const IMAGE_DISK: &str = "image";
 
 /// The kernel command line of a Linux guest (before the isolab.* words):
 /// serial console and early printk, reboot through the i8042, no panic
@@ -127,9 +152,7 @@ pub fn prepare_linux(home: &std::path::Path, opts: &VmOptions) -> Result<LinuxGu
         .and_then(|v| v.split_whitespace().next())
         .unwrap_or("")
         .to_owned();
-    let store = isolab_runtime::image::Store::new(home);
-    let img = crate::containers::open_image(home, crate::containers::DEFAULT_IMAGE)?;
-    let mut tree = isolab_runtime::initramfs::merged_tree(&store, &img)?;
+    let mut tree = image_tree(home)?;
     use isolab_runtime::initramfs::Node;
     tree.insert(
         "init".into(),
@@ -203,6 +226,55 @@ pub fn prepare_linux(home: &std::path::Path, opts: &VmOptions) -> Result<LinuxGu
         initrd,
         warning,
     })
+}
+
+/// The default image's merged file tree (what the container sees).
+fn image_tree(home: &std::path::Path) -> Result<BTreeMap<String, isolab_runtime::initramfs::Node>> {
+    let store = isolab_runtime::image::Store::new(home);
+    let img = crate::containers::open_image(home, crate::containers::DEFAULT_IMAGE)?;
+    Ok(isolab_runtime::initramfs::merged_tree(&store, &img)?)
+}
+
+/// The default image as an ext4 disk, cached by content under
+/// `$ISOLAB_HOME/cache`: built once per image, served read-only.
+pub fn image_disk(home: &std::path::Path) -> Result<PathBuf> {
+    let tree = image_tree(home)?;
+    let fingerprint = fnv(&isolab_runtime::initramfs::write_cpio(&tree));
+    let cache = home.join("cache");
+    std::fs::create_dir_all(&cache)?;
+    let path = cache.join(format!("disk-{fingerprint:08x}.ext4"));
+    if !path.exists() {
+        isolab_runtime::diskimage::write_ext4(&tree, &path, u64::from(fingerprint))?;
+    }
+    Ok(path)
+}
+
+/// `--disk` values → `isolab-vmm` arguments. The image disk is shared
+/// and cached, so it is attached read-only; a user's file read-write.
+fn disk_args(opts: &VmOptions) -> Result<Vec<String>> {
+    let mut specs = opts.disks.clone();
+    if specs.is_empty() && opts.scenario == "disk" {
+        specs.push(IMAGE_DISK.into());
+    }
+    let mut args = Vec::new();
+    for spec in specs {
+        if spec == IMAGE_DISK {
+            let home = opts
+                .home
+                .as_deref()
+                .ok_or_else(|| anyhow!("internal: no home for the image disk"))?;
+            args.push("--disk-ro".into());
+            args.push(image_disk(home)?.display().to_string());
+        } else {
+            let p = std::path::Path::new(&spec);
+            if !p.is_file() {
+                bail!("--disk {spec}: no such file: pass a disk image file or `image` for the image's layers as ext4");
+            }
+            args.push("--disk".into());
+            args.push(spec);
+        }
+    }
+    Ok(args)
 }
 
 /// The report of a Linux guest: the phases it reached, even when it did
@@ -305,6 +377,10 @@ pub fn derive_metrics(
             ],
             _ => vec![],
         },
+        "disk" => data["bytes"]
+            .as_f64()
+            .map(|b| vec![m("disk.read_rate", "bytes_per_s", b / (dt / 1e9))])
+            .unwrap_or_default(),
         "exit-cost" => data["exits"]
             .as_f64()
             .map(|n| vec![m("vm.exit_cost", "ns_per_exit", dt / n.max(1.0))])
@@ -357,6 +433,7 @@ pub fn run_microvm(opts: &VmOptions) -> Result<(InstanceReport, String)> {
         }
     }
     args.extend(["--cmdline".into(), cmdline]);
+    args.extend(disk_args(opts)?);
     args.extend([
         "--mem".into(),
         opts.mem_mib.to_string(),

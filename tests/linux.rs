@@ -30,6 +30,8 @@ fn distro_kernel_starts_under_our_monitor() {
             "--json",
             "--timeout",
             "150",
+            "--disk",
+            "image",
         ])
         .env("ISOLAB_HOME", home.path())
         .output()
@@ -45,6 +47,11 @@ fn distro_kernel_starts_under_our_monitor() {
         console.contains("Command line: console=ttyS0")
             && console.contains("isolab.scenario=startup"),
         "our command line:\n{console}"
+    );
+    // The image disk, announced to virtio_mmio as Firecracker does.
+    assert!(
+        console.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "the virtio-mmio disk on the command line:\n{console}"
     );
     assert!(
         console.contains("BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable"),

@@ -275,3 +275,135 @@ fn serial_input_reaches_the_guest() {
         stderr(&out)
     );
 }
+
+fn disk_pattern(bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+fn checksum(data: &[u8]) -> String {
+    use isolab_scenarios::kernels::{word_checksum, CHECKSUM_SEED};
+    format!("{:016x}", word_checksum(CHECKSUM_SEED, data))
+}
+
+#[test]
+fn the_bare_guest_drives_a_virtio_disk() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let dir = home();
+    let disk = dir.path().join("disk.img");
+    // Three 64 KiB requests and a 512-byte tail.
+    let mut want = disk_pattern(3 * 65536 + 512);
+    std::fs::write(&disk, &want).unwrap();
+    let d = disk.to_str().unwrap();
+
+    // Read-write: the guest writes sector 0, flushes, then reads it all.
+    let (v, out) = vm_json(&["--scenario", "disk", "--disk", d, "--param", "write=1"]);
+    let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    for (i, b) in want[..512].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13);
+    }
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        want,
+        "the guest's write reached the file"
+    );
+    let data = &v["result"]["data"];
+    assert_eq!(data["disk_id"], "isolab-disk");
+    assert_eq!(data["capacity_sectors"], want.len() / 512);
+    assert_eq!(data["bytes"], want.len());
+    assert_eq!(
+        data["checksum"],
+        checksum(&want),
+        "the guest read the file's bytes"
+    );
+    assert_eq!(data["ext4"], false);
+    // GET_ID, the write, the flush, the past-the-end probe and 4 reads.
+    assert_eq!(data["requests"], 8);
+    let rate = v["result"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "disk.read_rate")
+        .expect("a disk read rate");
+    assert!(rate["value"].as_f64().unwrap() > 0.0);
+
+    // Only part of the disk.
+    let (v, _) = vm_json(&["--scenario", "disk", "--disk", d, "--param", "kib=64"]);
+    let data = &v.unwrap()["result"]["data"];
+    assert_eq!(data["bytes"], 65536);
+    assert_eq!(data["checksum"], checksum(&want[..65536]));
+
+    // Read-only: the write is refused with IOERR, the file is untouched.
+    let o = vmm()
+        .args([
+            "--disk-ro",
+            d,
+            "--cmdline",
+            "isolab.scenario=disk isolab.write=1",
+        ])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let serial = r["serial"].as_str().unwrap();
+    assert!(serial.contains("the write was refused"), "{serial}");
+    assert_eq!(r["disks"][0]["writes"], 0);
+    assert_eq!(std::fs::read(&disk).unwrap(), want);
+
+    // No disk attached, a missing file, an odd-sized file: one sentence.
+    let o = vmm()
+        .args(["--cmdline", "isolab.scenario=disk"])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["serial"]
+        .as_str()
+        .unwrap()
+        .contains("no virtio_mmio.device="));
+    let o = isolab()
+        .args(["run", "--backend", "microvm", "--scenario", "disk"])
+        .args(["--disk", dir.path().join("nope").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
+    std::fs::write(&disk, [0u8; 700]).unwrap();
+    let o = vmm().args(["--disk", d]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("512-byte sectors"), "{}", stderr(&o));
+    let o = isolab()
+        .args(["run", "--backend", "container", "--disk", d])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("use it with --backend microvm"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_image_disk_is_the_image_as_ext4() {
+    if !require("/dev/kvm", has_kvm()) || !require("root", is_root()) {
+        return;
+    }
+    let o = isolab().args(["image", "disk"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let path = std::path::PathBuf::from(stdout(&o).trim());
+    let bytes = std::fs::read(&path).unwrap();
+    let tree = isolab_runtime::diskimage::read_ext4(&path).unwrap();
+    match &tree["isolab-agent"] {
+        isolab_runtime::initramfs::Node::File { mode, data } => {
+            assert_eq!(*mode, 0o755);
+            assert_eq!(&data[..4], b"\x7fELF");
+        }
+        other => panic!("isolab-agent is {other:?}"),
+    }
+    // The bare guest's `disk` scenario gets this disk by default.
+    let (v, out) = vm_json(&["--scenario", "disk"]);
+    let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
+    let data = &v["result"]["data"];
+    assert_eq!(data["ext4"], true, "{v}");
+    assert_eq!(data["bytes"], bytes.len());
+    assert_eq!(data["checksum"], checksum(&bytes));
+}

@@ -123,6 +123,49 @@ pub fn file_io(mib: u64) -> std::io::Result<(Vec<Metric>, String)> {
     ))
 }
 
+/// `disk`: reads a block device (or any file) end to end in 64 KiB reads,
+/// as the bare guest reads its virtio disk, with the same checksum so the
+/// two can be compared. Returns the metric, bytes read and the checksum.
+pub fn disk_read(path: &str, limit: u64) -> std::io::Result<(Vec<Metric>, u64, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sum = crate::kernels::CHECKSUM_SEED;
+    let mut total = 0u64;
+    let t = Instant::now();
+    while total < limit {
+        let want = buf.len().min((limit - total) as usize);
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        sum = crate::kernels::word_checksum(sum, &buf[..n]);
+        total += n as u64;
+    }
+    let ns = elapsed_ns(t);
+    Ok((
+        vec![m("disk.read_rate", "bytes_per_s", bytes_per_s(total, ns))],
+        total,
+        sum,
+    ))
+}
+
+/// Module parameters for `module` from a kernel command line: the words
+/// `module.key=value`, as modprobe would pass them (the kernel applies
+/// such words only to built-in code; a loaded module gets them from its
+/// loader). Dashes and underscores in the module name are the same.
+pub fn module_params(cmdline: &str, module: &str) -> String {
+    let norm = |s: &str| s.replace('-', "_");
+    let module = norm(module);
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| {
+            let (m, kv) = w.split_once('.')?;
+            (norm(m) == module && kv.contains('=')).then_some(kv)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `net-loopback`: TCP round trips (1 byte each way) and a bulk transfer
 /// over loopback inside the instance.
 pub fn net_loopback(round_trips: u64, bulk_mib: u64) -> std::io::Result<Vec<Metric>> {
@@ -184,6 +227,39 @@ pub fn net_loopback(round_trips: u64, bulk_mib: u64) -> std::io::Result<Vec<Metr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_params_come_from_the_command_line() {
+        let c = "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio-mmio.device=4K@0xd0001000:6 virtio_blk.queue_depth=4 isolab.scenario=disk virtio_mmio.flag";
+        assert_eq!(
+            module_params(c, "virtio_mmio"),
+            "device=4K@0xd0000000:5 device=4K@0xd0001000:6"
+        );
+        assert_eq!(module_params(c, "virtio_blk"), "queue_depth=4");
+        assert_eq!(module_params(c, "ext4"), "");
+    }
+
+    #[test]
+    fn disk_read_matches_the_shared_checksum() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let p = f.path().to_str().unwrap();
+        let (metrics, n, sum) = disk_read(p, u64::MAX).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(
+            sum,
+            crate::kernels::word_checksum(crate::kernels::CHECKSUM_SEED, &data)
+        );
+        assert_eq!(metrics[0].name, "disk.read_rate");
+        let (_, n, sum) = disk_read(p, 65536).unwrap();
+        assert_eq!(n, 65536);
+        assert_eq!(
+            sum,
+            crate::kernels::word_checksum(crate::kernels::CHECKSUM_SEED, &data[..65536])
+        );
+        assert!(disk_read("/nonexistent/vda", 1).is_err());
+    }
 
     #[test]
     fn metric_arithmetic_and_units() {

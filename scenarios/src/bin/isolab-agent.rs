@@ -149,6 +149,29 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
                 r.error = Some(format!("net-loopback: {e}"));
             }
         },
+        // A Linux microVM's virtio disk, read raw (the bare guest reads
+        // the same disk the same way).
+        "disk" => {
+            let dev = params
+                .get("device")
+                .cloned()
+                .unwrap_or_else(|| "/dev/vda".into());
+            let limit = param(&params, "kib", u64::MAX / 1024).saturating_mul(1024);
+            match workloads::disk_read(&dev, limit) {
+                Ok((metrics, bytes, sum)) => {
+                    r.metrics.extend(metrics);
+                    r.data = serde_json::json!({
+                        "device": dev,
+                        "bytes": bytes,
+                        "checksum": format!("{sum:016x}"),
+                    });
+                }
+                Err(e) => {
+                    r.ok = false;
+                    r.error = Some(format!("disk: {dev}: {e} (attach one with --disk)"));
+                }
+            }
+        }
         "probes" => {
             let host: BTreeMap<String, String> = params
                 .iter()
@@ -202,8 +225,10 @@ mod vm_init {
         };
     }
 
-    /// Loads the modules listed, in order, in /lib/modules/isolab/order.
-    fn load_modules() -> Vec<String> {
+    /// Loads the modules listed, in order, in /lib/modules/isolab/order,
+    /// each with its `module.key=value` words from the kernel command line
+    /// (how virtio_mmio learns where the monitor put its devices).
+    fn load_modules(cmdline: &str) -> Vec<String> {
         let mut loaded = Vec::new();
         let order = std::fs::read_to_string("/lib/modules/isolab/order").unwrap_or_default();
         for name in order.lines().filter(|l| !l.is_empty()) {
@@ -211,12 +236,17 @@ mod vm_init {
             let Ok(f) = std::fs::File::open(&path) else {
                 continue;
             };
-            // SAFETY: finit_module on an open module file with empty params.
+            let module = name.split('.').next().unwrap_or(name);
+            let params =
+                std::ffi::CString::new(isolab_scenarios::workloads::module_params(cmdline, module))
+                    .unwrap_or_default();
+            // SAFETY: finit_module on an open module file with a
+            // NUL-terminated parameter string.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_finit_module,
                     std::os::fd::AsRawFd::as_raw_fd(&f),
-                    c"".as_ptr(),
+                    params.as_ptr(),
                     0,
                 )
             };
@@ -236,8 +266,8 @@ mod vm_init {
         mount(c"proc", c"/proc", c"proc");
         mount(c"sysfs", c"/sys", c"sysfs");
         mount(c"devtmpfs", c"/dev", c"devtmpfs");
-        let modules = load_modules();
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let modules = load_modules(&cmdline);
         let mut scenario = "startup".to_owned();
         let mut params = BTreeMap::new();
         for w in cmdline.split_whitespace() {
