@@ -20,6 +20,14 @@ if [[ ! -d "$src" ]]; then
     tar -C "$cache" -xf "$tarball"
 fi
 cd "$src"
+# Rebuilt only when the fragment (or this script) changed since the last
+# successful build.
+stamp="$(cat "$repo/microvm/lean-kernel.config" "$repo/scripts/build-lean-kernel.sh" | sha256sum | cut -c1-16)"
+if [[ -f arch/x86/boot/bzImage && "$(cat .isolab-stamp 2>/dev/null)" == "$stamp" ]]; then
+    echo "$src/arch/x86/boot/bzImage"
+    exit 0
+fi
+rm -f .isolab-stamp
 make -s tinyconfig
 scripts/kconfig/merge_config.sh -m .config "$repo/microvm/lean-kernel.config" >/dev/null
 make -s olddefconfig
@@ -39,4 +47,5 @@ while IFS= read -r line; do
 done < "$repo/microvm/lean-kernel.config"
 [[ $missing == 0 ]] || exit 1
 make -s -j"$(nproc)" bzImage
+echo "$stamp" > .isolab-stamp
 echo "$src/arch/x86/boot/bzImage"
