@@ -5,6 +5,22 @@
 mod common;
 use common::*;
 
+/// Runs a Linux guest in a fresh home; returns its JSON report, the
+/// process output and the console's first lines.
+fn boot_linux(args: &[&str]) -> (serde_json::Value, std::process::Output, String) {
+    let home = home();
+    let out = isolab()
+        .args(["run", "--backend", "microvm", "--guest", "linux", "--json"])
+        .args(args)
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+    let console = v["console_head"].as_str().unwrap_or_default().to_owned();
+    (v, out, console)
+}
+
 #[test]
 fn distro_kernel_starts_under_our_monitor() {
     if !require("/dev/kvm", has_kvm()) {
@@ -17,28 +33,14 @@ fn distro_kernel_starts_under_our_monitor() {
     ) {
         return;
     }
-    let home = home();
-    let out = isolab()
-        .args([
-            "run",
-            "--backend",
-            "microvm",
-            "--guest",
-            "linux",
-            "--scenario",
-            "startup",
-            "--json",
-            "--timeout",
-            "150",
-            "--disk",
-            "image",
-        ])
-        .env("ISOLAB_HOME", home.path())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
-    let console = v["console_head"].as_str().unwrap_or_default();
+    let (v, out, console) = boot_linux(&[
+        "--scenario",
+        "startup",
+        "--timeout",
+        "150",
+        "--disk",
+        "image",
+    ]);
     assert!(
         console.contains("Linux version"),
         "the kernel never printed:\n{console}"
@@ -169,18 +171,14 @@ fn lean_kernel_starts_with_its_devices_built_in() {
         format!("{info:?}").contains("BzImage"),
         "a bzImage: {info:?}"
     );
-    let home = home();
-    let out = isolab()
-        .args(["run", "--backend", "microvm", "--guest", "linux"])
-        .args(["--scenario", "disk", "--json", "--timeout", "120"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .env("ISOLAB_HOME", home.path())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
-    let console = v["console_head"].as_str().unwrap_or_default();
+    let (v, _, console) = boot_linux(&[
+        "--scenario",
+        "disk",
+        "--timeout",
+        "120",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
     assert!(
         console.contains("Command line: console=ttyS0")
             && console.contains("virtio_mmio.device=4K@0xd0000000:5"),

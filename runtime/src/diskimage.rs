@@ -94,15 +94,24 @@ fn uuid_from(seed: u64) -> String {
     )
 }
 
-fn run(tool: &'static str, cmd: &mut Command, path: &Path) -> Result<(), DiskImageError> {
-    let out = cmd.output().map_err(|e| match e.kind() {
+/// Runs `cmd`, naming e2fsprogs when the tool is not installed.
+fn output(
+    tool: &'static str,
+    cmd: &mut Command,
+    path: &Path,
+) -> Result<std::process::Output, DiskImageError> {
+    cmd.output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DiskImageError::MissingTool { tool },
         _ => DiskImageError::Tool {
             tool,
             path: path.to_path_buf(),
             detail: e.to_string(),
         },
-    })?;
+    })
+}
+
+fn run(tool: &'static str, cmd: &mut Command, path: &Path) -> Result<(), DiskImageError> {
+    let out = output(tool, cmd, path)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(DiskImageError::Tool {
@@ -214,19 +223,14 @@ pub fn read_ext4(image: &Path) -> Result<BTreeMap<String, Node>, DiskImageError>
 /// `debugfs -R "ls -p DIR"`: (name, mode) of each entry but `.`, `..`
 /// and `lost+found`.
 fn list(image: &Path, dir: &str) -> Result<Vec<(String, u32)>, DiskImageError> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("ls -p \"{dir}\""))
-        .arg(image)
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DiskImageError::MissingTool { tool: "debugfs" },
-            _ => DiskImageError::Tool {
-                tool: "debugfs",
-                path: image.to_path_buf(),
-                detail: e.to_string(),
-            },
-        })?;
+    let out = output(
+        "debugfs",
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("ls -p \"{dir}\""))
+            .arg(image),
+        image,
+    )?;
     // Lines look like `/ino/mode/uid/gid/name/size/`.
     let entries: Vec<(String, u32)> = String::from_utf8_lossy(&out.stdout)
         .lines()
