@@ -430,6 +430,27 @@ pub fn examine(opts: &Options) -> Report {
             .then_some("apt-get install busybox-static"),
     );
 
+    let mkfs = host::which("mkfs.ext4");
+    check(
+        "e2fsprogs (mkfs.ext4)",
+        if mkfs.is_some() {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        mkfs.as_ref()
+            .map(|p| {
+                format!(
+                    "{} — `--disk image` can write the image as ext4",
+                    p.display()
+                )
+            })
+            .unwrap_or_else(|| {
+                "not installed: `--disk image` and the `disk` scenario need it".into()
+            }),
+        mkfs.is_none().then_some("apt-get install e2fsprogs"),
+    );
+
     // Resources.
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_available_bytes = host::meminfo_kib(&meminfo, "MemAvailable").map(|k| k * 1024);
