@@ -324,6 +324,8 @@ pub fn supports(b: Backend, scenario: &str) -> bool {
         .contains(&scenario),
         Backend::Microvm | Backend::Qemu => {
             ["startup", "cpu", "memory", "exit-cost"].contains(&scenario)
+                // Our monitor's virtio disk; QEMU's peer guest has none.
+                || (b == Backend::Microvm && scenario == "disk")
         }
     }
 }
@@ -407,12 +409,13 @@ pub fn run(home: &Path, mut a: BenchArgs) -> Result<(ExitCode, PathBuf)> {
         v
     };
     for s in &a.scenarios {
-        const KNOWN: [&str; 9] = [
+        const KNOWN: [&str; 10] = [
             "startup",
             "idle",
             "cpu",
             "memory",
             "exit-cost",
+            "disk",
             "syscall",
             "fork-exec",
             "file-io",
@@ -593,6 +596,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         "memory.monitor_rss_beyond_guest",
         "memory.monitor_rss_at_ready",
         "cpu.sha256",
+        "disk.read_rate",
         "vm.exit_cost",
         "syscall.getppid",
     ];
@@ -621,7 +625,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
             .unwrap_or_default();
         let (scale, unit) = if metric.starts_with("memory") {
             (1.0 / 1024.0, "KiB")
-        } else if metric == "cpu.sha256" {
+        } else if metric == "cpu.sha256" || metric == "disk.read_rate" {
             (1.0 / 1048576.0, "MiB/s")
         } else if metric == "vm.exit_cost" || metric == "syscall.getppid" {
             (1e-3, "us")
@@ -836,6 +840,7 @@ mod tests {
     fn scenario_support_and_baselines() {
         assert!(supports(Backend::Container, "idle") && !supports(Backend::Microvm, "idle"));
         assert!(supports(Backend::Qemu, "exit-cost") && !supports(Backend::Crun, "exit-cost"));
+        assert!(supports(Backend::Microvm, "disk") && !supports(Backend::Qemu, "disk"));
         assert!(supports(Backend::Container, "syscall") && supports(Backend::Runc, "net-loopback"));
         assert!(!supports(Backend::Microvm, "syscall"));
         assert_eq!(baseline("crun"), Some("container"));
