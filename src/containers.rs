@@ -79,6 +79,27 @@ pub struct RunOptions {
     pub limits: Limits,
     pub userns: bool,
     pub seccomp: bool,
+    /// Host paths bound in (`-v HOST:TARGET[:ro]`).
+    pub volumes: Vec<container::Volume>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            image: DEFAULT_IMAGE.into(),
+            scenario: "startup".into(),
+            params: vec![],
+            command: vec![],
+            name: None,
+            hostname: None,
+            env: vec![],
+            workdir: None,
+            limits: Limits::default(),
+            userns: false,
+            seccomp: true,
+            volumes: vec![],
+        }
+    }
 }
 
 /// Per-instance state, `$ISOLAB_HOME/containers/<id>/state.json`.
@@ -221,6 +242,7 @@ fn prepare(home: &Path, opts: &RunOptions, stdio: Stdio, detached: bool) -> Resu
         userns: opts.userns,
         seccomp: opts.seccomp,
         stdio,
+        volumes: opts.volumes.clone(),
     };
     Ok(Prepared { spec, state, dir })
 }

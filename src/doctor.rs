@@ -446,7 +446,7 @@ pub fn examine(opts: &Options) -> Report {
                 )
             })
             .unwrap_or_else(|| {
-                "not installed: `--disk image` and the `disk` scenario need it".into()
+                "not installed: `--disk image` and the `disk-read` scenario need it".into()
             }),
         mkfs.is_none().then_some("apt-get install e2fsprogs"),
     );

@@ -26,8 +26,9 @@ pub static AGENT: &[u8] = include_bytes!(env!("ISOLAB_AGENT_PATH"));
     about = "Containers vs microVMs: the same workload, two isolation levels, measured side by side"
 )]
 struct Cli {
-    /// Show structured logs (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// Show structured logs (--verbose info, twice debug, three times
+    /// trace). No short form: `-v` is `run`'s volume, as in Docker.
+    #[arg(long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     /// Where isolab keeps images, instance state and caches.
     #[arg(
@@ -56,7 +57,7 @@ enum Command {
         kvm_device: PathBuf,
     },
     /// Run one instance of a scenario (or a command) on a backend.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers (running ones; -a for all).
     Ps {
         #[arg(short, long)]
@@ -233,9 +234,13 @@ struct RunArgs {
     /// Guest kernel for --guest linux (default: found in /boot).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Bind a host file or directory into a container (repeatable):
+    /// `HOST:TARGET` or `HOST:TARGET:ro`, as `docker run -v`.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:TARGET[:ro]")]
+    volumes: Vec<String>,
     /// Attach a virtio-blk disk to a microVM (repeatable): a file
     /// (read-write), or `image` for the image's layers as a read-only ext4
-    /// disk. The bare guest's `disk` scenario gets `image` by default.
+    /// disk. The `disk-read` scenario gets `image` by default.
     #[arg(long = "disk", value_name = "FILE|image")]
     disks: Vec<String>,
     /// Command to run instead of the agent's scenario.
@@ -333,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Run(args) => run_cmd(&cli.home, args),
+        Command::Run(args) => run_cmd(&cli.home, *args),
         Command::Ps { all } => {
             print!("{}", containers::ps(&cli.home, all));
             Ok(ExitCode::SUCCESS)
@@ -539,6 +544,15 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
         pids: a.pids,
         cpus: a.cpus,
     };
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| isolab_runtime::container::Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if !volumes.is_empty() && matches!(a.backend, Backend::Microvm | Backend::Qemu) {
+        anyhow::bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
+    }
     if !a.disks.is_empty() && a.backend != Backend::Microvm {
         anyhow::bail!(
             "--disk attaches a virtio disk to our microVM: use it with --backend microvm"
@@ -559,6 +573,7 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
                 limits,
                 userns: a.userns,
                 seccomp: !a.no_seccomp,
+                volumes: volumes.clone(),
             };
             if a.detach {
                 println!("{}", containers::run_detached(home, &opts)?);
@@ -580,8 +595,15 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 peers::Peer::Runc
             };
-            let (report, output) =
-                peers::run(home, peer, &a.image, &a.scenario, &a.params, &limits)?;
+            let (report, output) = peers::run(
+                home,
+                peer,
+                &a.image,
+                &a.scenario,
+                &a.params,
+                &limits,
+                &volumes,
+            )?;
             if !a.json {
                 print!("{output}");
                 return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));

@@ -59,7 +59,13 @@ impl Peer {
 }
 
 /// The OCI `config.json` for one peer run.
-pub fn oci_config(rootfs: &Path, id: &str, args: &[String], limits: &Limits) -> serde_json::Value {
+pub fn oci_config(
+    rootfs: &Path,
+    id: &str,
+    args: &[String],
+    limits: &Limits,
+    volumes: &[isolab_runtime::container::Volume],
+) -> serde_json::Value {
     let (nofile_soft, nofile_hard) = isolab_runtime::container::nofile_limits();
     let caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
     let mut resources = serde_json::Map::new();
@@ -78,6 +84,23 @@ pub fn oci_config(rootfs: &Path, id: &str, args: &[String], limits: &Limits) -> 
             serde_json::json!({ "quota": ((c * 100_000.0) as i64).max(1000), "period": 100_000 }),
         );
     }
+    let mut mounts = serde_json::json!([
+        { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
+    ]);
+    if let Some(list) = mounts.as_array_mut() {
+        for v in volumes {
+            list.push(serde_json::json!({
+                "destination": v.target,
+                "type": "bind",
+                "source": v.source,
+                "options": ["rbind", if v.read_only { "ro" } else { "rw" }],
+            }));
+        }
+    }
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -92,13 +115,7 @@ pub fn oci_config(rootfs: &Path, id: &str, args: &[String], limits: &Limits) -> 
         },
         "root": { "path": rootfs, "readonly": false },
         "hostname": id,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
-        ],
+        "mounts": mounts,
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("/{PARENT}/{id}"),
@@ -129,6 +146,7 @@ pub fn run(
     scenario: &str,
     params: &[String],
     limits: &Limits,
+    volumes: &[isolab_runtime::container::Volume],
 ) -> Result<(InstanceReport, String)> {
     let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
     let layout = crate::containers::layout()?;
@@ -164,7 +182,7 @@ pub fn run(
     }
     fs::write(
         dir.join("config.json"),
-        serde_json::to_vec_pretty(&oci_config(&rootfs, &id, &args, limits))?,
+        serde_json::to_vec_pretty(&oci_config(&rootfs, &id, &args, limits, volumes))?,
     )?;
     let hide_unified = peer == Peer::Crun && layout.mode == CgroupMode::Hybrid;
     let unified = layout

@@ -100,18 +100,12 @@ pub fn run_all(home: &Path) -> Vec<Column> {
         image: crate::containers::DEFAULT_IMAGE.into(),
         scenario: "probes".into(),
         params: params(),
-        command: vec![],
-        name: None,
-        hostname: None,
-        env: vec![],
-        workdir: None,
         limits: isolab_runtime::cgroups::Limits {
             memory_bytes: Some(256 << 20),
             pids: Some(1024),
             cpus: None,
         },
-        userns: false,
-        seccomp: true,
+        ..Default::default()
     };
     let launch = isolab_runtime::container::monotonic_ns();
     let container = crate::containers::run_captured(home, &opts, launch)
@@ -136,6 +130,7 @@ pub fn run_all(home: &Path) -> Vec<Column> {
                 "probes",
                 &params(),
                 &opts.limits,
+                &[],
             )
             .map_err(|e| format!("{e:#}"))
             .and_then(|(r, _)| from_report(&r))

@@ -410,6 +410,46 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         )?);
     }
 
+    // Reading the same bytes: the image as ext4, through a bind mount in a
+    // container, through a virtio disk in the VM.
+    let mut dt = String::from(
+        "| backend | read median (MiB/s) | relative to container | path |\n|---|---|---|---|\n",
+    );
+    let dbase = c
+        .get(&(
+            "disk-read".into(),
+            "disk.read_rate".into(),
+            "container".into(),
+        ))
+        .and_then(|v| stats::median(v));
+    for b in backends_in(&c, "disk-read", "disk.read_rate") {
+        if let Some(v) = c
+            .get(&("disk-read".into(), "disk.read_rate".into(), b.clone()))
+            .and_then(|v| stats::median(v))
+        {
+            let rel = dbase.map(|x| v / x);
+            let path = if b == "microvm" {
+                "virtio-blk request (VM exit + host pread)"
+            } else {
+                "read(2) on a bind-mounted file"
+            };
+            writeln!(
+                dt,
+                "| {b} | {:.0} | {} | {path} |",
+                v / 1048576.0,
+                rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
+            )?;
+            num(
+                &format!("{b}_disk_read_mibs"),
+                format!("{:.0}", v / 1048576.0),
+            )?;
+            if let Some(r) = rel {
+                num(&format!("{b}_disk_read_relative"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("disk-read.md"), &dt)?;
+
     // Crossing a boundary: a system call in a container, a VM exit in a VM.
     let mut et = String::from("| backend | boundary | median (µs) |\n|---|---|---|\n");
     for (scenario, metric, what, tag) in [

@@ -31,7 +31,7 @@ pub const BARE_SCENARIOS: [&str; 11] = [
     "cpu",
     "memory",
     "exit-cost",
-    "disk",
+    "disk-read",
     "spin",
     "echo-input",
     "hang",
@@ -253,7 +253,7 @@ pub fn image_disk(home: &std::path::Path) -> Result<PathBuf> {
 /// and cached, so it is attached read-only; a user's file read-write.
 fn disk_args(opts: &VmOptions) -> Result<Vec<String>> {
     let mut specs = opts.disks.clone();
-    if specs.is_empty() && opts.scenario == "disk" {
+    if specs.is_empty() && opts.scenario == "disk-read" {
         specs.push(IMAGE_DISK.into());
     }
     let mut args = Vec::new();
@@ -377,7 +377,7 @@ pub fn derive_metrics(
             ],
             _ => vec![],
         },
-        "disk" => data["bytes"]
+        "disk-read" => data["bytes"]
             .as_f64()
             .map(|b| vec![m("disk.read_rate", "bytes_per_s", b / (dt / 1e9))])
             .unwrap_or_default(),

@@ -477,3 +477,124 @@ fn probes_report_the_expected_differences_from_the_host() {
     }
     assert_no_leftovers(&home);
 }
+
+#[test]
+fn volumes_bind_host_paths_read_write_or_read_only() {
+    if !require("root", is_root())
+        || !require(
+            "busybox-static",
+            std::path::Path::new("/bin/busybox").exists(),
+        )
+    {
+        return;
+    }
+    let home = home();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("in"), b"from the host").unwrap();
+    let rw = format!("{}:/data", shared.path().display());
+    let out = isolab()
+        .args(["run", "-v", &rw, "--", "/bin/sh", "-c"])
+        .arg("cat /data/in; echo from the container > /data/out")
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from the host");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("out")).unwrap(),
+        "from the container\n"
+    );
+    // Read-only: the write fails inside, the host file is untouched.
+    let ro = format!("{}:/data:ro", shared.path().display());
+    let out = isolab()
+        .args([
+            "run",
+            "-v",
+            &ro,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo x > /data/out",
+        ])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("out")).unwrap(),
+        "from the container\n"
+    );
+    // A single file, at a path the image does not have.
+    let file = format!("{}:/srv/in.txt:ro", shared.path().join("in").display());
+    let out = isolab()
+        .args(["run", "-v", &file, "--", "/bin/cat", "/srv/in.txt"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "from the host", "{}", stderr(&out));
+    // Through a symlink of the image (/bin/sh -> busybox): refused.
+    let escape = format!("{}:/bin/sh/x", shared.path().display());
+    let out = isolab()
+        .args(["run", "-v", &escape, "--", "/bin/true"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("goes through a symlink"),
+        "{}",
+        stderr(&out)
+    );
+    // Bad specs and VMs: one sentence each.
+    for (args, want) in [
+        (
+            vec!["run", "-v", "/nonexistent-isolab:/a"],
+            "does not exist",
+        ),
+        (
+            vec!["run", "-v", "/tmp:relative"],
+            "not a usable absolute path",
+        ),
+        (
+            vec!["run", "--backend", "microvm", "-v", "/tmp:/a"],
+            "a VM has no host filesystem to share",
+        ),
+    ] {
+        let out = isolab()
+            .args(&args)
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert_no_leftovers(&home);
+    // The peers get the same bind, as an OCI mount.
+    for peer in ["crun", "runc"] {
+        let installed = std::process::Command::new(peer)
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !require(peer, installed) {
+            continue;
+        }
+        let (v, out) = run_json(
+            &home,
+            &[
+                "--backend",
+                peer,
+                "--scenario",
+                "disk-read",
+                "-v",
+                &format!("{}:/dev/vda:ro", shared.path().join("in").display()),
+            ],
+        );
+        assert!(out.status.success(), "{peer}: {}", stderr(&out));
+        assert_eq!(v["result"]["data"]["bytes"], 13, "{peer}");
+    }
+}

@@ -173,7 +173,7 @@ fn lean_kernel_starts_with_its_devices_built_in() {
     );
     let (v, _, console) = boot_linux(&[
         "--scenario",
-        "disk",
+        "disk-read",
         "--timeout",
         "120",
         "--kernel",

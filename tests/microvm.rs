@@ -298,7 +298,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
     let d = disk.to_str().unwrap();
 
     // Read-write: the guest writes sector 0, flushes, then reads it all.
-    let (v, out) = vm_json(&["--scenario", "disk", "--disk", d, "--param", "write=1"]);
+    let (v, out) = vm_json(&["--scenario", "disk-read", "--disk", d, "--param", "write=1"]);
     let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
     assert_eq!(v["exit_code"], 0, "{v}");
     for (i, b) in want[..512].iter_mut().enumerate() {
@@ -330,7 +330,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
     assert!(rate["value"].as_f64().unwrap() > 0.0);
 
     // Only part of the disk.
-    let (v, _) = vm_json(&["--scenario", "disk", "--disk", d, "--param", "kib=64"]);
+    let (v, _) = vm_json(&["--scenario", "disk-read", "--disk", d, "--param", "kib=64"]);
     let data = &v.unwrap()["result"]["data"];
     assert_eq!(data["bytes"], 65536);
     assert_eq!(data["checksum"], checksum(&want[..65536]));
@@ -341,7 +341,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
             "--disk-ro",
             d,
             "--cmdline",
-            "isolab.scenario=disk isolab.write=1",
+            "isolab.scenario=disk-read isolab.write=1",
         ])
         .output()
         .unwrap();
@@ -353,7 +353,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
 
     // No disk attached, a missing file, an odd-sized file: one sentence.
     let o = vmm()
-        .args(["--cmdline", "isolab.scenario=disk"])
+        .args(["--cmdline", "isolab.scenario=disk-read"])
         .output()
         .unwrap();
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -362,7 +362,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
         .unwrap()
         .contains("no virtio_mmio.device="));
     let o = isolab()
-        .args(["run", "--backend", "microvm", "--scenario", "disk"])
+        .args(["run", "--backend", "microvm", "--scenario", "disk-read"])
         .args(["--disk", dir.path().join("nope").to_str().unwrap()])
         .output()
         .unwrap();
@@ -371,6 +371,13 @@ fn the_bare_guest_drives_a_virtio_disk() {
     let o = vmm().args(["--disk", d]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("512-byte sectors"), "{}", stderr(&o));
+    let nine: Vec<&str> = std::iter::repeat_n(["--disk-ro", d], 9).flatten().collect();
+    let o = vmm().args(&nine).output().unwrap();
+    assert!(
+        stderr(&o).contains("9 disks asked for; the monitor places at most 8"),
+        "{}",
+        stderr(&o)
+    );
     let o = isolab()
         .args(["run", "--backend", "container", "--disk", d])
         .output()
@@ -399,8 +406,8 @@ fn the_image_disk_is_the_image_as_ext4() {
         }
         other => panic!("isolab-agent is {other:?}"),
     }
-    // The bare guest's `disk` scenario gets this disk by default.
-    let (v, out) = vm_json(&["--scenario", "disk"]);
+    // The bare guest's `disk-read` scenario gets this disk by default.
+    let (v, out) = vm_json(&["--scenario", "disk-read"]);
     let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
     let data = &v["result"]["data"];
     assert_eq!(data["ext4"], true, "{v}");

@@ -500,7 +500,7 @@ extern "C" fn workload(_: u64) -> ! {
         // Reads its virtio-blk disk end to end (or `isolab.kib`) by
         // polling, as a driver with no interrupts must: the monitor's
         // device model, exercised by a guest.
-        b"disk" => match disk_scenario(params.cmdline) {
+        b"disk-read" => match disk_scenario(params.cmdline) {
             Ok(()) => {}
             Err(e) => {
                 ok = false;

@@ -90,6 +90,57 @@ pub struct Spec {
     pub userns: bool,
     pub seccomp: bool,
     pub stdio: Stdio,
+    /// Host files or directories bound into the container (`-v`).
+    pub volumes: Vec<Volume>,
+}
+
+/// A host path bound into the container, as `docker run -v` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses `HOST:TARGET[:ro|:rw]`. The host path must exist; the
+    /// target must be absolute, without `..`, and not `/`.
+    pub fn parse(s: &str) -> Result<Volume, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, read_only) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, false),
+            [src, dst, "ro"] => (*src, *dst, true),
+            [src, dst, "rw"] => (*src, *dst, false),
+            _ => {
+                return Err(format!(
+                    "invalid volume {s:?}: use HOST:TARGET or HOST:TARGET:ro"
+                ))
+            }
+        };
+        let source = Path::new(source);
+        if !source.is_absolute() || !source.exists() {
+            return Err(format!(
+                "volume source {} does not exist: give an absolute path to an existing file or directory",
+                source.display()
+            ));
+        }
+        let t = Path::new(target);
+        let bad = !t.is_absolute()
+            || t.components().count() < 2
+            || t.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if bad {
+            return Err(format!(
+                "volume target {target:?} is not a usable absolute path: use one like /data (no `..`, not /)"
+            ));
+        }
+        Ok(Volume {
+            source: source.to_path_buf(),
+            target: target.to_owned(),
+            read_only,
+        })
+    }
 }
 
 /// A named instant on `CLOCK_MONOTONIC`, ns.
@@ -759,6 +810,9 @@ fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
             none,
         )?;
     }
+    for v in &spec.volumes {
+        bind_volume(&root, v)?;
+    }
     // Masked directories share one empty read-only tmpfs (one superblock
     // instead of one each: kernel memory the container is charged for).
     let mut empty_dir: Option<PathBuf> = None;
@@ -812,6 +866,65 @@ fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
                 none,
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Binds a volume under `root`. Every component of the target is
+/// created inside the rootfs and must not be a symlink, so an image cannot
+/// point a volume at a path outside it.
+fn bind_volume(root: &Path, v: &Volume) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let mut dest = root.to_path_buf();
+    let parts: Vec<_> = Path::new(&v.target)
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let source_is_dir = v.source.is_dir();
+    for (i, c) in parts.iter().enumerate() {
+        dest.push(c);
+        let last = i + 1 == parts.len();
+        match fs::symlink_metadata(&dest) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(format!(
+                    "volume target {} goes through a symlink in the image: choose another path",
+                    v.target
+                ))
+            }
+            Ok(_) => {}
+            Err(_) if last && !source_is_dir => {
+                fs::write(&dest, b"").map_err(|e| format!("create {}: {e}", dest.display()))?
+            }
+            Err(_) => {
+                fs::create_dir(&dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?
+            }
+        }
+    }
+    let src = v.source.to_str().ok_or("volume source is not UTF-8")?;
+    m(
+        Some(src),
+        &dest,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )?;
+    if v.read_only {
+        // A read-only remount must keep the flags the source mount has
+        // (a user namespace may not drop them).
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Ok(st) = nix::sys::statvfs::statvfs(&v.source) {
+            use nix::sys::statvfs::FsFlags;
+            for (have, keep) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if st.flags().contains(have) {
+                    flags |= keep;
+                }
+            }
+        }
+        m(none, &dest, none, flags, none)?;
     }
     Ok(())
 }
@@ -941,6 +1054,30 @@ pub fn phases(marks: &[Mark]) -> Vec<(String, u64)> {
         .windows(2)
         .map(|w| (w[1].name.clone(), w[1].ns.saturating_sub(w[0].ns)))
         .collect()
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::Volume;
+
+    #[test]
+    fn volumes_parse_like_docker_and_refuse_bad_paths() {
+        let v = Volume::parse("/tmp:/data:ro").unwrap();
+        assert_eq!((v.target.as_str(), v.read_only), ("/data", true));
+        assert!(!Volume::parse("/tmp:/data").unwrap().read_only);
+        for bad in [
+            "/tmp",
+            "/tmp:data",
+            "/tmp:/",
+            "/tmp:/a/../b",
+            "/tmp:/a:rx",
+            "relative:/a",
+            "/nonexistent-isolab:/a",
+        ] {
+            let e = Volume::parse(bad).unwrap_err();
+            assert!(e.contains("volume"), "{bad}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub fn file_io(mib: u64) -> std::io::Result<(Vec<Metric>, String)> {
     ))
 }
 
-/// `disk`: reads a block device (or any file) end to end in 64 KiB reads,
+/// `disk-read`: reads a block device (or any file) end to end in 64 KiB reads,
 /// as the bare guest reads its virtio disk, with the same checksum so the
 /// two can be compared. Returns the metric, bytes read and the checksum.
 pub fn disk_read(path: &str, limit: u64) -> std::io::Result<(Vec<Metric>, u64, u64)> {
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn module_params_come_from_the_command_line() {
-        let c = "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio-mmio.device=4K@0xd0001000:6 virtio_blk.queue_depth=4 isolab.scenario=disk virtio_mmio.flag";
+        let c = "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio-mmio.device=4K@0xd0001000:6 virtio_blk.queue_depth=4 isolab.scenario=disk-read virtio_mmio.flag";
         assert_eq!(
             module_params(c, "virtio_mmio"),
             "device=4K@0xd0000000:5 device=4K@0xd0001000:6"

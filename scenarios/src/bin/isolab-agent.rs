@@ -151,12 +151,21 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
         },
         // A Linux microVM's virtio disk, read raw (the bare guest reads
         // the same disk the same way).
-        "disk" => {
+        "disk-read" => {
             let dev = params
                 .get("device")
                 .cloned()
                 .unwrap_or_else(|| "/dev/vda".into());
             let limit = param(&params, "kib", u64::MAX / 1024).saturating_mul(1024);
+            // In a VM the node appears when the driver has probed the
+            // device, which devtmpfs does in the background: give it a
+            // moment rather than fail on a race.
+            for _ in 0..200 {
+                if std::path::Path::new(&dev).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             match workloads::disk_read(&dev, limit) {
                 Ok((metrics, bytes, sum)) => {
                     r.metrics.extend(metrics);
