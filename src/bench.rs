@@ -332,9 +332,7 @@ pub fn supports(b: Backend, scenario: &str) -> bool {
         ]
         .contains(&scenario),
         Backend::Microvm | Backend::Qemu => {
-            ["startup", "cpu", "memory", "exit-cost"].contains(&scenario)
-                // Our monitor's virtio disk; QEMU's peer guest has none.
-                || (b == Backend::Microvm && scenario == "disk-read")
+            ["startup", "cpu", "memory", "exit-cost"].contains(&scenario) || scenario == "disk-read"
         }
     }
 }
@@ -849,7 +847,7 @@ mod tests {
     fn scenario_support_and_baselines() {
         assert!(supports(Backend::Container, "idle") && !supports(Backend::Microvm, "idle"));
         assert!(supports(Backend::Qemu, "exit-cost") && !supports(Backend::Crun, "exit-cost"));
-        assert!(supports(Backend::Microvm, "disk-read") && !supports(Backend::Qemu, "disk-read"));
+        assert!(supports(Backend::Microvm, "disk-read") && supports(Backend::Qemu, "disk-read"));
         assert!(supports(Backend::Crun, "disk-read"));
         assert!(supports(Backend::Container, "syscall") && supports(Backend::Runc, "net-loopback"));
         assert!(!supports(Backend::Microvm, "syscall"));

@@ -413,4 +413,37 @@ fn the_image_disk_is_the_image_as_ext4() {
     assert_eq!(data["ext4"], true, "{v}");
     assert_eq!(data["bytes"], bytes.len());
     assert_eq!(data["checksum"], checksum(&bytes));
+    // QEMU's own virtio-blk serves the same disk to the same driver: an
+    // independent device model the guest's driver must also work with.
+    let installed = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !require("qemu-system-x86_64", installed) {
+        return;
+    }
+    let out = isolab()
+        .args([
+            "run",
+            "--backend",
+            "qemu",
+            "--scenario",
+            "disk-read",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let q: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("qemu: {}", stderr(&out)));
+    assert_eq!(q["exit_code"], 0, "{q}");
+    let qd = &q["result"]["data"];
+    assert_eq!(
+        qd["checksum"],
+        checksum(&bytes),
+        "QEMU served the same bytes"
+    );
+    assert_eq!(
+        (&qd["ext4"], &qd["disk_id"]),
+        (&Value::Bool(true), &Value::from("isolab-disk"))
+    );
 }

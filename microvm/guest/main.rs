@@ -357,6 +357,9 @@ extern "C" fn guest_main(boot_info: u64, pvh: u64) -> ! {
         }
     };
     mark(ports::MARK_PARAMS_CHECKED);
+    for base in virtio_bases(params.cmdline) {
+        map_device_page(base);
+    }
     // SAFETY: single-threaded guest; written once before the workload runs.
     unsafe { PARAMS = Some(params) };
     if arg(params.cmdline, b"isolab.ring") == Some(b"0") {
@@ -573,9 +576,48 @@ fn peek_volatile<T: Copy>(addr: u64) -> T {
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
-/// `virtio_mmio.device=4K@0xd0000000:5` → 0xd0000000.
-fn virtio_base(cmdline: &[u8]) -> Option<u64> {
-    let v = arg(cmdline, b"virtio_mmio.device")?;
+/// Every `virtio_mmio.device=SIZE@BASE:IRQ` word's base, in order.
+fn virtio_bases(cmdline: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    cmdline
+        .split(|&c| c == b' ')
+        .filter_map(|tok| tok.strip_prefix(b"virtio_mmio.device="))
+        .filter_map(virtio_base)
+}
+
+/// A page directory for a device window outside the mapped first GiB
+/// (QEMU's virtio-mmio at 0xfeb00000), when the boot tables have none.
+#[no_mangle]
+static mut DEV_PD: Page = Page([0; 512]);
+
+/// Maps the 2 MiB page holding `base` (uncached, user-accessible) into
+/// the current page tables, if it is not mapped yet. Ring 0 only. Our
+/// monitor's tables already map its window; the PVH path's do not.
+fn map_device_page(base: u64) {
+    const MASK: u64 = 0x000f_ffff_ffff_f000;
+    let cr3: u64;
+    // SAFETY: reading CR3 in ring 0.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags)) };
+    if base >> 39 != 0 {
+        return;
+    }
+    let pdpt = peek_volatile::<u64>(cr3 & MASK) & MASK;
+    let pdpte_at = pdpt + 8 * ((base >> 30) & 511);
+    let mut pdpte = peek_volatile::<u64>(pdpte_at);
+    if pdpte & 1 == 0 {
+        pdpte = core::ptr::addr_of!(DEV_PD) as u64 | 7;
+        poke(pdpte_at, pdpte);
+    }
+    let pde_at = (pdpte & MASK) + 8 * ((base >> 21) & 511);
+    if peek_volatile::<u64>(pde_at) & 1 == 0 {
+        // Present, writable, user, write-through, cache-disabled, 2 MiB.
+        poke(pde_at, (base & !0x1f_ffff) | 0x9f);
+        // SAFETY: reloading CR3 flushes the TLB; the tables stay valid.
+        unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack, preserves_flags)) };
+    }
+}
+
+/// `4K@0xd0000000:5` → 0xd0000000.
+fn virtio_base(v: &[u8]) -> Option<u64> {
     let at = v.iter().position(|&c| c == b'@')?;
     let hex = v[at + 1..].strip_prefix(b"0x")?;
     let mut base = 0u64;
@@ -698,7 +740,14 @@ impl Disk {
 }
 
 fn disk_scenario(cmdline: &[u8]) -> Result<(), &'static str> {
-    let base = virtio_base(cmdline).ok_or("no virtio_mmio.device= on the command line: attach a disk")?;
+    if virtio_bases(cmdline).next().is_none() {
+        return Err("no virtio_mmio.device= on the command line: attach a disk");
+    }
+    // The first announced window that holds a block device (QEMU lists
+    // every transport, most of them empty).
+    let base = virtio_bases(cmdline)
+        .find(|&b| mmio_r32(b) == 0x7472_6976 && mmio_r32(b + 0x08) == 2)
+        .ok_or("no virtio block device at the announced addresses")?;
     let (mut disk, sectors) = Disk::init(base)?;
     // GET_ID: the serial the monitor gives its disks.
     if disk.request(8, 0, 20)? != 0 {
