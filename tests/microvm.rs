@@ -447,3 +447,31 @@ fn the_image_disk_is_the_image_as_ext4() {
         (&Value::Bool(true), &Value::from("isolab-disk"))
     );
 }
+
+#[test]
+fn prune_drops_cached_disks_and_they_come_back() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = home();
+    let disk = |h: &tempfile::TempDir| {
+        let o = isolab()
+            .args(["image", "disk"])
+            .env("ISOLAB_HOME", h.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::path::PathBuf::from(stdout(&o).trim())
+    };
+    let first = disk(&h);
+    assert!(first.starts_with(h.path()) && first.is_file());
+    let o = isolab()
+        .arg("prune")
+        .env("ISOLAB_HOME", h.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cached file"), "{}", stdout(&o));
+    assert!(!first.exists());
+    assert_eq!(disk(&h), first, "rebuilt under the same content name");
+}
