@@ -234,6 +234,10 @@ struct RunArgs {
     /// Guest kernel for --guest linux (default: found in /boot).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Boot our microVM's kernel at its PVH entry (32-bit, paging off,
+    /// Xen's hvm_start_info) instead of the Linux 64-bit entry.
+    #[arg(long)]
+    pvh: bool,
     /// Bind a host file or directory into a container (repeatable):
     /// `HOST:TARGET` or `HOST:TARGET:ro`, as `docker run -v`.
     #[arg(short = 'v', long = "volume", value_name = "HOST:TARGET[:ro]")]
@@ -575,6 +579,9 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
     if !volumes.is_empty() && matches!(a.backend, Backend::Microvm | Backend::Qemu) {
         anyhow::bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
     }
+    if a.pvh && a.backend != Backend::Microvm {
+        anyhow::bail!("--pvh picks our monitor's boot entry: use it with --backend microvm (QEMU's microvm always boots the bare guest through PVH)");
+    }
     if !a.disks.is_empty() && a.backend != Backend::Microvm {
         anyhow::bail!(
             "--disk attaches a virtio disk to our microVM: use it with --backend microvm"
@@ -659,6 +666,7 @@ fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
                 home: Some(home.to_path_buf()),
                 interactive: a.interactive && a.tty,
                 disks: a.disks.clone(),
+                pvh: a.pvh,
             };
             let (report, serial) = if a.backend == Backend::Microvm {
                 vms::run_microvm(&opts)?

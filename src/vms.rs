@@ -59,6 +59,8 @@ pub struct VmOptions {
     /// virtio-blk disks: host files, or [`IMAGE_DISK`] for the image's
     /// layers as a read-only ext4 disk.
     pub disks: Vec<String>,
+    /// Enter the kernel at its PVH entry instead of the 64-bit one.
+    pub pvh: bool,
 }
 
 impl Default for VmOptions {
@@ -75,6 +77,7 @@ impl Default for VmOptions {
             home: None,
             interactive: false,
             disks: vec![],
+            pvh: false,
         }
     }
 }
@@ -446,6 +449,9 @@ pub fn run_microvm(opts: &VmOptions) -> Result<(InstanceReport, String)> {
     }
     if opts.interactive {
         args.push("--interactive".into());
+    }
+    if opts.pvh {
+        args.push("--pvh".into());
     }
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")

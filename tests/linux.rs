@@ -195,6 +195,29 @@ fn lean_kernel_starts_with_its_devices_built_in() {
         console.contains("printk: console [ttyS0] enabled"),
         "the lean kernel brought its console up:\n{console}"
     );
+    // The same kernel through its PVH entry (32-bit, paging off, Xen's
+    // start info): the same command line and our memory map, read from
+    // hvm_start_info this time.
+    let (p, _, pconsole) = boot_linux(&[
+        "--scenario",
+        "startup",
+        "--timeout",
+        "120",
+        "--pvh",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    assert!(
+        pconsole.contains("Command line: console=ttyS0")
+            && pconsole.contains("isolab.scenario=startup")
+            && pconsole.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"),
+        "PVH boot:\n{pconsole}"
+    );
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(p["exit_code"], 1);
+    } else {
+        assert_eq!(p["exit_code"], 0, "{}", p["notes"]);
+    }
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         assert_eq!(v["exit_code"], 1);
         assert!(

@@ -475,3 +475,75 @@ fn prune_drops_cached_disks_and_they_come_back() {
     assert!(!first.exists());
     assert_eq!(disk(&h), first, "rebuilt under the same content name");
 }
+
+#[test]
+fn the_pvh_entry_boots_the_same_guest() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let (v, out) = vm_json(&["--scenario", "startup", "--pvh"]);
+    let v = v.unwrap_or_else(|| panic!("no JSON: {}", stderr(&out)));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let names: Vec<&str> = v["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names
+            .windows(2)
+            .any(|w| w == ["first_entry", "kernel_entry"]),
+        "{names:?}"
+    );
+    let d = &v["result"]["data"];
+    // The same memory map, this time read from hvm_start_info's memmap.
+    assert_eq!(d["e820_entries"], 3);
+    assert_eq!(d["ram_bytes"], (64u64 << 20) - (0x10_0000 - 0x9fc00));
+    assert_eq!(d["own_range_is_ram"], true);
+
+    // A disk through the PVH path: the guest maps the device page itself.
+    let dir = home();
+    let disk = dir.path().join("disk.img");
+    let want = disk_pattern(65536);
+    std::fs::write(&disk, &want).unwrap();
+    let (v, _) = vm_json(&[
+        "--scenario",
+        "disk-read",
+        "--pvh",
+        "--disk",
+        disk.to_str().unwrap(),
+    ]);
+    assert_eq!(v.unwrap()["result"]["data"]["checksum"], checksum(&want));
+
+    // A kernel without the Xen PHYS32_ENTRY note: refused with --pvh,
+    // booted without it.
+    let mut elf = isolab_microvm::BARE_GUEST.to_vec();
+    let note = [4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
+    let at = elf
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("the guest carries a PVH note");
+    elf[at + 8] = 17;
+    let k = dir.path().join("no-pvh.elf");
+    std::fs::write(&k, &elf).unwrap();
+    let k = k.to_str().unwrap();
+    let o = vmm().args(["--pvh", "--kernel", k]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("has no PVH entry"), "{}", stderr(&o));
+    let o = vmm()
+        .args(["--kernel", k, "--cmdline", "isolab.scenario=startup"])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["exit_code"], 0);
+    let o = isolab()
+        .args(["run", "--backend", "qemu", "--pvh"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("use it with --backend microvm"),
+        "{}",
+        stderr(&o)
+    );
+}

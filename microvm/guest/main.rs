@@ -69,6 +69,9 @@ global_asm!(
     "pvh_start:",
     ".att_syntax",
     "    cli",
+    "    movw ${mark_port}, %dx",
+    "    movb ${entry_label}, %al",
+    "    outb %al, %dx",
     "    movl %ebx, %esi",
     "    movl $PVH_PD, %edi",
     "    movl $0x87, %eax",
@@ -114,6 +117,8 @@ global_asm!(
     ".intel_syntax noprefix",
     stack_size = const STACK_SIZE,
     main = sym guest_main,
+    mark_port = const ports::MARK_PORT,
+    entry_label = const ports::MARK_KERNEL_ENTRY,
 );
 
 #[repr(C, align(4096))]

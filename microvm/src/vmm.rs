@@ -82,6 +82,8 @@ pub enum VmmError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} has no PVH entry (no Xen PHYS32_ENTRY ELF note): boot it without --pvh, or build it with CONFIG_PVH=y")]
+    NoPvhEntry(PathBuf),
     #[error("writing boot structures: {0}")]
     Boot(String),
     #[error(transparent)]
@@ -140,6 +142,10 @@ pub struct VmConfig {
     /// virtio-blk disks, announced on the command line in this order
     /// (`/dev/vda`, `/dev/vdb` … in a Linux guest).
     pub disks: Vec<DiskConfig>,
+    /// Enter at the kernel's PVH entry (its Xen ELF note: 32-bit protected
+    /// mode, paging off, `hvm_start_info` in rbx) instead of the Linux
+    /// 64-bit entry.
+    pub pvh: bool,
 }
 
 impl Default for VmConfig {
@@ -161,6 +167,7 @@ impl Default for VmConfig {
             unpack_bzimage: true,
             serial_input: false,
             disks: Vec::new(),
+            pvh: false,
         }
     }
 }
@@ -339,9 +346,15 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
         detail: e.to_string(),
     };
     let himem = Some(GuestAddress(layout::HIMEM_START));
+    let pvh_entry = |r: &linux_loader::loader::KernelLoaderResult| match r.pvh_boot_cap {
+        linux_loader::loader::elf::PvhBootCapability::PvhEntryPresent(a) => Some(a.raw_value()),
+        _ => None,
+    };
+    let mut pvh = None;
     let (entry, kernel_end, setup_header) = match info.format {
         crate::kernel::KernelFormat::Elf { .. } => {
             let r = Elf::load(mem, None, &mut image, himem).map_err(load_err)?;
+            pvh = pvh_entry(&r);
             (r.kernel_load.raw_value(), r.kernel_end, None)
         }
         crate::kernel::KernelFormat::BzImage { .. } if cfg.unpack_bzimage => {
@@ -354,6 +367,7 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
             let vmlinux = crate::kernel::extract_vmlinux(&name, &bytes)?;
             image = std::io::Cursor::new(vmlinux);
             let r = Elf::load(mem, None, &mut image, himem).map_err(load_err)?;
+            pvh = pvh_entry(&r);
             tracing::debug!(
                 entry = format_args!("{:#x}", r.kernel_load.raw_value()),
                 "unpacked vmlinux loaded"
@@ -375,7 +389,12 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
             )
         }
     };
-    regs::write_boot_structures(mem).map_err(|e| VmmError::Boot(e.to_string()))?;
+    let entry = if cfg.pvh {
+        pvh.ok_or_else(|| VmmError::NoPvhEntry(name.clone()))?
+    } else {
+        entry
+    };
+    regs::write_boot_structures(mem, cfg.pvh).map_err(|e| VmmError::Boot(e.to_string()))?;
     let full = kernel_cmdline(cfg);
     let mut cmdline =
         Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(|e| VmmError::Cmdline(e.to_string()))?;
@@ -446,7 +465,60 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
     params.e820_entries = e820.len() as u8;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|e| VmmError::Boot(e.to_string()))?;
+    if cfg.pvh {
+        write_pvh_start_info(mem, &e820, &params)?;
+    }
     Ok(entry)
+}
+
+/// The PVH boot information: `hvm_start_info` (magic, version 1, the
+/// command line), the same memory map as the zero page's e820 table, and
+/// the initramfs as module 0 — what Linux's `pvh_start_xen` and the lab
+/// guest's PVH path read.
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    e820: &[(u64, u64, u32)],
+    params: &bootparam::boot_params,
+) -> Result<(), VmmError> {
+    use linux_loader::loader::elf::start_info::{
+        hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+    };
+    let boot = |e: vm_memory::GuestMemoryError| VmmError::Boot(e.to_string());
+    for (i, (addr, size, kind)) in e820.iter().enumerate() {
+        let entry = hvm_memmap_table_entry {
+            addr: *addr,
+            size: *size,
+            type_: *kind,
+            reserved: 0,
+        };
+        mem.write_obj(
+            entry,
+            GuestAddress(layout::PVH_MEMMAP_START + 24 * i as u64),
+        )
+        .map_err(boot)?;
+    }
+    let mut info = hvm_start_info {
+        magic: 0x336e_c578, // XEN_HVM_START_MAGIC_VALUE
+        version: 1,
+        cmdline_paddr: layout::CMDLINE_START,
+        memmap_paddr: layout::PVH_MEMMAP_START,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    if params.hdr.ramdisk_size != 0 {
+        let module = hvm_modlist_entry {
+            paddr: u64::from(params.hdr.ramdisk_image),
+            size: u64::from(params.hdr.ramdisk_size),
+            ..Default::default()
+        };
+        mem.write_obj(module, GuestAddress(layout::PVH_MODLIST_START))
+            .map_err(boot)?;
+        info.nr_modules = 1;
+        info.modlist_paddr = layout::PVH_MODLIST_START;
+    }
+    mem.write_obj(info, GuestAddress(layout::PVH_INFO_START))
+        .map_err(boot)?;
+    Ok(())
 }
 
 /// The command line the guest gets: the configured one, then one
@@ -597,7 +669,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         let v = vm
             .create_vcpu(u64::from(i))
             .map_err(kvm_err("create a vCPU"))?;
-        regs::configure_vcpu(&v, &cpuid, i, cfg.vcpus.max(1), entry)
+        regs::configure_vcpu(&v, &cpuid, i, cfg.vcpus.max(1), entry, cfg.pvh)
             .map_err(|e| VmmError::Vcpu(e.to_string()))?;
         vcpus.push(v);
     }
@@ -830,5 +902,57 @@ mod tests {
             .read_obj(GuestAddress(p.hdr.ramdisk_image as u64))
             .unwrap();
         assert_eq!(b, 7);
+    }
+
+    #[test]
+    fn pvh_boot_writes_start_info_memmap_and_module() {
+        use linux_loader::loader::elf::start_info::{
+            hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+        };
+        let m = mem(32);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("initrd");
+        std::fs::write(&f, vec![9u8; 4096]).unwrap();
+        let cfg = VmConfig {
+            initrd: Some(f),
+            mem_mib: 32,
+            pvh: true,
+            cmdline: "isolab.scenario=startup".into(),
+            disks: vec![DiskConfig {
+                path: "/unused".into(),
+                read_only: true,
+            }],
+            ..VmConfig::default()
+        };
+        let entry = load_kernel(&cfg, &m).unwrap();
+        // The lab guest's PVH entry (its Xen note), not its ELF entry.
+        let elf_entry = u64::from_le_bytes(crate::BARE_GUEST[24..32].try_into().unwrap());
+        assert_ne!(entry, elf_entry);
+        let info: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!((info.magic, info.version), (0x336e_c578, 1));
+        assert_eq!(info.cmdline_paddr, layout::CMDLINE_START);
+        let mut cmd = vec![0u8; 80];
+        m.read_slice(&mut cmd, GuestAddress(layout::CMDLINE_START))
+            .unwrap();
+        let cmd = String::from_utf8_lossy(&cmd);
+        assert!(
+            cmd.starts_with("isolab.scenario=startup virtio_mmio.device=4K@0xd0000000:5\0"),
+            "{cmd}"
+        );
+        let e820 = layout::e820_map(32 << 20);
+        assert_eq!(info.memmap_entries as usize, e820.len());
+        for (i, (addr, size, kind)) in e820.iter().enumerate() {
+            let e: hvm_memmap_table_entry = m
+                .read_obj(GuestAddress(layout::PVH_MEMMAP_START + 24 * i as u64))
+                .unwrap();
+            assert_eq!((e.addr, e.size, e.type_), (*addr, *size, *kind));
+        }
+        assert_eq!(info.nr_modules, 1);
+        let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!(module.size, 4096);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(module.paddr)).unwrap(), 9);
+        // The GDT's code segment is the 32-bit one the entry runs in.
+        let code: u64 = m.read_obj(GuestAddress(layout::GDT_START + 8)).unwrap();
+        assert_eq!(code, crate::arch::x86_64::gdt::CODE32);
     }
 }

@@ -50,6 +50,7 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             }
             "--echo" => cfg.echo_serial = true,
             "--pit" => cfg.pit = true,
+            "--pvh" => cfg.pvh = true,
             "--no-unpack" => cfg.unpack_bzimage = false,
             "--interactive" => cfg.serial_input = true,
             "--kvm-device" => cfg.kvm_device = PathBuf::from(val()?),

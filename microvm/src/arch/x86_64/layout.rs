@@ -5,6 +5,7 @@
 //!             │ real-mode IVT / BDA       │
 //! 0x0000_0500 │ GDT (6 entries)           │ GDT_START
 //! 0x0000_0530 │ IDT (empty)               │ IDT_START
+//! 0x0000_6000 │ PVH start info, memmap    │ PVH_INFO_START (PVH boot only)
 //! 0x0000_7000 │ zero page (boot_params)   │ ZERO_PAGE_START
 //! 0x0000_8ff0 │ boot stack (grows down)   │ BOOT_STACK_POINTER
 //! 0x0000_9000 │ PML4                      │ PML4_START
@@ -28,6 +29,11 @@
 
 /// Where the GDT is written.
 pub const GDT_START: u64 = 0x500;
+/// PVH boot: `hvm_start_info`, then its memory map, then its module list
+/// (the initramfs), in the free page below the zero page.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MEMMAP_START: u64 = 0x6040;
+pub const PVH_MODLIST_START: u64 = 0x6200;
 /// Where the (empty) IDT is written.
 pub const IDT_START: u64 = 0x530;
 /// The Linux "zero page" (`struct boot_params`).
@@ -105,6 +111,9 @@ mod tests {
             (GDT_START, 6 * 8),
             (IDT_START, 8),
             (ZERO_PAGE_START, 4096),
+            (PVH_INFO_START, 0x40),
+            (PVH_MEMMAP_START, 0x1c0),
+            (PVH_MODLIST_START, 0x20),
             // The boot stack may use the page below its pointer, down to
             // the end of the zero page.
             (

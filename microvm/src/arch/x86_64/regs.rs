@@ -64,8 +64,13 @@ pub fn identity_page_tables() -> Vec<(u64, Vec<u64>)> {
 }
 
 /// Writes GDT, IDT and page tables into guest memory.
-pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
-    for (i, e) in boot_gdt().iter().enumerate() {
+pub fn write_boot_structures(mem: &GuestMemoryMmap, pvh: bool) -> Result<(), RegsError> {
+    let mut gdt = boot_gdt();
+    if pvh {
+        // The PVH entry starts in 32-bit code: the GDT says what CS holds.
+        gdt[1] = super::gdt::CODE32;
+    }
+    for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_START).unchecked_add(i as u64 * 8))?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_START))?;
@@ -101,6 +106,31 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.cr0 =
         (sregs.cr0 | CR0_PE | CR0_PG | CR0_MP | CR0_ET | CR0_NE) & !(CR0_EM | CR0_NW | CR0_CD);
     sregs.efer |= EFER_LME | EFER_LMA;
+    sregs
+}
+
+/// Segment and control registers for the PVH entry (Xen's HVM direct
+/// boot, which Linux and QEMU's `microvm` also use): 32-bit protected
+/// mode, paging off, flat segments, no long mode.
+pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let gdt = boot_gdt();
+    sregs.gdt.base = GDT_START;
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    sregs.idt.base = IDT_START;
+    sregs.idt.limit = 7;
+    let code = segment(super::gdt::CODE32, 1);
+    let data = segment(gdt[2], 2);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment(gdt[3], 3);
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(CR0_PG | CR0_NW | CR0_CD);
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
     sregs
 }
 
@@ -178,6 +208,7 @@ pub fn configure_vcpu(
     index: u8,
     cpus: u8,
     entry: u64,
+    pvh: bool,
 ) -> Result<(), RegsError> {
     let mut cpuid = cpuid.clone();
     patch_cpuid(&mut cpuid, index, cpus);
@@ -202,10 +233,19 @@ pub fn configure_vcpu(
     };
     vcpu.set_fpu(&fpu).map_err(kvm("FPU state"))?;
     let sregs = vcpu.get_sregs().map_err(kvm("special registers (get)"))?;
-    let sregs = long_mode_sregs(sregs);
+    let (sregs, regs) = if pvh {
+        let regs = kvm_regs {
+            rflags: 0x2,
+            rip: entry,
+            rbx: PVH_INFO_START,
+            ..Default::default()
+        };
+        (pvh_sregs(sregs), regs)
+    } else {
+        (long_mode_sregs(sregs), entry_regs(entry))
+    };
     vcpu.set_sregs(&sregs).map_err(kvm("special registers"))?;
-    vcpu.set_regs(&entry_regs(entry))
-        .map_err(kvm("registers"))?;
+    vcpu.set_regs(&regs).map_err(kvm("registers"))?;
     Ok(())
 }
 
@@ -237,7 +277,7 @@ mod tests {
     #[test]
     fn boot_structures_land_in_memory() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        write_boot_structures(&mem).unwrap();
+        write_boot_structures(&mem, false).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4, PDPT_START | 7);
         let code: u64 = mem.read_obj(GuestAddress(GDT_START + 8)).unwrap();
