@@ -595,8 +595,10 @@ fn virtio_bases(cmdline: &[u8]) -> impl Iterator<Item = u64> + '_ {
 static mut DEV_PD: Page = Page([0; 512]);
 
 /// Maps the 2 MiB page holding `base` (uncached, user-accessible) into
-/// the current page tables, if it is not mapped yet. Ring 0 only. Our
-/// monitor's tables already map its window; the PVH path's do not.
+/// the current page tables, if it is not mapped yet. Ring 0 only. Neither
+/// our monitor's boot tables nor the PVH path's map above the first GiB.
+/// One spare page directory: every window must lie in one GiB (ours at
+/// 0xd0000000, QEMU's at 0xfeb00000 do).
 fn map_device_page(base: u64) {
     const MASK: u64 = 0x000f_ffff_ffff_f000;
     let cr3: u64;

@@ -47,11 +47,11 @@ pub fn segment(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// The boot GDT: null, 64-bit code, data, TSS, and user (DPL 3) data and
-/// 64-bit code, which the lab guest uses to run its workload in ring 3.
 /// A flat 32-bit code segment (D=1, L=0): what the PVH entry runs in.
 pub const CODE32: u64 = 0x00cf_9b00_0000_ffff;
 
+/// The boot GDT: null, 64-bit code, data, TSS, and user (DPL 3) data and
+/// 64-bit code, which the lab guest uses to run its workload in ring 3.
 pub fn boot_gdt() -> [u64; 6] {
     [
         gdt_entry(0, 0, 0),

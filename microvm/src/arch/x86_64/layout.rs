@@ -11,7 +11,6 @@
 //! 0x0000_9000 │ PML4                      │ PML4_START
 //! 0x0000_a000 │ PDPT                      │ PDPT_START
 //! 0x0000_b000 │ PD (512 × 2 MiB = 1 GiB)  │ PD_START
-//! 0x0000_c000 │ PD for the 4th GiB        │ PD_MMIO_START (virtio window only)
 //! 0x0002_0000 │ kernel command line       │ CMDLINE_START (≤ CMDLINE_MAX_SIZE)
 //! 0x0009_fc00 ├───────────────────────────┤ EBDA_START: reserved up to 1 MiB
 //! 0x0010_0000 │ kernel (ELF / bzImage)    │ HIMEM_START
@@ -23,9 +22,9 @@
 //! ```
 //!
 //! The first GiB is identity-mapped with 2 MiB pages, which is all a Linux
-//! kernel's 64-bit entry needs before it builds its own page tables; the
-//! 2 MiB page holding the virtio-mmio windows is mapped too (uncached), so
-//! the bare lab guest, which never builds page tables, can drive a disk.
+//! kernel's 64-bit entry needs before it builds its own page tables. The
+//! virtio-mmio windows above it are mapped by the guest itself (the bare
+//! lab guest adds the one 2 MiB page it needs, as it must under QEMU too).
 
 /// Where the GDT is written.
 pub const GDT_START: u64 = 0x500;
@@ -44,8 +43,6 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
 pub const PDPT_START: u64 = 0xa000;
 pub const PD_START: u64 = 0xb000;
-/// Page directory for the fourth GiB: maps only the virtio-mmio window.
-pub const PD_MMIO_START: u64 = 0xc000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
 /// Longest command line accepted (bytes, with the NUL).
@@ -65,7 +62,7 @@ pub const VIRTIO_MAX_DEVICES: usize = 8;
 /// Interrupt line of the first virtio-mmio device (the next get 6, 7 …):
 /// legacy ISA lines the serial port (4) does not use.
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
-/// Bytes identity-mapped by the boot page tables (besides the virtio window).
+/// Bytes identity-mapped by the boot page tables.
 pub const IDENTITY_MAPPED: u64 = 1 << 30;
 /// Smallest guest the monitor builds.
 pub const MIN_MEMORY_MIB: u64 = 8;
@@ -123,7 +120,6 @@ mod tests {
             (PML4_START, 4096),
             (PDPT_START, 4096),
             (PD_START, 4096),
-            (PD_MMIO_START, 4096),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
         ];
         spans.sort();
@@ -142,12 +138,8 @@ mod tests {
     fn the_virtio_window_is_in_the_hole_and_in_one_large_page() {
         let end = VIRTIO_MMIO_START + VIRTIO_MAX_DEVICES as u64 * 0x1000;
         assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && end <= KVM_TSS_ADDRESS);
+        // One 2 MiB page holds every window: the guest maps one page.
         assert_eq!(VIRTIO_MMIO_START >> 21, (end - 1) >> 21);
-        assert_eq!(
-            VIRTIO_MMIO_START >> 30,
-            3,
-            "PD_MMIO_START covers the 4th GiB"
-        );
         assert!(VIRTIO_FIRST_IRQ as usize + VIRTIO_MAX_DEVICES <= 16);
     }
 

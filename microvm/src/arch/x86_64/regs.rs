@@ -37,29 +37,19 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// The page-table pages identity-mapping the first GiB with 2 MiB pages,
-/// plus the 2 MiB page of virtio-mmio windows: (address, 64-bit entries)
-/// to write.
+/// The three page-table pages identity-mapping the first GiB with 2 MiB
+/// pages: (address, 64-bit entries) to write. Device windows above it
+/// (virtio-mmio) are the guest's to map, as any OS maps its devices.
 pub fn identity_page_tables() -> Vec<(u64, Vec<u64>)> {
     // Present, writable and user-accessible: the lab guest may run its
     // workload in ring 3 on these same tables.
     const PRESENT_RW: u64 = 0x7;
     const HUGE: u64 = 0x80;
-    // Device registers: write-through and cache-disabled.
-    const UNCACHED: u64 = 0x18;
     let pd: Vec<u64> = (0..512u64).map(|i| (i << 21) | PRESENT_RW | HUGE).collect();
-    let gib = VIRTIO_MMIO_START >> 30;
-    let mut pd_mmio = vec![0u64; ((VIRTIO_MMIO_START >> 21) & 511) as usize + 1];
-    pd_mmio[((VIRTIO_MMIO_START >> 21) & 511) as usize] =
-        (VIRTIO_MMIO_START & !((1 << 21) - 1)) | PRESENT_RW | HUGE | UNCACHED;
-    let mut pdpt = vec![0u64; gib as usize + 1];
-    pdpt[0] = PD_START | PRESENT_RW;
-    pdpt[gib as usize] = PD_MMIO_START | PRESENT_RW;
     vec![
         (PML4_START, vec![PDPT_START | PRESENT_RW]),
-        (PDPT_START, pdpt),
+        (PDPT_START, vec![PD_START | PRESENT_RW]),
         (PD_START, pd),
-        (PD_MMIO_START, pd_mmio),
     ]
 }
 
@@ -82,22 +72,28 @@ pub fn write_boot_structures(mem: &GuestMemoryMmap, pvh: bool) -> Result<(), Reg
     Ok(())
 }
 
-/// Segment and control registers for 64-bit long mode with SSE enabled.
-pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+/// GDT and IDT registers, and flat segments from the boot GDT with `code`
+/// (a descriptor) in CS: what both entries share.
+fn flat_segments(mut sregs: kvm_sregs, code: u64) -> kvm_sregs {
     let gdt = boot_gdt();
     sregs.gdt.base = GDT_START;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
-    let code = segment(gdt[1], 1);
     let data = segment(gdt[2], 2);
-    sregs.cs = code;
+    sregs.cs = segment(code, 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = segment(gdt[3], 3);
+    sregs
+}
+
+/// Segment and control registers for 64-bit long mode with SSE enabled.
+pub fn long_mode_sregs(sregs: kvm_sregs) -> kvm_sregs {
+    let mut sregs = flat_segments(sregs, boot_gdt()[1]);
     sregs.cr3 = PML4_START;
     sregs.cr4 |= CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     // Caches on: KVM's reset CR0 has CD and NW set, and under shadow
@@ -112,21 +108,8 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 /// Segment and control registers for the PVH entry (Xen's HVM direct
 /// boot, which Linux and QEMU's `microvm` also use): 32-bit protected
 /// mode, paging off, flat segments, no long mode.
-pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
-    let gdt = boot_gdt();
-    sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
-    sregs.idt.base = IDT_START;
-    sregs.idt.limit = 7;
-    let code = segment(super::gdt::CODE32, 1);
-    let data = segment(gdt[2], 2);
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = segment(gdt[3], 3);
+pub fn pvh_sregs(sregs: kvm_sregs) -> kvm_sregs {
+    let mut sregs = flat_segments(sregs, super::gdt::CODE32);
     sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(CR0_PG | CR0_NW | CR0_CD);
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -257,21 +240,13 @@ mod tests {
     fn page_tables_identity_map_one_gib() {
         let t = identity_page_tables();
         assert_eq!(t[0], (PML4_START, vec![PDPT_START | 7]));
-        assert_eq!(
-            t[1],
-            (PDPT_START, vec![PD_START | 7, 0, 0, PD_MMIO_START | 7])
-        );
+        assert_eq!(t[1], (PDPT_START, vec![PD_START | 7]));
         let pd = &t[2].1;
         assert_eq!(pd.len(), 512);
         assert_eq!(pd[0], 0x87);
         assert_eq!(pd[511], (511 << 21) | 0x87);
         assert_eq!((pd.len() as u64) << 21, IDENTITY_MAPPED);
-        // The virtio window: 0xd000_0000 is entry 128 of the 4th GiB's PD,
-        // mapped to itself, uncached; nothing else in that GiB is mapped.
-        assert_eq!(t[3].0, PD_MMIO_START);
-        assert_eq!(t[3].1.len(), 129);
-        assert_eq!(t[3].1[128], 0xd000_0000 | 0x87 | 0x18);
-        assert!(t[3].1[..128].iter().all(|e| *e == 0));
+        assert_eq!(t.len(), 3, "nothing above the first GiB is mapped");
     }
 
     #[test]
@@ -284,6 +259,24 @@ mod tests {
         assert_eq!(code, 0x00af_9b00_0000_ffff);
         let pd_last: u64 = mem.read_obj(GuestAddress(PD_START + 511 * 8)).unwrap();
         assert_eq!(pd_last >> 21, 511);
+    }
+
+    #[test]
+    fn pvh_entry_is_flat_32_bit_with_paging_off() {
+        let s = pvh_sregs(kvm_sregs {
+            cr0: CR0_PG | CR0_CD | CR0_NW,
+            efer: EFER_LME | EFER_LMA,
+            ..Default::default()
+        });
+        assert_eq!((s.cs.db, s.cs.l, s.cs.selector), (1, 0, 8));
+        assert_eq!((s.cs.base, s.cs.limit), (0, 0xffff_ffff));
+        assert_eq!(s.ds.selector, 0x10);
+        assert_ne!(s.cr0 & CR0_PE, 0);
+        assert_eq!(s.cr0 & (CR0_PG | CR0_CD | CR0_NW), 0);
+        assert_eq!((s.efer, s.cr4, s.cr3), (0, 0, 0));
+        // Long mode, from the same GDT: 64-bit CS.
+        let l = long_mode_sregs(kvm_sregs::default());
+        assert_eq!((l.cs.db, l.cs.l, l.cs.selector), (0, 1, 8));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct Block {
     read_only: bool,
     sectors: u64,
     queue_sizes: [u16; 1],
+    /// Bounce buffer between the file and guest memory, kept across
+    /// requests (a read is one `pread` and one copy into the chain).
+    scratch: Vec<u8>,
     /// Requests answered, by outcome (the monitor reports them).
     pub stats: BlockStats,
 }
@@ -113,13 +116,9 @@ impl Block {
             read_only,
             sectors: len / SECTOR,
             queue_sizes: [QUEUE_SIZE],
+            scratch: Vec::new(),
             stats: BlockStats::default(),
         })
-    }
-
-    /// Capacity in 512-byte sectors.
-    pub fn sectors(&self) -> u64 {
-        self.sectors
     }
 
     /// The byte range of a data transfer, if it lies inside the disk.
@@ -197,11 +196,12 @@ impl Block {
         let Some(start) = self.range(sector, len) else {
             return (VIRTIO_BLK_S_IOERR, 0);
         };
-        let mut buf = vec![0u8; len];
-        if self.file.read_exact_at(&mut buf, start).is_err() {
+        self.scratch.resize(len, 0);
+        let buf = &mut self.scratch[..len];
+        if self.file.read_exact_at(buf, start).is_err() {
             return (VIRTIO_BLK_S_IOERR, 0);
         }
-        if writer.write_all(&buf).is_err() {
+        if writer.write_all(buf).is_err() {
             return (VIRTIO_BLK_S_IOERR, 0);
         }
         self.stats.reads += 1;
@@ -217,8 +217,9 @@ impl Block {
         let Some(start) = self.range(sector, len) else {
             return VIRTIO_BLK_S_IOERR;
         };
-        let mut buf = vec![0u8; len];
-        if reader.read_exact(&mut buf).is_err() || self.file.write_all_at(&buf, start).is_err() {
+        self.scratch.resize(len, 0);
+        let buf = &mut self.scratch[..len];
+        if reader.read_exact(buf).is_err() || self.file.write_all_at(buf, start).is_err() {
             return VIRTIO_BLK_S_IOERR;
         }
         self.stats.writes += 1;

@@ -32,8 +32,6 @@ pub struct MmioTransport<D> {
     driver_features: u64,
     status: u32,
     interrupt_status: u32,
-    /// Notifications handled (for the report and the tests).
-    pub notifications: u64,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -58,7 +56,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features: 0,
             status: 0,
             interrupt_status: 0,
-            notifications: 0,
         })
     }
 
@@ -128,7 +125,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
         }
-        if adding & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.has(VIRTIO_CONFIG_S_FEATURES_OK) {
+        if adding & VIRTIO_CONFIG_S_DRIVER_OK != 0 && v & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }
@@ -136,7 +133,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn notify(&mut self, index: u32) {
-        self.notifications += 1;
         if !self.has(VIRTIO_CONFIG_S_DRIVER_OK) || self.has(VIRTIO_CONFIG_S_NEEDS_RESET) {
             return;
         }
@@ -209,13 +205,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             VIRTIO_MMIO_QUEUE_READY => {
                 if self.queue_writable() || v == 0 {
-                    let mem = self.mem.clone();
-                    if let Some(q) = self.selected_queue() {
+                    if let Some(q) = self.queues.get_mut(self.queue_sel as usize) {
                         // A queue that does not fit in guest memory never
                         // goes live: the driver reads READY back as 0.
                         // (`is_valid` looks at a queue marked ready.)
                         q.set_ready(v == 1);
-                        if v == 1 && !q.is_valid(&mem) {
+                        if v == 1 && !q.is_valid(&self.mem) {
                             q.set_ready(false);
                         }
                     }

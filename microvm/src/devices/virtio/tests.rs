@@ -223,6 +223,16 @@ fn feature_negotiation_refuses_what_was_not_offered() {
         VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK,
     );
     assert_ne!(d.rd(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FAILED, 0);
+    // FEATURES_OK and DRIVER_OK in one write: taken together.
+    d.wr(VIRTIO_MMIO_STATUS, 0);
+    d.wr(
+        VIRTIO_MMIO_STATUS,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    );
+    d.wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    d.wr(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    d.wr(VIRTIO_MMIO_STATUS, 0xf);
+    assert_eq!(d.rd(VIRTIO_MMIO_STATUS), 0xf);
     // The real thing.
     let s = d.init(Driver::version_1() | (1 << VIRTIO_BLK_F_FLUSH));
     assert_eq!(s & 0xf, 0xf, "ACK, DRIVER, FEATURES_OK, DRIVER_OK: {s:#x}");
