@@ -361,25 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in containers::prune(&cli.home)? {
                 println!("removed {line}");
             }
-            // Generated artefacts (guest ELF for QEMU, initramfs, image
-            // disks) are content-addressed and rebuilt on demand; old
-            // versions pile up as the agent or image changes. A VM using
-            // one keeps its open file.
-            let cache = cli.home.join("cache");
-            let (mut files, mut bytes) = (0u64, 0u64);
-            for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
-                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                if e.file_type().is_ok_and(|t| t.is_file())
-                    && std::fs::remove_file(e.path()).is_ok()
-                {
-                    files += 1;
-                    bytes += len;
-                }
-            }
+            let (files, bytes) = vms::prune_cache(&cli.home);
             if files > 0 {
                 println!(
                     "removed {files} cached file(s) in {} ({} KiB; rebuilt when needed)",
-                    cache.display(),
+                    cli.home.join("cache").display(),
                     bytes / 1024
                 );
             }

@@ -598,3 +598,44 @@ fn volumes_bind_host_paths_read_write_or_read_only() {
         assert_eq!(v["result"]["data"]["bytes"], 13, "{peer}");
     }
 }
+
+#[test]
+fn bench_without_e2fsprogs_skips_disk_read_once_and_says_why() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let results = home.path().join("results");
+    let out = isolab()
+        .args([
+            "bench",
+            "--backends",
+            "container",
+            "--scenarios",
+            "disk-read,startup",
+        ])
+        .args(["--repetitions", "2", "--warmup", "0", "--results"])
+        .arg(&results)
+        // No mkfs.ext4 on this PATH.
+        .env("PATH", "/nonexistent")
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("the disk-read scenario is skipped: mkfs.ext4 is not installed")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("repetition"),
+        "no per-repetition failures: {err}"
+    );
+    assert!(
+        stdout(&out).contains("startup  launch_to_exit"),
+        "{}",
+        stdout(&out)
+    );
+}

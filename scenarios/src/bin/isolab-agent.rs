@@ -157,15 +157,6 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
                 .cloned()
                 .unwrap_or_else(|| "/dev/vda".into());
             let limit = param(&params, "kib", u64::MAX / 1024).saturating_mul(1024);
-            // In a VM the node appears when the driver has probed the
-            // device, which devtmpfs does in the background: give it a
-            // moment rather than fail on a race.
-            for _ in 0..200 {
-                if std::path::Path::new(&dev).exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
             match workloads::disk_read(&dev, limit) {
                 Ok((metrics, bytes, sum)) => {
                     r.metrics.extend(metrics);
@@ -286,6 +277,19 @@ mod vm_init {
                 } else {
                     params.insert(k.to_owned(), v.to_owned());
                 }
+            }
+        }
+        if scenario == "disk-read" {
+            // The disk's node appears when the driver has probed the
+            // device, which devtmpfs does in the background: give it a
+            // moment rather than fail on a race. (Only here: in a
+            // container the bind mount is there before the agent starts.)
+            let dev = params.get("device").map_or("/dev/vda", String::as_str);
+            for _ in 0..200 {
+                if std::path::Path::new(dev).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
         let mut r = super::run_scenario(&scenario, &params, ready);
