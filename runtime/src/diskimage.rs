@@ -348,26 +348,31 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_mkfs_leaves_nothing_behind() {
-        if !have_e2fsprogs() {
-            return;
-        }
+    fn a_failed_build_leaves_nothing_behind() {
         let d = tempfile::tempdir().unwrap();
         let mut t = tree();
-        // A name mkfs cannot take (longer than 255 bytes) makes it fail
-        // after the staging directory was written.
+        // A name no filesystem takes (over 255 bytes): the build fails
+        // inside its staging directory, after files were written there —
+        // the same cleanup a failing mkfs gets (the staging dir is dropped).
         t.insert(
-            "x".repeat(250),
+            "x".repeat(300),
             Node::File {
                 mode: 0o644,
                 data: vec![],
             },
         );
         let img = d.path().join("disk.ext4");
-        let r = write_ext4(&t, &d.path().join("missing-dir").join("disk.ext4"), 1);
-        assert!(r.is_err());
+        let e = write_ext4(&t, &img, 1).unwrap_err();
+        assert!(matches!(e, DiskImageError::Layout { .. }), "{e}");
         assert!(!img.exists());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no staging left"
+        );
+        // An output directory that does not exist is named.
+        let e = write_ext4(&tree(), &d.path().join("missing").join("disk.ext4"), 1).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 
     #[test]

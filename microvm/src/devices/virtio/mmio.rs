@@ -64,6 +64,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// The size the driver gave queue `i` (tests: QUEUE_NUM is write-only).
+    #[cfg(test)]
+    pub fn queue_size(&self, i: usize) -> u16 {
+        self.queues[i].size()
+    }
+
     /// The device's status register (ACKNOWLEDGE, DRIVER, FEATURES_OK …).
     pub fn status(&self) -> u32 {
         self.status

@@ -376,7 +376,8 @@ fn a_queue_outside_guest_memory_never_goes_live() {
     // A size that is not a power of two is not taken either.
     d.wr(VIRTIO_MMIO_QUEUE_NUM, 3);
     d.setup_queue(DESC, 3);
-    assert_eq!(d.rd(VIRTIO_MMIO_QUEUE_READY), 1, "the old valid size stays");
+    assert_eq!(d.rd(VIRTIO_MMIO_QUEUE_READY), 1);
+    assert_eq!(d.dev.queue_size(0), QSIZE, "the old valid size stays");
 }
 
 #[test]
