@@ -1,23 +1,12 @@
-//! `isolab`: the lab's command line. A thin clap front over the library
-//! crates; every error becomes one sentence that names the thing and the fix.
+//! `isolab`: the lab's command line. A thin clap front over `isolab-lab`:
+//! argument types, printing and exit codes; every error becomes one
+//! sentence that names the thing and the fix.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod bench;
-mod containers;
-mod doctor;
-mod host;
-mod peers;
-mod probes_cmd;
-mod report;
-mod selfprotect;
-mod vms;
-
-/// The static `isolab-agent`, embedded so the image the lab builds always
-/// carries exactly the bytes this `isolab` was built with.
-pub static AGENT: &[u8] = include_bytes!(env!("ISOLAB_AGENT_PATH"));
+use isolab_lab::{backend, bench, doctor, images, instances, probes, report, selfprotect};
+use isolab_lab::{Attach, Guest, Home, InstanceSpec, VmSpec};
 
 #[derive(Parser)]
 #[command(
@@ -90,7 +79,7 @@ enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Measure backends side by side (interleaved) and write a run directory.
-    Bench(bench::BenchArgs),
+    Bench(BenchArgs),
     /// Run the isolation probes on every available backend, side by side.
     Probes {
         /// Print the matrix as JSON.
@@ -117,7 +106,7 @@ enum Command {
     /// The lab's main job: doctor, bench, report and book, in one go.
     Lab {
         #[command(flatten)]
-        bench: bench::BenchArgs,
+        bench: BenchArgs,
         #[arg(long, default_value = "book")]
         book_dir: PathBuf,
     },
@@ -152,27 +141,31 @@ enum ImageCommand {
     Rm { name: String },
 }
 
-/// Which engine runs the instance.
+/// The backends' names, for clap (from the lab's registry).
+fn backend_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        backend::registry()
+            .iter()
+            .map(|b| clap::builder::PossibleValue::new(b.name()).help(b.about())),
+    )
+}
+
+/// Which guest a VM backend boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// isolab's own namespace container runtime.
-    Container,
-    /// crun from an OCI bundle the lab writes.
-    Crun,
-    /// runc from an OCI bundle the lab writes.
-    Runc,
-    /// isolab's own KVM microVM monitor.
-    Microvm,
-    /// qemu-system-x86_64 -M microvm.
-    Qemu,
+enum GuestArg {
+    /// The lab's bare 64-bit guest: no OS at all.
+    Bare,
+    /// A Linux kernel with the agent as /init.
+    Linux,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value = "container")]
-    backend: Backend,
+    /// Which engine runs the instance.
+    #[arg(long, default_value = "container", value_parser = backend_names())]
+    backend: String,
     /// Image to run.
-    #[arg(long, default_value = containers::DEFAULT_IMAGE)]
+    #[arg(long, default_value = images::DEFAULT_IMAGE)]
     image: String,
     /// Scenario for the agent (ignored when a command is given).
     #[arg(long, default_value = "startup")]
@@ -221,7 +214,7 @@ struct RunArgs {
     no_seccomp: bool,
     /// Guest for the VM backends.
     #[arg(long, value_enum, default_value = "bare")]
-    guest: vms::Guest,
+    guest: GuestArg,
     /// Guest memory for the VM backends, in MiB (default 64 bare, 256 Linux).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1048576))]
     mem: Option<u64>,
@@ -295,6 +288,53 @@ fn parse_cpus(s: &str) -> Result<f64, String> {
     }
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Backends to compare (default: every available one).
+    #[arg(long, value_delimiter = ',', value_parser = backend_names())]
+    backends: Vec<String>,
+    /// Scenarios to run (default: the catalog's bench set).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Measured repetitions per backend and scenario.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    repetitions: u32,
+    /// Warm-up repetitions (not recorded).
+    #[arg(long, default_value_t = 3)]
+    warmup: u32,
+    /// Where run directories go.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Image to run.
+    #[arg(long, default_value = images::DEFAULT_IMAGE)]
+    image: String,
+    /// A TOML file with the matrix (keys: backends, scenarios,
+    /// repetitions, warmup, image); its keys replace the flags' values.
+    #[arg(long, value_name = "FILE.toml")]
+    matrix: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn options(self) -> anyhow::Result<bench::BenchOptions> {
+        let mut o = bench::BenchOptions {
+            backends: self.backends,
+            scenarios: if self.scenarios.is_empty() {
+                bench::default_scenarios()
+            } else {
+                self.scenarios
+            },
+            repetitions: self.repetitions,
+            warmup: self.warmup,
+            results: self.results,
+            image: self.image,
+        };
+        if let Some(m) = &self.matrix {
+            o.apply_matrix(m)?;
+        }
+        Ok(o)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.verbose {
@@ -319,7 +359,12 @@ fn main() -> ExitCode {
     }
 }
 
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::new(cli.home);
     match cli.command {
         Command::Doctor {
             json,
@@ -329,7 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = doctor::examine(&doctor::Options {
                 boot_dir,
                 kvm_device,
-                state_dir: cli.home.clone(),
+                state_dir: home.root().to_path_buf(),
             });
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -342,53 +387,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Run(args) => run_cmd(&cli.home, *args),
+        Command::Run(args) => run_cmd(&home, *args),
         Command::Ps { all } => {
-            print!("{}", containers::ps(&cli.home, all));
+            print!("{}", instances::ps(&home, all));
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { container, follow } => {
-            containers::logs(&cli.home, &container, follow).map(|_| ExitCode::SUCCESS)
+            instances::logs(&home, &container, follow, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stop { container, time } => {
-            containers::stop(&cli.home, &container, time).map(|_| ExitCode::SUCCESS)
+            instances::stop(&home, &container, time).map(|_| ExitCode::SUCCESS)
         }
         Command::Rm { container, force } => {
-            containers::rm(&cli.home, &container, force).map(|_| ExitCode::SUCCESS)
+            instances::rm(&home, &container, force).map(|_| ExitCode::SUCCESS)
         }
         Command::Prune => {
             require_root("prune")?;
-            for line in containers::prune(&cli.home)? {
+            for line in isolab_lab::run::prune(&home)? {
                 println!("removed {line}");
-            }
-            let (files, bytes) = vms::prune_cache(&cli.home);
-            if files > 0 {
-                println!(
-                    "removed {files} cached file(s) in {} ({} KiB; rebuilt when needed)",
-                    cli.home.join("cache").display(),
-                    bytes / 1024
-                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image(cmd) => image_cmd(&cli.home, cmd),
+        Command::Image(cmd) => image_cmd(&home, cmd),
         Command::Bench(args) => {
             if nix::unistd::geteuid().is_root() {
                 selfprotect::ensure_sealed()?;
             }
-            bench::run(&cli.home, args).map(|(code, _)| code)
+            let (ok, _) = bench::run(&home, args.options()?)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Probes { json } => {
             require_root("the probes")?;
             selfprotect::ensure_sealed()?;
-            let cols = probes_cmd::run_all(&cli.home);
+            let cols = probes::run_all(&home);
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&probes_cmd::to_json(&cols))?
-                );
+                println!("{}", serde_json::to_string_pretty(&probes::to_json(&cols))?);
             } else {
-                print!("{}", probes_cmd::render(&cols));
+                print!("{}", probes::render(&cols));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -414,59 +454,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Compare { run_a, run_b } => {
             let (a, b) = (report::load_run(&run_a)?, report::load_run(&run_b)?);
-            let changes = report::compare(&a.samples, &b.samples);
-            let mut flagged = 0;
-            println!(
-                "{:<10} {:<32} {:<10} {:>12} {:>12} {:>8}  95% CI",
-                "scenario", "metric", "backend", "median A", "median B", "B/A"
-            );
-            for ch in &changes {
-                if ch.significant {
-                    flagged += 1;
-                }
-                println!(
-                    "{:<10} {:<32} {:<10} {:>12.1} {:>12.1} {:>8.3}  [{:.3}, {:.3}]{}",
-                    ch.key.0,
-                    ch.key.1,
-                    ch.key.2,
-                    ch.median_a,
-                    ch.median_b,
-                    ch.ratio,
-                    ch.ci.0,
-                    ch.ci.1,
-                    if ch.significant { "  SIGNIFICANT" } else { "" }
-                );
-            }
-            println!(
-                "{flagged} significant change(s) of {} compared figures",
-                changes.len()
+            print!(
+                "{}",
+                report::compare::render(&report::compare(&a.samples, &b.samples))
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab { bench, book_dir } => {
             require_root("the lab")?;
             selfprotect::ensure_sealed()?;
-            let (code, dir) = bench::run(&cli.home, bench)?;
+            let (ok, dir) = bench::run(&home, bench.options()?)?;
             // The probe matrix joins the run's samples.
-            let run = report::load_run(&dir)?;
-            let cols = probes_cmd::run_all(&cli.home);
-            {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(dir.join("samples.csv"))?;
-                let mut w = csv::WriterBuilder::new()
-                    .has_headers(false)
-                    .from_writer(&mut f);
-                for s in
-                    probes_cmd::samples(&cols, &run.manifest.run_id, &run.manifest.host.host_id)
-                {
-                    w.serialize(&s)?;
-                }
-                w.flush()?;
-                drop(w);
-                f.flush()?;
-            }
+            probes::append_to_run(&dir, &probes::run_all(&home))?;
             let r = report::load_run(&dir)?;
             report::generate(&r, &book_dir.join("src/generated"))?;
             let html = report::build_book(&book_dir)?;
@@ -475,7 +474,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir.display(),
                 html.join("index.html").display()
             );
-            Ok(code)
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Agent { write } => {
             use std::io::Write;
@@ -491,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         write.display()
                     )
                 })?;
-            f.write_all(AGENT)?;
+            f.write_all(images::AGENT)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -504,11 +507,10 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let store = isolab_runtime::image::Store::new(home);
+fn image_cmd(home: &Home, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Build => {
-            let img = containers::build_default_image(home)?;
+            let img = images::build_default(home)?;
             println!("built image {} ({} layers)", img.name, img.layers.len());
         }
         ImageCommand::Import {
@@ -516,160 +518,105 @@ fn image_cmd(home: &std::path::Path, cmd: ImageCommand) -> anyhow::Result<ExitCo
             layers,
             entrypoint,
         } => {
-            let img = store.import(
-                &name,
-                &layers,
-                isolab_runtime::image::ImageConfig {
-                    entrypoint: vec![entrypoint],
-                    env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into()],
-                    cwd: "/".into(),
-                    labels: Default::default(),
-                },
-            )?;
+            let img = images::import(home, &name, &layers, &entrypoint)?;
             println!("imported image {} ({} layers)", img.name, img.layers.len());
         }
-        ImageCommand::Disk => {
-            println!("{}", vms::image_disk(home)?.display());
-        }
+        ImageCommand::Disk => println!("{}", images::image_disk(home)?.display()),
         ImageCommand::Ls => {
-            for n in store.list() {
+            for n in home.store().list() {
                 println!("{n}");
             }
         }
-        ImageCommand::Rm { name } => store.remove(&name)?,
+        ImageCommand::Rm { name } => home.store().remove(&name)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_cmd(home: &std::path::Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    if a.backend == Backend::Container && nix::unistd::geteuid().is_root() {
-        // Before the launch mark: a one-time cost per isolab process.
+impl RunArgs {
+    /// The instance this command line asks for.
+    fn spec(&self) -> anyhow::Result<InstanceSpec> {
+        let volumes = self
+            .volumes
+            .iter()
+            .map(|v| isolab_runtime::container::Volume::parse(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(InstanceSpec {
+            image: self.image.clone(),
+            scenario: self.scenario.clone(),
+            params: self.params.clone(),
+            command: self.command.clone(),
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            limits: isolab_runtime::cgroups::Limits {
+                memory_bytes: self.memory,
+                pids: self.pids,
+                cpus: self.cpus,
+            },
+            userns: self.userns,
+            seccomp: !self.no_seccomp,
+            volumes,
+            vm: VmSpec {
+                guest: Some(match self.guest {
+                    GuestArg::Bare => Guest::Bare,
+                    GuestArg::Linux => Guest::Linux,
+                }),
+                mem_mib: self.mem,
+                vcpus: self.vcpus,
+                timeout: self
+                    .timeout
+                    .map(|t| {
+                        std::time::Duration::try_from_secs_f64(t).map_err(|_| {
+                            anyhow::anyhow!(
+                                "--timeout {t} is out of range: use 0 < seconds <= 3600"
+                            )
+                        })
+                    })
+                    .transpose()?,
+                kernel: self.kernel.clone(),
+                disks: self.disks.clone(),
+                pvh: self.pvh,
+            },
+            launch_ns: isolab_lab::run::launch_from_env(),
+            ..Default::default()
+        })
+    }
+
+    fn attach(&self) -> Attach {
+        if self.detach {
+            Attach::Detached
+        } else if self.json {
+            Attach::Captured
+        } else {
+            Attach::Terminal {
+                tty: self.tty,
+                interactive: self.interactive,
+            }
+        }
+    }
+}
+
+fn run_cmd(home: &Home, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let backend = backend::find(&a.backend)?;
+    let spec = a.spec()?;
+    if backend.runs_in_process() && nix::unistd::geteuid().is_root() {
+        // Before anything of the instance exists: a one-time cost per
+        // isolab process (CVE-2019-5736).
         selfprotect::ensure_sealed()?;
     }
-    // A harness that spawned this process passes its own launch instant.
-    let launch = std::env::var("ISOLAB_LAUNCH_NS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(isolab_runtime::container::monotonic_ns);
-    let limits = isolab_runtime::cgroups::Limits {
-        memory_bytes: a.memory,
-        pids: a.pids,
-        cpus: a.cpus,
-    };
-    let volumes = a
-        .volumes
-        .iter()
-        .map(|v| isolab_runtime::container::Volume::parse(v))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    if !volumes.is_empty() && matches!(a.backend, Backend::Microvm | Backend::Qemu) {
-        anyhow::bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
-    }
-    if a.pvh && a.backend != Backend::Microvm {
-        anyhow::bail!("--pvh picks our monitor's boot entry: use it with --backend microvm (QEMU's microvm always boots the bare guest through PVH)");
-    }
-    if !a.disks.is_empty() && a.backend != Backend::Microvm {
-        anyhow::bail!(
-            "--disk attaches a virtio disk to our microVM: use it with --backend microvm"
-        );
-    }
-    let report = match a.backend {
-        Backend::Container => {
-            require_root("the container backend")?;
-            let opts = containers::RunOptions {
-                image: a.image.clone(),
-                scenario: a.scenario.clone(),
-                params: a.params.clone(),
-                command: a.command.clone(),
-                name: a.name.clone(),
-                hostname: a.hostname.clone(),
-                env: a.env.clone(),
-                workdir: a.workdir.clone(),
-                limits,
-                userns: a.userns,
-                seccomp: !a.no_seccomp,
-                volumes: volumes.clone(),
-            };
-            if a.detach {
-                println!("{}", containers::run_detached(home, &opts)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !a.json {
-                let code = containers::run_foreground(home, &opts, a.tty)?;
-                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
-            }
-            containers::run_captured(home, &opts, launch)?.0
+    match isolab_lab::run::run(home, backend, &spec, a.attach())? {
+        isolab_lab::run::Ran::Report(r) => {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(code(r.exit_code))
         }
-        Backend::Crun | Backend::Runc => {
-            require_root("the crun/runc peers")?;
-            if a.detach || a.tty || !a.command.is_empty() {
-                anyhow::bail!("the crun/runc peers run the agent's scenarios only: drop -d/-t and the command");
-            }
-            let peer = if a.backend == Backend::Crun {
-                peers::Peer::Crun
-            } else {
-                peers::Peer::Runc
-            };
-            let (report, output) = peers::run(
-                home,
-                peer,
-                &a.image,
-                &a.scenario,
-                &a.params,
-                &limits,
-                &volumes,
-            )?;
-            if !a.json {
-                print!("{output}");
-                return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));
-            }
-            report
+        isolab_lab::run::Ran::Exited(c) => Ok(code(c)),
+        isolab_lab::run::Ran::Detached(id) => {
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
         }
-        Backend::Microvm | Backend::Qemu => {
-            if a.detach || !a.command.is_empty() || (a.tty && a.backend == Backend::Qemu) {
-                anyhow::bail!("the VM backends run scenarios only (and -it only with --backend microvm): drop -d and the command");
-            }
-            let linux = a.guest == vms::Guest::Linux;
-            let timeout = a.timeout.unwrap_or(if a.tty {
-                3600.0
-            } else if linux {
-                120.0
-            } else {
-                10.0
-            });
-            if !(timeout > 0.0 && timeout <= 3600.0) {
-                anyhow::bail!("--timeout {timeout} is out of range: use 0 < seconds <= 3600");
-            }
-            let opts = vms::VmOptions {
-                guest: a.guest,
-                scenario: a.scenario.clone(),
-                params: a.params.clone(),
-                mem_mib: a.mem.unwrap_or(if linux { 256 } else { 64 }),
-                vcpus: a.vcpus,
-                timeout: std::time::Duration::from_secs_f64(timeout),
-                kernel: a.kernel.clone(),
-                echo: !a.json,
-                home: Some(home.to_path_buf()),
-                interactive: a.interactive && a.tty,
-                disks: a.disks.clone(),
-                pvh: a.pvh,
-            };
-            let (report, serial) = if a.backend == Backend::Microvm {
-                vms::run_microvm(&opts)?
-            } else {
-                vms::run_qemu(home, &opts)?
-            };
-            if !a.json {
-                if a.backend == Backend::Qemu {
-                    print!("{serial}");
-                }
-                return Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8));
-            }
-            report
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8))
+    }
 }
 
 #[cfg(test)]

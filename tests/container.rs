@@ -347,6 +347,14 @@ fn sigkill_mid_run_leaves_nothing_prune_cannot_clean() {
         return;
     }
     let home = home();
+    // The image first: building it (debug build, a loaded host) must not
+    // eat the time the test waits for the instance to run.
+    let o = isolab()
+        .args(["image", "build"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     let mut child = isolab()
         .args(["run", "--scenario", "idle", "--param", "hold_ms=20000"])
         .env("ISOLAB_HOME", home.path())

@@ -13,8 +13,16 @@ fn vm_json(args: &[&str]) -> (Option<Value>, std::process::Output) {
     (serde_json::from_slice(&out.stdout).ok(), out)
 }
 
+/// `isolab-vmm`, which cargo builds next to `isolab` (it is the monitor
+/// crate's binary; `microvm/tests` makes `cargo test` build it).
 fn vmm() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_isolab-vmm"))
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_isolab")).with_file_name("isolab-vmm");
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace`",
+        p.display()
+    );
+    std::process::Command::new(p)
 }
 
 #[test]

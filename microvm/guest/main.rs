@@ -19,12 +19,10 @@
 
 use core::arch::{asm, global_asm};
 
-#[path = "../../scenarios/src/kernels.rs"]
-#[allow(dead_code)]
-mod kernels;
-#[path = "../src/ports.rs"]
-#[allow(dead_code)]
-mod ports;
+// Ports, compute kernels and the scenario catalog: the `isolab-abi`
+// crate, built by build.rs as an rlib with this guest's own flags.
+use isolab_abi::catalog::name as sc;
+use isolab_abi::{kernels, ports};
 
 const STACK_SIZE: usize = 64 * 1024;
 #[no_mangle]
@@ -382,15 +380,15 @@ extern "C" fn workload(_: u64) -> ! {
     let ring: u64;
     // SAFETY: reading CS has no side effects.
     unsafe { asm!("mov {0:r}, cs", out(reg) ring, options(nomem, nostack, preserves_flags)) };
-    let scenario = arg(params.cmdline, b"isolab.scenario").unwrap_or(b"startup");
+    let scenario = arg(params.cmdline, b"isolab.scenario").unwrap_or(sc::STARTUP.as_bytes());
     mark(ports::MARK_READY);
     let mut ok = true;
     put("@isolab {\"v\":1,\"scenario\":");
     json_str(scenario);
     put(",\"data\":{");
-    match scenario {
-        b"startup" => {}
-        b"cpu" => {
+    match core::str::from_utf8(scenario).unwrap_or("") {
+        sc::STARTUP => {}
+        sc::CPU => {
             let blocks = arg_u64(params.cmdline, b"isolab.blocks", kernels::CPU_CHECK_BLOCKS * 100);
             mark(ports::MARK_WORK_START);
             let sum = kernels::cpu_work(blocks);
@@ -401,7 +399,7 @@ extern "C" fn workload(_: u64) -> ! {
             put_u64(blocks);
             put(",");
         }
-        b"memory" => {
+        sc::MEMORY => {
             let mib = arg_u64(params.cmdline, b"isolab.mib", 16);
             let base: u64 = 32 << 20;
             let end = base + (mib << 20);
@@ -425,7 +423,7 @@ extern "C" fn workload(_: u64) -> ! {
                 put(",");
             }
         }
-        b"spin" => {
+        sc::SPIN => {
             let n = arg_u64(params.cmdline, b"isolab.n", 1000);
             let mem = arg_u64(params.cmdline, b"isolab.mem", 0);
             mark(ports::MARK_WORK_START);
@@ -445,7 +443,7 @@ extern "C" fn workload(_: u64) -> ! {
         }
         // Reads a line from the serial port (polling the data-ready bit)
         // and reports it: the serial input path, end to end.
-        b"echo-input" => {
+        sc::ECHO_INPUT => {
             let mut line = [0u8; 64];
             let mut n = 0;
             while n < line.len() {
@@ -468,13 +466,13 @@ extern "C" fn workload(_: u64) -> ! {
             put(",");
         }
         // Misbehaviour on purpose, for the monitor's tests.
-        b"hang" => loop {
+        sc::HANG => loop {
             core::hint::spin_loop();
         },
-        b"flood" => loop {
+        sc::FLOOD => loop {
             put("flood flood flood flood flood flood flood flood flood flood\n");
         },
-        b"unknown-io" => {
+        sc::UNKNOWN_IO => {
             outb(0x1234, 0xab);
             let _ = inb(0x1235);
             // SAFETY: an address below 1 GiB (mapped) but above guest RAM, with no
@@ -488,13 +486,13 @@ extern "C" fn workload(_: u64) -> ! {
                 put(",");
             }
         }
-        b"fault" => {
+        sc::FAULT => {
             // Ring 3 with no IDT: the #UD cannot be delivered, the VM shuts
             // down (a triple fault on hardware; under PVM, any fault).
             // SAFETY: deliberately undefined instruction.
             unsafe { asm!("ud2", options(nomem, nostack)) };
         }
-        b"exit-cost" => {
+        sc::EXIT_COST => {
             let n = arg_u64(params.cmdline, b"isolab.exits", 10_000);
             mark(ports::MARK_WORK_START);
             for _ in 0..n {
@@ -508,7 +506,7 @@ extern "C" fn workload(_: u64) -> ! {
         // Reads its virtio-blk disk end to end (or `isolab.kib`) by
         // polling, as a driver with no interrupts must: the monitor's
         // device model, exercised by a guest.
-        b"disk-read" => match disk_scenario(params.cmdline) {
+        sc::DISK_READ => match disk_scenario(params.cmdline) {
             Ok(()) => {}
             Err(e) => {
                 ok = false;

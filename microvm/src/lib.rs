@@ -9,9 +9,11 @@
 pub mod arch;
 pub mod devices;
 pub mod kernel;
-pub mod ports;
 pub mod vcpu;
 pub mod vmm;
+
+/// The lab's ports, shared with the guests (see `isolab-abi`).
+pub use isolab_abi::ports;
 
 /// The bare lab guest ELF, built from `guest/main.rs` by `build.rs`.
 pub static BARE_GUEST: &[u8] = include_bytes!(env!("ISOLAB_GUEST_ELF"));

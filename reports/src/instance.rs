@@ -10,6 +10,20 @@ pub struct Mark {
     pub ns: u64,
 }
 
+impl Mark {
+    pub fn new(name: &str, ns: u64) -> Mark {
+        Mark {
+            name: name.into(),
+            ns,
+        }
+    }
+
+    /// The instant of the first mark called `name`.
+    pub fn find(marks: &[Mark], name: &str) -> Option<u64> {
+        marks.iter().find(|m| m.name == name).map(|m| m.ns)
+    }
+}
+
 /// One instance's run, as reported by `isolab run --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceReport {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
+use isolab_scenarios::catalog::{self, name as sc};
 use isolab_scenarios::protocol::{ResultLine, HOLD_LINE};
 use isolab_scenarios::{kernels, workloads};
 
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         println!("isolab-agent {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let mut scenario = "startup".to_owned();
+    let mut scenario = sc::STARTUP.to_owned();
     let mut params = BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -83,9 +84,9 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
     let mut r = ResultLine::new(scenario);
     r.mark("ready", ready);
     match scenario {
-        "startup" => {}
-        "idle" => hold(param(&params, "hold_ms", 500)),
-        "cpu" => {
+        sc::STARTUP => {}
+        sc::IDLE => hold(param(&params, "hold_ms", 500)),
+        sc::CPU => {
             let blocks = param(&params, "blocks", kernels::CPU_CHECK_BLOCKS * 100);
             let t0 = monotonic_ns();
             let sum = kernels::cpu_work(blocks);
@@ -97,7 +98,7 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
             );
             r.data = serde_json::json!({ "checksum": format!("{sum:016x}"), "blocks": blocks });
         }
-        "memory" => {
+        sc::MEMORY => {
             let mib = param(&params, "mib", 64) as usize;
             let t0 = monotonic_ns();
             // A zeroed allocation this large is fresh anonymous memory
@@ -122,14 +123,15 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
             hold(param(&params, "hold_ms", 0));
             std::hint::black_box(&v);
         }
-        "inspect" => r.data = isolab_scenarios::inspect::inspect(),
-        "syscall" => r
-            .metrics
-            .extend(workloads::syscall(param(&params, "iterations", 1_000_000))),
-        "fork-exec" => r
+        sc::INSPECT => r.data = isolab_scenarios::inspect::inspect(),
+        sc::SYSCALL => {
+            r.metrics
+                .extend(workloads::syscall(param(&params, "iterations", 1_000_000)))
+        }
+        sc::FORK_EXEC => r
             .metrics
             .extend(workloads::fork_exec(param(&params, "iterations", 50))),
-        "file-io" => match workloads::file_io(param(&params, "mib", 64)) {
+        sc::FILE_IO => match workloads::file_io(param(&params, "mib", 64)) {
             Ok((metrics, fs)) => {
                 r.metrics.extend(metrics);
                 r.data = serde_json::json!({ "tmp_fs": fs });
@@ -139,7 +141,7 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
                 r.error = Some(format!("file-io: {e}"));
             }
         },
-        "net-loopback" => match workloads::net_loopback(
+        sc::NET_LOOPBACK => match workloads::net_loopback(
             param(&params, "round_trips", 2000),
             param(&params, "mib", 64),
         ) {
@@ -151,7 +153,7 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
         },
         // A Linux microVM's virtio disk, read raw (the bare guest reads
         // the same disk the same way).
-        "disk-read" => {
+        sc::DISK_READ => {
             let dev = params
                 .get("device")
                 .cloned()
@@ -172,7 +174,7 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
                 }
             }
         }
-        "probes" => {
+        sc::PROBES => {
             let host: BTreeMap<String, String> = params
                 .iter()
                 .filter(|(k, _)| k.starts_with("host_"))
@@ -183,16 +185,17 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
         }
         other => {
             r.ok = false;
-            r.error = Some(format!("unknown scenario {other:?}"));
+            r.error = Some(match catalog::find(other) {
+                Some(_) => format!("the {other} scenario runs in the bare guest only"),
+                None => format!("unknown scenario {other:?}"),
+            });
         }
     }
     r
 }
 
-// The lab's ports, from the same file the monitor and the bare guest use.
-#[path = "../../../microvm/src/ports.rs"]
-#[allow(dead_code)]
-mod ports;
+// The lab's ports, from the crate the monitor and the bare guest use.
+use isolab_abi::ports;
 
 /// The agent as a Linux microVM's `/init` (the kernel runs it as pid 1
 /// with argv[0] = "/init" and no arguments).
@@ -201,6 +204,7 @@ mod vm_init {
     use std::process::ExitCode;
 
     use super::ports::{EXIT_PORT, MARK_AGENT_READY, MARK_PORT};
+    use super::sc;
 
     fn outb(port: u16, v: u8) {
         // SAFETY: the port range was granted with ioperm; a port write is
@@ -268,7 +272,7 @@ mod vm_init {
         mount(c"devtmpfs", c"/dev", c"devtmpfs");
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let modules = load_modules(&cmdline);
-        let mut scenario = "startup".to_owned();
+        let mut scenario = sc::STARTUP.to_owned();
         let mut params = BTreeMap::new();
         for w in cmdline.split_whitespace() {
             if let Some((k, v)) = w.strip_prefix("isolab.").and_then(|kv| kv.split_once('=')) {
@@ -279,7 +283,7 @@ mod vm_init {
                 }
             }
         }
-        if scenario == "disk-read" {
+        if scenario == sc::DISK_READ {
             // The disk's node appears when the driver has probed the
             // device, which devtmpfs does in the background: give it a
             // moment rather than fail on a race. (Only here: in a

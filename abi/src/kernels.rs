@@ -1,7 +1,7 @@
 //! Compute kernels shared by the Linux agent and the bare lab guest.
 //!
-//! This file must build with `core` alone: the bare guest includes it with
-//! `#[path]`. No allocation, no floating point, no std.
+//! This module must build with `core` alone: the bare guest links it.
+//! No allocation, no floating point, no std.
 
 /// SHA-256 round constants (FIPS 180-4 §4.2.2).
 const K: [u32; 64] = [

@@ -285,9 +285,121 @@ pub fn free_disk_bytes(p: &Path) -> Option<(PathBuf, u64)> {
     }
 }
 
+/// The peers' programs, by the name results give them.
+pub const PEER_PROGRAMS: [(&str, &str); 3] = [
+    ("crun", "crun"),
+    ("runc", "runc"),
+    ("qemu", "qemu-system-x86_64"),
+];
+
+/// Host metadata for the manifest.
+pub fn host_info() -> isolab_reports::HostInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let flavour = kvm_flavour_here();
+    let mut peers = std::collections::BTreeMap::new();
+    for (n, p) in PEER_PROGRAMS {
+        if let Some((_, v)) = peer_version(p) {
+            peers.insert(n.to_owned(), v);
+        }
+    }
+    let model = cpu_model(&cpuinfo);
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let hostname = read_trim("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host_id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (machine_id.trim(), &model, &hostname).hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    isolab_reports::HostInfo {
+        host_id,
+        hostname,
+        cpu_model: model,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        memory_bytes: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0) * 1024,
+        kernel: kernel_release(),
+        kvm_flavour: flavour.as_str().into(),
+        nested: is_nested(&cpuinfo),
+        cgroup_mode: isolab_runtime::cgroups::CgroupLayout::detect()
+            .map(|l| l.mode.as_str().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        peers,
+    }
+}
+
+/// Makes a name safe to print in one line: control characters (a
+/// terminal's escape sequences, newlines) become `\u{..}` escapes.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// This host's KVM flavour (as `doctor` reports it).
+pub fn kvm_flavour_here() -> KvmFlavour {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    kvm_flavour(
+        Path::new("/dev/kvm").exists(),
+        &cpuinfo,
+        Path::new("/sys/module/kvm_pvm").exists(),
+    )
+}
+
+/// True when the ELF at `p` has no program interpreter (statically linked).
+pub fn is_static(p: &Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| elf_is_static(&b))
+}
+
+/// An ELF64 with no PT_INTERP and no PT_DYNAMIC needing libraries is static
+/// (static-pie keeps a PT_DYNAMIC for self-relocation but no PT_INTERP).
+pub fn elf_is_static(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if b.len() < 64 || !b.starts_with(b"\x7fELF") || b[4] != 2 {
+        return false;
+    }
+    let rd16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or_default()) as usize;
+    let (phentsize, phnum) = (rd16(54), rd16(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()) != PT_INTERP)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\u{a}");
+        assert_eq!(printable("plain-name"), "plain-name");
+    }
+
+    #[test]
+    fn static_detection_on_made_up_headers() {
+        let mut b = vec![0u8; 64 + 56 * 2];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        b[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        assert!(elf_is_static(&b));
+        b[120..124].copy_from_slice(&3u32.to_le_bytes()); // PT_INTERP
+        assert!(!elf_is_static(&b));
+        assert!(!elf_is_static(b"#!/bin/sh"));
+    }
 
     #[test]
     fn flavours() {

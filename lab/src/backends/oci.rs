@@ -18,43 +18,88 @@
 //! cost of the two extra mounts is part of crun's measured time.
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::{CgroupLayout, CgroupMode, Limits, PARENT};
-use isolab_runtime::container::{monotonic_ns, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
-use isolab_runtime::image::Store;
+use isolab_runtime::container::{DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 use isolab_runtime::seccomp::BLOCKED;
 use isolab_scenarios::protocol::{self, HOLD_LINE};
 
-/// A container peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    Crun,
-    Runc,
+use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
+use crate::clock::monotonic_ns;
+use crate::home::Home;
+
+/// An OCI runtime peer: the same image and agent from a bundle the lab
+/// writes, run by the program of that name.
+pub struct OciPeer {
+    name: &'static str,
+    /// crun 1.8 needs the hybrid cgroup layout hidden (see above).
+    hide_unified_on_hybrid: bool,
 }
 
-impl Peer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Peer::Crun => "crun",
-            Peer::Runc => "runc",
+pub static CRUN: OciPeer = OciPeer {
+    name: "crun",
+    hide_unified_on_hybrid: true,
+};
+pub static RUNC: OciPeer = OciPeer {
+    name: "runc",
+    hide_unified_on_hybrid: false,
+};
+
+impl OciPeer {
+    pub fn program(&self) -> Option<PathBuf> {
+        crate::host::which(self.name)
+    }
+}
+
+impl Backend for OciPeer {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn about(&self) -> &'static str {
+        if self.hide_unified_on_hybrid {
+            "crun, from an OCI bundle the lab writes"
+        } else {
+            "runc, from an OCI bundle the lab writes"
         }
     }
-    pub fn program(self) -> Option<PathBuf> {
-        crate::host::which(self.name())
+    fn kind(&self) -> Kind {
+        Kind::Container
     }
-    /// The sentence printed when the peer is missing.
-    pub fn skipped(self) -> String {
-        format!(
-            "{} is not installed: skipped (install it with `apt-get install {}`)",
-            self.name(),
-            self.name()
-        )
+    fn baseline(&self) -> Option<&'static str> {
+        Some("container")
+    }
+    fn available(&self) -> Result<(), Unavailable> {
+        if self.program().is_none() {
+            return Err(Unavailable {
+                reason: format!("{} is not installed", self.name),
+                install: Some(format!("apt-get install {}", self.name)),
+            });
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Unavailable {
+                reason: format!("the {} peer needs root here: run it with sudo", self.name),
+                install: None,
+            });
+        }
+        Ok(())
+    }
+    fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
+        crate::backends::refuse_vm_options(self.name, spec)?;
+        if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
+            bail!("the crun/runc peers run the agent's scenarios only: drop -t and the command");
+        }
+        Ok(())
+    }
+    fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
+        run(home, self, spec)
+    }
+    fn prune(&self, home: &Home) -> Vec<String> {
+        prune(home, self.name)
     }
 }
 
@@ -139,25 +184,24 @@ fn cgroup_memory_dir(layout: &CgroupLayout, id: &str) -> Option<PathBuf> {
 }
 
 /// Runs the agent once under a peer, foreground, output captured.
-pub fn run(
-    home: &Path,
-    peer: Peer,
-    image: &str,
-    scenario: &str,
-    params: &[String],
-    limits: &Limits,
-    volumes: &[isolab_runtime::container::Volume],
-) -> Result<(InstanceReport, String)> {
-    let program = peer.program().ok_or_else(|| anyhow!(peer.skipped()))?;
-    let layout = crate::containers::layout()?;
-    let img = crate::containers::open_image(home, image)?;
-    let lowers: Vec<String> = Store::new(home)
+fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
+    let program = peer.program().ok_or_else(|| {
+        anyhow!(peer
+            .available()
+            .err()
+            .map(|u| u.to_string())
+            .unwrap_or_default())
+    })?;
+    let layout = crate::backends::container::layout()?;
+    let img = crate::images::open(home, &spec.image)?;
+    let lowers: Vec<String> = home
+        .store()
         .lower_dirs(&img)
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    let id = format!("isolab-{}-{}", peer.name(), crate::containers::new_id());
-    let dir = home.join("peers").join(&id);
+    let id = format!("isolab-{}-{}", peer.name, crate::instances::new_id());
+    let dir = home.peer_bundle(&id);
     let rootfs = dir.join("rootfs");
     for sub in ["rootfs", "upper", "work"] {
         fs::create_dir_all(dir.join(sub))?;
@@ -169,22 +213,20 @@ pub fn run(
         dir.join("work").display()
     ))?;
     let rootfs_c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())?;
-    let state_root = home.join("peers").join(format!("{}-state", peer.name()));
+    let state_root = home.peer_state_root(peer.name);
     fs::create_dir_all(&state_root)?;
-    let mut args = vec![
-        "/isolab-agent".to_owned(),
-        "--scenario".into(),
-        scenario.to_owned(),
-    ];
-    for p in params {
-        args.push("--param".into());
-        args.push(p.clone());
-    }
+    let args = crate::instances::describe(spec);
     fs::write(
         dir.join("config.json"),
-        serde_json::to_vec_pretty(&oci_config(&rootfs, &id, &args, limits, volumes))?,
+        serde_json::to_vec_pretty(&oci_config(
+            &rootfs,
+            &id,
+            &args,
+            &spec.limits,
+            &spec.volumes,
+        ))?,
     )?;
-    let hide_unified = peer == Peer::Crun && layout.mode == CgroupMode::Hybrid;
+    let hide_unified = peer.hide_unified_on_hybrid && layout.mode == CgroupMode::Hybrid;
     let unified = layout
         .v2_mount
         .clone()
@@ -243,15 +285,19 @@ pub fn run(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
+    if let Some(hook) = &spec.on_spawn {
+        hook(child.id() as i32);
+    }
+    // stderr is drained on its own thread, so neither pipe can fill up.
+    let stderr_reader = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || crate::capture::read_all(e)));
     let mut memory = BTreeMap::new();
     let mut output = String::new();
-    let mut ready_seen = None;
     if let Some(out) = child.stdout.take() {
-        let mut reader = BufReader::new(out);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            let now = monotonic_ns();
-            if line.trim_end() == HOLD_LINE {
+        output = crate::capture::read_lines(out, |line| {
+            if line == HOLD_LINE {
                 if let Some(dir) = cgroup_memory_dir(&layout, &id) {
                     let file = if layout.mode == CgroupMode::V2 {
                         "memory.current"
@@ -269,48 +315,29 @@ pub fn run(
                     }
                 }
             }
-            if line.starts_with(protocol::RESULT_PREFIX) && ready_seen.is_none() {
-                ready_seen = Some(now);
-            }
-            output.push_str(&line);
-            line.clear();
-        }
+        });
     }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = stderr_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
     let _ = fs::remove_dir_all(&dir);
     let _ = fs::remove_dir_all(state_root.join(&id));
-    let res = protocol::parse_output(peer.name(), &format!("{output}{stderr}"))
+    let res = protocol::parse_output(peer.name, &format!("{output}{stderr}"))
         .map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![
-        Mark {
-            name: "launch".into(),
-            ns: launch,
-        },
-        Mark {
-            name: "exit".into(),
-            ns: exit_ns,
-        },
-    ];
+    let mut marks = vec![Mark::new("launch", launch), Mark::new("exit", exit_ns)];
     if let Some(r) = res.marks.iter().find(|m| m.name == "ready") {
-        marks.push(Mark {
-            name: "ready".into(),
-            ns: r.ns,
-        });
+        marks.push(Mark::new("ready", r.ns));
     }
-    let mut report = InstanceReport::new(peer.name(), "agent", scenario, id);
+    let mut report = InstanceReport::new(peer.name, "agent", &spec.scenario, id);
     report.exit_code = status.code().unwrap_or(255);
     report.marks = marks;
     report.memory_bytes = memory;
     report.result = Some(serde_json::to_value(&res)?);
     report.notes = vec![format!(
         "launch = spawn of {}; ready stamped by the agent (same host clock){}",
-        peer.name(),
+        peer.name,
         if hide_unified {
             "; crun ran in a private mount namespace with the cgroup2 mount hidden (hybrid-cgroup workaround)"
         } else {
@@ -318,32 +345,32 @@ pub fn run(
         }
     )];
     report.derive();
-    Ok((report, output))
+    Ok(Outcome { report, output })
 }
 
-/// Removes leftovers of peer runs (bundles of dead runs, peer state).
-pub fn prune(home: &Path) -> Vec<String> {
+/// Removes leftovers of this peer's runs: its containers in its state
+/// root, and bundles of dead runs.
+fn prune(home: &Home, peer: &str) -> Vec<String> {
     let mut removed = Vec::new();
-    let peers = home.join("peers");
-    for e in fs::read_dir(&peers).into_iter().flatten().flatten() {
+    let state_root = home.peer_state_root(peer);
+    for c in fs::read_dir(&state_root).into_iter().flatten().flatten() {
+        let id = c.file_name().to_string_lossy().into_owned();
+        let _ = Command::new(peer)
+            .arg("--root")
+            .arg(&state_root)
+            .args(["delete", "-f", &id])
+            .output();
+        let _ = fs::remove_dir_all(c.path());
+        removed.push(format!("{peer} container {id}"));
+    }
+    let prefix = format!("isolab-{peer}-");
+    for e in fs::read_dir(home.peers_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with("-state") {
-            for c in fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                let id = c.file_name().to_string_lossy().into_owned();
-                let prog = if name.starts_with("crun") {
-                    "crun"
-                } else {
-                    "runc"
-                };
-                let _ = Command::new(prog)
-                    .arg("--root")
-                    .arg(e.path())
-                    .args(["delete", "-f", &id])
-                    .output();
-                let _ = fs::remove_dir_all(c.path());
-                removed.push(format!("{prog} container {id}"));
-            }
-        } else if fs::remove_dir_all(e.path()).is_ok() {
+        if name.starts_with(&prefix) && fs::remove_dir_all(e.path()).is_ok() {
             removed.push(format!("peer bundle {name}"));
         }
     }

@@ -115,374 +115,33 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
+/// Adds one line to the table.
+fn add(checks: &mut Vec<Check>, name: &str, status: Status, detail: String, fix: Option<&str>) {
+    checks.push(Check {
+        name: name.to_owned(),
+        status,
+        detail,
+        fix: fix.map(str::to_owned),
+    })
+}
+
 pub fn examine(opts: &Options) -> Report {
     let mut checks = Vec::new();
-    let mut check = |name: &str, status: Status, detail: String, fix: Option<&str>| {
-        checks.push(Check {
-            name: name.to_owned(),
-            status,
-            detail,
-            fix: fix.map(str::to_owned),
-        })
-    };
-
     let kernel = host::kernel_release();
-    check("kernel", Status::Ok, kernel.clone(), None);
-    let root = nix::unistd::geteuid().is_root();
-    check(
-        "root",
-        if root { Status::Ok } else { Status::Warn },
-        if root {
-            "running as root".into()
-        } else {
-            "not root: namespaces, cgroups and /dev/kvm need it".into()
-        },
-        (!root).then_some("run isolab with sudo"),
-    );
-
-    // KVM.
+    add(&mut checks, "kernel", Status::Ok, kernel.clone(), None);
+    let root = root_check(&mut checks);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let present = opts.kvm_device.exists();
-    let (api_version, kvm_error) = if present {
-        match host::kvm_api_version(&opts.kvm_device) {
-            Ok(v) => (Some(v), None),
-            Err(e) => (None, Some(e)),
-        }
-    } else {
-        (
-            None,
-            Some(format!("{} does not exist", opts.kvm_device.display())),
-        )
-    };
-    let flavour = host::kvm_flavour(present, &cpuinfo, Path::new("/sys/module/kvm_pvm").exists());
-    let kvm = KvmReport {
-        device: opts.kvm_device.clone(),
-        present,
-        api_version,
-        error: kvm_error.clone(),
-        flavour,
-        nested: host::is_nested(&cpuinfo),
-        boots_stock_linux: flavour.boots_stock_linux() && api_version.is_some(),
-        meaning: flavour.meaning().to_owned(),
-    };
-    match (&kvm_error, api_version) {
-        (None, Some(v)) => check(
-            "kvm",
-            if flavour.boots_stock_linux() { Status::Ok } else { Status::Warn },
-            format!("{} API {v}, flavour {}: {}", opts.kvm_device.display(), flavour.as_str(), flavour.meaning()),
-            (flavour == KvmFlavour::Pvm).then_some("for the Linux guest use a PVM-aware kernel (--kernel PATH) or a host with hardware KVM; the bare guest runs as is"),
-        ),
-        _ => check(
-            "kvm",
-            Status::Missing,
-            kvm_error.clone().unwrap_or_default(),
-            Some(if present {
-                "run as root or add yourself to the kvm group (usermod -aG kvm $USER)"
-            } else {
-                "enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)"
-            }),
-        ),
-    }
-
-    // Namespaces.
-    let mut namespaces = BTreeMap::new();
-    for (name, flag) in NAMESPACES {
-        let res = host::try_unshare(flag);
-        namespaces.insert(name.to_owned(), res.is_ok());
-        let fix = match name {
-            "user" => "sysctl -w user.max_user_namespaces=15000 (and kernel.unprivileged_userns_clone=1 on Debian)",
-            "time" => "needs Linux ≥ 5.6 with CONFIG_TIME_NS",
-            _ => "run as root on a kernel with CONFIG_NAMESPACES",
-        };
-        match res {
-            Ok(()) => check(
-                &format!("namespace {name}"),
-                Status::Ok,
-                "unshare works".into(),
-                None,
-            ),
-            Err(e) => check(
-                &format!("namespace {name}"),
-                if REQUIRED_NAMESPACES.contains(&name) {
-                    Status::Missing
-                } else {
-                    Status::Warn
-                },
-                format!("unshare failed: {}", e.desc()),
-                Some(fix),
-            ),
-        }
-    }
-    let mut user_namespaces = BTreeMap::new();
-    for (k, p) in [
-        ("max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
-        (
-            "unprivileged_userns_clone",
-            "/proc/sys/kernel/unprivileged_userns_clone",
-        ),
-        (
-            "apparmor_restrict_unprivileged_userns",
-            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
-        ),
-    ] {
-        if let Some(v) = host::read_trim(p) {
-            user_namespaces.insert(k.to_owned(), v);
-        }
-    }
-    let max_userns: u64 = user_namespaces
-        .get("max_user_namespaces")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    check(
-        "user namespace limits",
-        if max_userns > 0 {
-            Status::Ok
-        } else {
-            Status::Warn
-        },
-        user_namespaces
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        (max_userns == 0).then_some("sysctl -w user.max_user_namespaces=15000"),
-    );
-
-    // cgroups.
-    let layout = CgroupLayout::detect().unwrap_or(CgroupLayout {
-        mode: CgroupMode::None,
-        v1: BTreeMap::new(),
-        v2_mount: None,
-        v2_controllers: Vec::new(),
-    });
+    let kvm = kvm_check(&mut checks, opts, &cpuinfo);
+    let namespaces = namespace_checks(&mut checks);
+    let user_namespaces = user_namespace_check(&mut checks);
+    let layout = cgroup_check(&mut checks);
     let controllers = layout.controllers();
-    let needed = ["memory", "pids", "cpu"];
-    let lacking: Vec<&str> = needed
-        .iter()
-        .copied()
-        .filter(|c| !controllers.iter().any(|x| x == c))
-        .collect();
-    check(
-        "cgroups",
-        if layout.mode == CgroupMode::None || !lacking.is_empty() { Status::Warn } else { Status::Ok },
-        format!(
-            "mode {}{}; controllers: {}{}",
-            layout.mode.as_str(),
-            match (layout.mode, &layout.v2_mount) {
-                (CgroupMode::Hybrid, Some(m)) => format!(" (v1 controllers + cgroup2 at {})", m.display()),
-                _ => String::new(),
-            },
-            controllers.join(","),
-            if lacking.is_empty() { String::new() } else { format!("; missing {}", lacking.join(",")) }
-        ),
-        (!lacking.is_empty()).then_some("enable the memory, pids and cpu controllers (cgroup_enable=memory on the kernel command line; on v2 write +memory +pids +cpu to cgroup.subtree_control)"),
-    );
-
-    // overlayfs, seccomp.
-    let overlay_listed = std::fs::read_to_string("/proc/filesystems")
-        .is_ok_and(|t| t.lines().any(|l| l.ends_with("\toverlay")));
-    let overlay_result = tempfile::Builder::new()
-        .prefix("isolab-doctor-")
-        .tempdir()
-        .map_err(|e| e.to_string())
-        .and_then(|d| host::try_overlay_mount(d.path()));
-    let overlayfs = overlay_result.is_ok();
-    check(
-        "overlayfs",
-        if overlayfs {
-            Status::Ok
-        } else {
-            Status::Missing
-        },
-        match &overlay_result {
-            Ok(()) => "an overlay mount works".into(),
-            Err(e) => {
-                format!("overlay mount failed: {e} (listed in /proc/filesystems: {overlay_listed})")
-            }
-        },
-        (!overlayfs).then_some("modprobe overlay"),
-    );
-    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
-    let seccomp_mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
-    let actions = host::read_trim("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    let seccomp = seccomp_mode >= 0 && actions.contains("errno");
-    check(
-        "seccomp",
-        if seccomp { Status::Ok } else { Status::Missing },
-        if seccomp {
-            format!("filter mode available; actions: {actions}")
-        } else {
-            "seccomp filters unavailable".into()
-        },
-        (!seccomp).then_some("use a kernel built with CONFIG_SECCOMP_FILTER"),
-    );
-
-    // Guest kernel.
-    let guest_kernel = match kernel::find_in(&opts.boot_dir).and_then(|p| kernel::inspect(&p)) {
-        Ok(info) => {
-            let fmt = match &info.format {
-                kernel::KernelFormat::BzImage {
-                    protocol,
-                    compression,
-                    entry64,
-                    ..
-                } => format!(
-                    "bzImage, boot protocol {}.{:02}, {} payload{}",
-                    protocol >> 8,
-                    protocol & 0xff,
-                    serde_json::to_value(compression)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                    if *entry64 { ", 64-bit entry" } else { "" }
-                ),
-                kernel::KernelFormat::Elf { pvh, .. } => {
-                    format!("ELF vmlinux{}", if *pvh { " with PVH note" } else { "" })
-                }
-            };
-            check(
-                "guest kernel",
-                Status::Ok,
-                format!("{}: {fmt}", info.path.display()),
-                None,
-            );
-            GuestKernelReport {
-                found: true,
-                info: Some(info),
-                error: None,
-            }
-        }
-        Err(e) => {
-            check(
-                "guest kernel",
-                Status::Warn,
-                e.to_string(),
-                Some("apt-get install linux-image-cloud-amd64, or pass --kernel PATH"),
-            );
-            GuestKernelReport {
-                found: false,
-                info: None,
-                error: Some(e.to_string()),
-            }
-        }
-    };
-
-    // Peers.
-    let mut peers = BTreeMap::new();
-    for (name, program, pkg) in [
-        ("crun", "crun", "crun"),
-        ("runc", "runc", "runc"),
-        ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
-    ] {
-        let found = host::peer_version(program);
-        let install = format!("apt-get install {pkg}");
-        let caveat = (name == "crun" && layout.mode == CgroupMode::Hybrid).then(|| {
-            "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned()
-        });
-        match &found {
-            Some((path, v)) => check(
-                &format!("peer {name}"),
-                Status::Ok,
-                format!(
-                    "{} {v}{}",
-                    path.display(),
-                    caveat
-                        .as_ref()
-                        .map(|c| format!(" — {c}"))
-                        .unwrap_or_default()
-                ),
-                None,
-            ),
-            None => check(
-                &format!("peer {name}"),
-                Status::Warn,
-                format!("{program} not installed; its column will be skipped"),
-                Some(&install),
-            ),
-        }
-        peers.insert(
-            name.to_owned(),
-            PeerReport {
-                installed: found.is_some(),
-                path: found.as_ref().map(|f| f.0.clone()),
-                version: found.map(|f| f.1),
-                install,
-                caveat,
-            },
-        );
-    }
-    let busybox_static = host::which("busybox").filter(|p| is_static(p));
-    check(
-        "busybox (static)",
-        if busybox_static.is_some() {
-            Status::Ok
-        } else {
-            Status::Warn
-        },
-        busybox_static
-            .as_ref()
-            .map(|p| format!("{} — the default image gets a shell", p.display()))
-            .unwrap_or_else(|| {
-                "not installed: the default image holds the agent only (no shell)".into()
-            }),
-        busybox_static
-            .is_none()
-            .then_some("apt-get install busybox-static"),
-    );
-
-    let mkfs = host::which("mkfs.ext4");
-    check(
-        "e2fsprogs (mkfs.ext4)",
-        if mkfs.is_some() {
-            Status::Ok
-        } else {
-            Status::Warn
-        },
-        mkfs.as_ref()
-            .map(|p| {
-                format!(
-                    "{} — `--disk image` can write the image as ext4",
-                    p.display()
-                )
-            })
-            .unwrap_or_else(|| {
-                "not installed: `--disk image` and the `disk-read` scenario need it".into()
-            }),
-        mkfs.is_none().then_some("apt-get install e2fsprogs"),
-    );
-
-    // Resources.
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_available_bytes = host::meminfo_kib(&meminfo, "MemAvailable").map(|k| k * 1024);
-    check(
-        "memory",
-        if memory_available_bytes.unwrap_or(0) >= 1 << 30 {
-            Status::Ok
-        } else {
-            Status::Warn
-        },
-        memory_available_bytes
-            .map(|b| format!("{} available", gib(b)))
-            .unwrap_or_else(|| "unknown".into()),
-        (memory_available_bytes.unwrap_or(0) < 1 << 30)
-            .then_some("free at least 1 GiB of memory before a bench"),
-    );
-    let disk = host::free_disk_bytes(&opts.state_dir);
-    check(
-        "disk",
-        if disk.as_ref().is_some_and(|d| d.1 >= 2 << 30) {
-            Status::Ok
-        } else {
-            Status::Warn
-        },
-        disk.as_ref()
-            .map(|(p, b)| format!("{} free at {}", gib(*b), p.display()))
-            .unwrap_or_else(|| "unknown".into()),
-        disk.as_ref()
-            .is_none_or(|d| d.1 < 2 << 30)
-            .then_some("free at least 2 GiB where the isolab state lives (ISOLAB_HOME)"),
-    );
-
+    let overlayfs = overlay_check(&mut checks);
+    let seccomp = seccomp_check(&mut checks);
+    let guest_kernel = guest_kernel_check(&mut checks, &opts.boot_dir);
+    let peers = peer_checks(&mut checks, &layout);
+    let busybox_static = tool_checks(&mut checks);
+    let (memory_available_bytes, disk) = resource_checks(&mut checks, &opts.state_dir);
     let container_backend_ready = root
         && overlayfs
         && REQUIRED_NAMESPACES
@@ -515,36 +174,407 @@ pub fn examine(opts: &Options) -> Report {
     }
 }
 
-/// This host's KVM flavour (as `doctor` reports it).
-pub fn kvm_flavour_here() -> KvmFlavour {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    host::kvm_flavour(
-        Path::new("/dev/kvm").exists(),
-        &cpuinfo,
-        Path::new("/sys/module/kvm_pvm").exists(),
-    )
+fn root_check(checks: &mut Vec<Check>) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    add(
+        checks,
+        "root",
+        if root { Status::Ok } else { Status::Warn },
+        if root {
+            "running as root".into()
+        } else {
+            "not root: namespaces, cgroups and /dev/kvm need it".into()
+        },
+        (!root).then_some("run isolab with sudo"),
+    );
+    root
 }
 
-/// True when the ELF at `p` has no program interpreter (statically linked).
-pub fn is_static(p: &Path) -> bool {
-    std::fs::read(p).is_ok_and(|b| elf_is_static(&b))
-}
-
-/// An ELF64 with no PT_INTERP and no PT_DYNAMIC needing libraries is static
-/// (static-pie keeps a PT_DYNAMIC for self-relocation but no PT_INTERP).
-pub fn elf_is_static(b: &[u8]) -> bool {
-    const PT_INTERP: u32 = 3;
-    if b.len() < 64 || !b.starts_with(b"\x7fELF") || b[4] != 2 {
-        return false;
+fn kvm_check(checks: &mut Vec<Check>, opts: &Options, cpuinfo: &str) -> KvmReport {
+    // KVM.
+    let present = opts.kvm_device.exists();
+    let (api_version, kvm_error) = if present {
+        match host::kvm_api_version(&opts.kvm_device) {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (
+            None,
+            Some(format!("{} does not exist", opts.kvm_device.display())),
+        )
+    };
+    let flavour = host::kvm_flavour(present, cpuinfo, Path::new("/sys/module/kvm_pvm").exists());
+    let kvm = KvmReport {
+        device: opts.kvm_device.clone(),
+        present,
+        api_version,
+        error: kvm_error.clone(),
+        flavour,
+        nested: host::is_nested(cpuinfo),
+        boots_stock_linux: flavour.boots_stock_linux() && api_version.is_some(),
+        meaning: flavour.meaning().to_owned(),
+    };
+    match (&kvm_error, api_version) {
+        (None, Some(v)) => add(checks, "kvm",
+            if flavour.boots_stock_linux() { Status::Ok } else { Status::Warn },
+            format!("{} API {v}, flavour {}: {}", opts.kvm_device.display(), flavour.as_str(), flavour.meaning()),
+            (flavour == KvmFlavour::Pvm).then_some("for the Linux guest use a PVM-aware kernel (--kernel PATH) or a host with hardware KVM; the bare guest runs as is"),
+        ),
+        _ => add(checks, "kvm",
+            Status::Missing,
+            kvm_error.clone().unwrap_or_default(),
+            Some(if present {
+                "run as root or add yourself to the kvm group (usermod -aG kvm $USER)"
+            } else {
+                "enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)"
+            }),
+        ),
     }
-    let rd16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or_default()) as usize;
-    let (phentsize, phnum) = (rd16(54), rd16(56));
-    (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        b.get(o..o + 4)
-            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()) != PT_INTERP)
-    })
+    kvm
+}
+
+fn namespace_checks(checks: &mut Vec<Check>) -> BTreeMap<String, bool> {
+    // Namespaces.
+    let mut namespaces = BTreeMap::new();
+    for (name, flag) in NAMESPACES {
+        let res = host::try_unshare(flag);
+        namespaces.insert(name.to_owned(), res.is_ok());
+        let fix = match name {
+            "user" => "sysctl -w user.max_user_namespaces=15000 (and kernel.unprivileged_userns_clone=1 on Debian)",
+            "time" => "needs Linux ≥ 5.6 with CONFIG_TIME_NS",
+            _ => "run as root on a kernel with CONFIG_NAMESPACES",
+        };
+        match res {
+            Ok(()) => add(
+                checks,
+                &format!("namespace {name}"),
+                Status::Ok,
+                "unshare works".into(),
+                None,
+            ),
+            Err(e) => add(
+                checks,
+                &format!("namespace {name}"),
+                if REQUIRED_NAMESPACES.contains(&name) {
+                    Status::Missing
+                } else {
+                    Status::Warn
+                },
+                format!("unshare failed: {}", e.desc()),
+                Some(fix),
+            ),
+        }
+    }
+    namespaces
+}
+
+fn user_namespace_check(checks: &mut Vec<Check>) -> BTreeMap<String, String> {
+    let mut user_namespaces = BTreeMap::new();
+    for (k, p) in [
+        ("max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
+        (
+            "unprivileged_userns_clone",
+            "/proc/sys/kernel/unprivileged_userns_clone",
+        ),
+        (
+            "apparmor_restrict_unprivileged_userns",
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        ),
+    ] {
+        if let Some(v) = host::read_trim(p) {
+            user_namespaces.insert(k.to_owned(), v);
+        }
+    }
+    let max_userns: u64 = user_namespaces
+        .get("max_user_namespaces")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    add(
+        checks,
+        "user namespace limits",
+        if max_userns > 0 {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        user_namespaces
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        (max_userns == 0).then_some("sysctl -w user.max_user_namespaces=15000"),
+    );
+    user_namespaces
+}
+
+fn cgroup_check(checks: &mut Vec<Check>) -> CgroupLayout {
+    // cgroups.
+    let layout = CgroupLayout::detect().unwrap_or(CgroupLayout {
+        mode: CgroupMode::None,
+        v1: BTreeMap::new(),
+        v2_mount: None,
+        v2_controllers: Vec::new(),
+    });
+    let controllers = layout.controllers();
+    let needed = ["memory", "pids", "cpu"];
+    let lacking: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|c| !controllers.iter().any(|x| x == c))
+        .collect();
+    add(checks, "cgroups",
+        if layout.mode == CgroupMode::None || !lacking.is_empty() { Status::Warn } else { Status::Ok },
+        format!(
+            "mode {}{}; controllers: {}{}",
+            layout.mode.as_str(),
+            match (layout.mode, &layout.v2_mount) {
+                (CgroupMode::Hybrid, Some(m)) => format!(" (v1 controllers + cgroup2 at {})", m.display()),
+                _ => String::new(),
+            },
+            controllers.join(","),
+            if lacking.is_empty() { String::new() } else { format!("; missing {}", lacking.join(",")) }
+        ),
+        (!lacking.is_empty()).then_some("enable the memory, pids and cpu controllers (cgroup_enable=memory on the kernel command line; on v2 write +memory +pids +cpu to cgroup.subtree_control)"),
+    );
+    layout
+}
+
+fn overlay_check(checks: &mut Vec<Check>) -> bool {
+    // overlayfs, seccomp.
+    let overlay_listed = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.ends_with("\toverlay")));
+    let overlay_result = tempfile::Builder::new()
+        .prefix("isolab-doctor-")
+        .tempdir()
+        .map_err(|e| e.to_string())
+        .and_then(|d| host::try_overlay_mount(d.path()));
+    let overlayfs = overlay_result.is_ok();
+    add(
+        checks,
+        "overlayfs",
+        if overlayfs {
+            Status::Ok
+        } else {
+            Status::Missing
+        },
+        match &overlay_result {
+            Ok(()) => "an overlay mount works".into(),
+            Err(e) => {
+                format!("overlay mount failed: {e} (listed in /proc/filesystems: {overlay_listed})")
+            }
+        },
+        (!overlayfs).then_some("modprobe overlay"),
+    );
+    overlayfs
+}
+
+fn seccomp_check(checks: &mut Vec<Check>) -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+    let seccomp_mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    let actions = host::read_trim("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let seccomp = seccomp_mode >= 0 && actions.contains("errno");
+    add(
+        checks,
+        "seccomp",
+        if seccomp { Status::Ok } else { Status::Missing },
+        if seccomp {
+            format!("filter mode available; actions: {actions}")
+        } else {
+            "seccomp filters unavailable".into()
+        },
+        (!seccomp).then_some("use a kernel built with CONFIG_SECCOMP_FILTER"),
+    );
+    seccomp
+}
+
+fn guest_kernel_check(checks: &mut Vec<Check>, boot_dir: &Path) -> GuestKernelReport {
+    // Guest kernel.
+    match kernel::find_in(boot_dir).and_then(|p| kernel::inspect(&p)) {
+        Ok(info) => {
+            let fmt = match &info.format {
+                kernel::KernelFormat::BzImage {
+                    protocol,
+                    compression,
+                    entry64,
+                    ..
+                } => format!(
+                    "bzImage, boot protocol {}.{:02}, {} payload{}",
+                    protocol >> 8,
+                    protocol & 0xff,
+                    serde_json::to_value(compression)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    if *entry64 { ", 64-bit entry" } else { "" }
+                ),
+                kernel::KernelFormat::Elf { pvh, .. } => {
+                    format!("ELF vmlinux{}", if *pvh { " with PVH note" } else { "" })
+                }
+            };
+            add(
+                checks,
+                "guest kernel",
+                Status::Ok,
+                format!("{}: {fmt}", info.path.display()),
+                None,
+            );
+            GuestKernelReport {
+                found: true,
+                info: Some(info),
+                error: None,
+            }
+        }
+        Err(e) => {
+            add(
+                checks,
+                "guest kernel",
+                Status::Warn,
+                e.to_string(),
+                Some("apt-get install linux-image-cloud-amd64, or pass --kernel PATH"),
+            );
+            GuestKernelReport {
+                found: false,
+                info: None,
+                error: Some(e.to_string()),
+            }
+        }
+    }
+}
+
+fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<String, PeerReport> {
+    // Peers.
+    let mut peers = BTreeMap::new();
+    for (name, program, pkg) in [
+        ("crun", "crun", "crun"),
+        ("runc", "runc", "runc"),
+        ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
+    ] {
+        let found = host::peer_version(program);
+        let install = format!("apt-get install {pkg}");
+        let caveat = (name == "crun" && layout.mode == CgroupMode::Hybrid).then(|| {
+            "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned()
+        });
+        match &found {
+            Some((path, v)) => add(
+                checks,
+                &format!("peer {name}"),
+                Status::Ok,
+                format!(
+                    "{} {v}{}",
+                    path.display(),
+                    caveat
+                        .as_ref()
+                        .map(|c| format!(" — {c}"))
+                        .unwrap_or_default()
+                ),
+                None,
+            ),
+            None => add(
+                checks,
+                &format!("peer {name}"),
+                Status::Warn,
+                format!("{program} not installed; its column will be skipped"),
+                Some(&install),
+            ),
+        }
+        peers.insert(
+            name.to_owned(),
+            PeerReport {
+                installed: found.is_some(),
+                path: found.as_ref().map(|f| f.0.clone()),
+                version: found.map(|f| f.1),
+                install,
+                caveat,
+            },
+        );
+    }
+    peers
+}
+
+fn tool_checks(checks: &mut Vec<Check>) -> Option<PathBuf> {
+    let busybox_static = host::which("busybox").filter(|p| host::is_static(p));
+    add(
+        checks,
+        "busybox (static)",
+        if busybox_static.is_some() {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        busybox_static
+            .as_ref()
+            .map(|p| format!("{} — the default image gets a shell", p.display()))
+            .unwrap_or_else(|| {
+                "not installed: the default image holds the agent only (no shell)".into()
+            }),
+        busybox_static
+            .is_none()
+            .then_some("apt-get install busybox-static"),
+    );
+
+    let mkfs = host::which("mkfs.ext4");
+    add(
+        checks,
+        "e2fsprogs (mkfs.ext4)",
+        if mkfs.is_some() {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        mkfs.as_ref()
+            .map(|p| {
+                format!(
+                    "{} — `--disk image` can write the image as ext4",
+                    p.display()
+                )
+            })
+            .unwrap_or_else(|| {
+                "not installed: `--disk image` and the `disk-read` scenario need it".into()
+            }),
+        mkfs.is_none().then_some("apt-get install e2fsprogs"),
+    );
+    busybox_static
+}
+
+fn resource_checks(
+    checks: &mut Vec<Check>,
+    state_dir: &Path,
+) -> (Option<u64>, Option<(PathBuf, u64)>) {
+    // Resources.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_available_bytes = host::meminfo_kib(&meminfo, "MemAvailable").map(|k| k * 1024);
+    add(
+        checks,
+        "memory",
+        if memory_available_bytes.unwrap_or(0) >= 1 << 30 {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        memory_available_bytes
+            .map(|b| format!("{} available", gib(b)))
+            .unwrap_or_else(|| "unknown".into()),
+        (memory_available_bytes.unwrap_or(0) < 1 << 30)
+            .then_some("free at least 1 GiB of memory before a bench"),
+    );
+    let disk = host::free_disk_bytes(state_dir);
+    add(
+        checks,
+        "disk",
+        if disk.as_ref().is_some_and(|d| d.1 >= 2 << 30) {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        disk.as_ref()
+            .map(|(p, b)| format!("{} free at {}", gib(*b), p.display()))
+            .unwrap_or_else(|| "unknown".into()),
+        disk.as_ref()
+            .is_none_or(|d| d.1 < 2 << 30)
+            .then_some("free at least 2 GiB where the isolab state lives (ISOLAB_HOME)"),
+    );
+    (memory_available_bytes, disk)
 }
 
 /// Renders the report as a table.
@@ -588,24 +618,4 @@ pub fn render(report: &Report) -> String {
         }
     ));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn static_detection_on_made_up_headers() {
-        let mut b = vec![0u8; 64 + 56 * 2];
-        b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[32..40].copy_from_slice(&64u64.to_le_bytes());
-        b[54..56].copy_from_slice(&56u16.to_le_bytes());
-        b[56..58].copy_from_slice(&2u16.to_le_bytes());
-        b[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        assert!(elf_is_static(&b));
-        b[120..124].copy_from_slice(&3u32.to_le_bytes()); // PT_INTERP
-        assert!(!elf_is_static(&b));
-        assert!(!elf_is_static(b"#!/bin/sh"));
-    }
 }

@@ -1,15 +1,19 @@
 //! `isolab probes`: the isolation probes on every available backend, side
 //! by side.
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::Result;
+use isolab_abi::catalog::name as sc;
 use isolab_reports::Sample;
 use isolab_scenarios::probes::{self, Probe, Verdict};
+
+use crate::backend::{Guest, InstanceSpec, Kind};
+use crate::home::Home;
 
 /// One backend's answers (or why it was skipped).
 pub struct Column {
     pub backend: String,
+    pub guest: Guest,
     pub probes: Result<Vec<Probe>, String>,
 }
 
@@ -93,64 +97,49 @@ pub fn bare_guest_column(
     out
 }
 
-/// Runs the probes everywhere available.
-pub fn run_all(home: &Path) -> Vec<Column> {
-    let mut cols = Vec::new();
-    let opts = crate::containers::RunOptions {
-        image: crate::containers::DEFAULT_IMAGE.into(),
-        scenario: "probes".into(),
+/// Runs the probes on every backend of the registry: the agent asks them
+/// from inside where it runs; a VM with the bare guest gets the column
+/// derived from what its monitor gave it. A backend that cannot run here
+/// is a column with the reason. (QEMU boots the same bare guest as our
+/// monitor, so it would repeat that column.)
+pub fn run_all(home: &Home) -> Vec<Column> {
+    let probe_spec = InstanceSpec {
+        scenario: sc::PROBES.into(),
         params: params(),
-        limits: isolab_runtime::cgroups::Limits {
-            memory_bytes: Some(256 << 20),
-            pids: Some(1024),
-            cpus: None,
-        },
+        limits: crate::bench::bench_limits(),
         ..Default::default()
     };
-    let launch = isolab_runtime::container::monotonic_ns();
-    let container = crate::containers::run_captured(home, &opts, launch)
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|(r, _)| from_report(&r));
-    let names: Vec<String> = container
-        .as_ref()
-        .map(|v| v.iter().map(|p| p.name.clone()).collect())
-        .unwrap_or_default();
-    cols.push(Column {
-        backend: "container".into(),
-        probes: container,
-    });
-    for peer in [crate::peers::Peer::Crun, crate::peers::Peer::Runc] {
-        let probes = if peer.program().is_none() {
-            Err(peer.skipped())
-        } else {
-            crate::peers::run(
-                home,
-                peer,
-                crate::containers::DEFAULT_IMAGE,
-                "probes",
-                &params(),
-                &opts.limits,
-                &[],
-            )
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|(r, _)| from_report(&r))
+    let mut cols: Vec<Column> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for b in crate::backend::registry() {
+        if b.baseline().is_some() && b.kind() == Kind::Vm {
+            continue;
+        }
+        let guest = b.guest(&probe_spec);
+        let probes = match b.available() {
+            Err(u) => Err(u.to_string()),
+            Ok(()) if guest == Guest::Bare => {
+                let spec = InstanceSpec::default();
+                b.run(home, &spec)
+                    .map_err(|e| format!("{e:#}"))
+                    .map(|o| bare_guest_column(&o.report, &names))
+            }
+            Ok(()) => b
+                .run(home, &probe_spec)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|o| from_report(&o.report)),
         };
+        if names.is_empty() {
+            if let Ok(v) = &probes {
+                names = v.iter().map(|p| p.name.clone()).collect();
+            }
+        }
         cols.push(Column {
-            backend: peer.name().into(),
+            backend: b.name().into(),
+            guest,
             probes,
         });
     }
-    let vm = crate::vms::VmOptions {
-        home: Some(home.to_path_buf()),
-        ..Default::default()
-    };
-    let microvm = crate::vms::run_microvm(&vm)
-        .map_err(|e| format!("{e:#}"))
-        .map(|(r, _)| bare_guest_column(&r, &names));
-    cols.push(Column {
-        backend: "microvm".into(),
-        probes: microvm,
-    });
     cols
 }
 
@@ -221,13 +210,8 @@ pub fn samples(cols: &[Column], run_id: &str, host_id: &str) -> Vec<Sample> {
                     run_id: run_id.into(),
                     host_id: host_id.into(),
                     backend: c.backend.clone(),
-                    guest: if c.backend == "microvm" {
-                        "bare"
-                    } else {
-                        "agent"
-                    }
-                    .into(),
-                    scenario: "probes".into(),
+                    guest: c.guest.as_str().into(),
+                    scenario: sc::PROBES.into(),
                     iteration: 0,
                     metric: format!("probe.{}", p.name),
                     unit: "verdict".into(),
@@ -241,4 +225,26 @@ pub fn samples(cols: &[Column], run_id: &str, host_id: &str) -> Vec<Sample> {
         }
     }
     out
+}
+
+/// Appends the matrix's rows to a run's `samples.csv` (the lab's main job
+/// puts the probes beside the bench's figures).
+pub fn append_to_run(run_dir: &std::path::Path, cols: &[Column]) -> Result<()> {
+    use std::io::Write;
+    let manifest = isolab_reports::Manifest::from_json(&std::fs::read_to_string(
+        run_dir.join("manifest.json"),
+    )?)?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("samples.csv"))?;
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(&mut f);
+    for s in samples(cols, &manifest.run_id, &manifest.host.host_id) {
+        w.serialize(&s)?;
+    }
+    w.flush()?;
+    drop(w);
+    f.flush()?;
+    Ok(())
 }

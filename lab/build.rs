@@ -1,4 +1,5 @@
-//! Builds the static `isolab-agent` and embeds its bytes into `isolab`.
+//! Builds the static `isolab-agent` and embeds its bytes into the lab (and
+//! so into `isolab`).
 //!
 //! The agent must be one static binary — the same bytes become the
 //! container entrypoint and the VM's `/init` — but the workspace's other
@@ -17,10 +18,10 @@ fn main() {
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for p in [
-        "scenarios/src",
-        "scenarios/Cargo.toml",
-        "microvm/src/ports.rs",
-        "Cargo.lock",
+        "../scenarios/src",
+        "../scenarios/Cargo.toml",
+        "../abi/src",
+        "../Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", manifest.join(p).display());
     }

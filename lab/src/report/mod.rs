@@ -9,9 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use isolab_reports::charts::{self, Distribution, Reference, StackedBar, Verdict};
 use isolab_reports::stats;
+mod book;
+pub mod compare;
+
+pub use book::build_book;
+pub use compare::{compare, Change};
+
+use isolab_abi::catalog::name as sc;
 use isolab_reports::{read_samples, Manifest, Sample};
 
 /// Published reference figures drawn on the charts, with their sources.
@@ -82,7 +89,10 @@ pub fn load_run(dir: &Path) -> Result<Run> {
 
 type Key = (String, String, String); // scenario, metric, backend
 
-fn collect(samples: &[Sample]) -> BTreeMap<Key, Vec<f64>> {
+/// A run's samples by (scenario, metric, backend).
+type Collected = BTreeMap<Key, Vec<f64>>;
+
+fn collect(samples: &[Sample]) -> Collected {
     let mut m: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for s in samples {
         m.entry((s.scenario.clone(), s.metric.clone(), s.backend.clone()))
@@ -92,16 +102,13 @@ fn collect(samples: &[Sample]) -> BTreeMap<Key, Vec<f64>> {
     m
 }
 
-/// Display order of backends.
-const ORDER: [&str; 5] = ["container", "crun", "runc", "microvm", "qemu"];
-
 fn backends_in(c: &BTreeMap<Key, Vec<f64>>, scenario: &str, metric: &str) -> Vec<String> {
     let mut v: Vec<String> = c
         .keys()
         .filter(|k| k.0 == scenario && k.1 == metric)
         .map(|k| k.2.clone())
         .collect();
-    v.sort_by_key(|b| ORDER.iter().position(|o| o == b).unwrap_or(99));
+    v.sort_by_key(|b| crate::backend::order_of(b));
     v
 }
 
@@ -123,20 +130,47 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A section of the generated results: writes its files under `out`,
+/// returns the charts it drew.
+type Section = fn(&Run, &Collected, &Path) -> Result<Vec<PathBuf>>;
+
+/// The generated results, section by section, in the order written.
+const SECTIONS: &[(&str, Section)] = &[
+    ("host_page", host_page),
+    ("startup", startup),
+    ("phases", phases),
+    ("memory", memory),
+    ("cpu", cpu),
+    ("disk_read", disk_read),
+    ("boundary", boundary),
+    ("disk", disk),
+    ("probes", probes),
+    ("placeholders", placeholders),
+    ("missing_numbers", missing_numbers),
+];
+
 /// Writes every generated file; returns the list of files written.
 pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out.join("numbers"))
         .with_context(|| format!("creating {}", out.display()))?;
     let c = collect(&run.samples);
-    let m = &run.manifest;
     let mut files = Vec::new();
-    let num = |name: &str, value: String| -> Result<()> {
-        let p = out.join("numbers").join(format!("{name}.txt"));
-        write(&p, &value)?;
-        Ok(())
-    };
+    for (name, section) in SECTIONS {
+        files.extend(section(run, &c, out).with_context(|| format!("the {name} section"))?);
+    }
+    files.push(out.to_path_buf());
+    Ok(files)
+}
 
+/// Writes one number snippet the prose includes.
+fn num(out: &Path, name: &str, value: String) -> Result<()> {
+    write(&out.join("numbers").join(format!("{name}.txt")), &value)
+}
+
+/// The host page: where and how the run was made.
+fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let m = &run.manifest;
     // Host page.
     let mut host = String::new();
     writeln!(host, "{}\n", host_note(m))?;
@@ -197,25 +231,30 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     }
     write(&out.join("host.md"), &host)?;
     write(&out.join("host-note.md"), &format!("> {}\n", host_note(m)))?;
-    num("kvm_flavour", m.host.kvm_flavour.clone())?;
-    num("host_cpus", m.host.cpus.to_string())?;
-    num("run_id", m.run_id.clone())?;
+    num(out, "kvm_flavour", m.host.kvm_flavour.clone())?;
+    num(out, "host_cpus", m.host.cpus.to_string())?;
+    num(out, "run_id", m.run_id.clone())?;
+    Ok(Vec::new())
+}
 
+/// Startup: table, chart and numbers.
+fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Startup table + chart + numbers.
     let mut t = String::from("| backend | n | launch→ready median (ms) | p95 | 95% CI of median | launch→exit median (ms) | ratio of medians to baseline (launch→exit) | instances/s |\n|---|---|---|---|---|---|---|---|\n");
     let mut dists = Vec::new();
-    for b in backends_in(&c, "startup", "launch_to_exit") {
+    for b in backends_in(c, sc::STARTUP, "launch_to_exit") {
         let ready = c
-            .get(&("startup".into(), "launch_to_ready".into(), b.clone()))
+            .get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone()))
             .and_then(|v| stats::summarize(v));
         let exit = c
-            .get(&("startup".into(), "launch_to_exit".into(), b.clone()))
+            .get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))
             .and_then(|v| stats::summarize(v));
-        let base = crate::bench::baseline(&b);
+        let base = crate::backend::baseline_of(&b);
         let ratio = base
             .and_then(|base| {
-                let a = c.get(&("startup".into(), "launch_to_exit".into(), base.to_owned()))?;
-                let x = c.get(&("startup".into(), "launch_to_exit".into(), b.clone()))?;
+                let a = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), base.to_owned()))?;
+                let x = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))?;
                 stats::ratio_of_medians(a, x).map(|r| (base, r))
             })
             .map(|(base, (r, (lo, hi)))| format!("{base}/{b} = {r:.2} [{lo:.2}, {hi:.2}]"))
@@ -232,10 +271,10 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                 ms(e.median),
                 1e9 / e.mean
             )?;
-            num(&format!("{b}_startup_ready_ms"), ms(r.median))?;
-            num(&format!("{b}_startup_exit_ms"), ms(e.median))?;
+            num(out, &format!("{b}_startup_ready_ms"), ms(r.median))?;
+            num(out, &format!("{b}_startup_exit_ms"), ms(e.median))?;
         }
-        if let Some(v) = c.get(&("startup".into(), "launch_to_ready".into(), b.clone())) {
+        if let Some(v) = c.get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone())) {
             dists.push(Distribution {
                 label: b.clone(),
                 values: v.iter().map(|x| x / 1e6).collect(),
@@ -249,11 +288,11 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         ("container", "microvm"),
     ] {
         if let (Some(x), Some(y)) = (
-            c.get(&("startup".into(), "launch_to_exit".into(), a.into())),
-            c.get(&("startup".into(), "launch_to_exit".into(), b.into())),
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), a.into())),
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.into())),
         ) {
             if let Some((r, _)) = stats::ratio_of_medians(x, y) {
-                num(&format!("ratio_{a}_{b}_startup"), format!("{r:.2}"))?;
+                num(out, &format!("ratio_{a}_{b}_startup"), format!("{r:.2}"))?;
             }
         }
     }
@@ -267,21 +306,26 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     if !dists.is_empty() {
         files.extend(charts::box_plot_log(
-            &out.join("startup"),
+            &out.join(sc::STARTUP),
             "Startup: launch → ready (log scale)",
             "ms",
             &dists,
             &refs,
         )?);
     }
+    Ok(files)
+}
 
+/// Phases: the median of each phase per backend that reports phases.
+fn phases(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Phases: median of each phase per backend that reports phases.
     let mut bars = Vec::new();
     let mut pt = String::from("| backend | phase | median (ms) |\n|---|---|---|\n");
-    for b in ORDER {
+    for b in crate::backend::names() {
         let mut segs: Vec<(String, f64, f64)> = Vec::new(); // name, median, order key
-        for ((s, metric, be), v) in &c {
-            if s == "startup" && be == b && metric.starts_with("phase.") {
+        for ((s, metric, be), v) in c {
+            if s == sc::STARTUP && be == b && metric.starts_with("phase.") {
                 let name = metric.trim_start_matches("phase.").to_owned();
                 let med = stats::median(v).unwrap_or(0.0);
                 let order = phase_order(&name);
@@ -310,14 +354,19 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             &[],
         )?);
     }
+    Ok(files)
+}
 
+/// Memory per instance.
+fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Memory.
     let mut mt =
         String::from("| backend | figure | median (KiB) | p95 (KiB) |\n|---|---|---|---|\n");
     let mut mbars = Vec::new();
-    for b in ORDER {
+    for b in crate::backend::names() {
         let get = |metric: &str| {
-            ["idle", "startup"]
+            [sc::IDLE, sc::STARTUP]
                 .iter()
                 .find_map(|s| c.get(&(s.to_string(), metric.to_owned(), b.to_owned())))
                 .and_then(|v| stats::summarize(v))
@@ -341,6 +390,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                 )?;
                 segs.push((label.to_owned(), s.median / 1024.0));
                 num(
+                    out,
                     &format!("{b}_{}_kib", metric.trim_start_matches("memory.")),
                     format!("{:.0}", s.median / 1024.0),
                 )?;
@@ -356,7 +406,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     write(&out.join("memory.md"), &mt)?;
     if !mbars.is_empty() {
         files.extend(charts::stacked_bars(
-            &out.join("memory"),
+            &out.join(sc::MEMORY),
             "Host memory per instance (medians)",
             "KiB",
             &mbars,
@@ -366,18 +416,23 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             }],
         )?);
     }
+    Ok(files)
+}
 
+/// CPU throughput relative to the container.
+fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // CPU throughput relative to the container.
     let mut ct = String::from(
         "| backend | SHA-256 median (MiB/s) | relative to container |\n|---|---|---|\n",
     );
     let mut cbars = Vec::new();
     let base = c
-        .get(&("cpu".into(), "cpu.sha256".into(), "container".into()))
+        .get(&(sc::CPU.into(), "cpu.sha256".into(), "container".into()))
         .and_then(|v| stats::median(v));
-    for b in backends_in(&c, "cpu", "cpu.sha256") {
+    for b in backends_in(c, sc::CPU, "cpu.sha256") {
         if let Some(v) = c
-            .get(&("cpu".into(), "cpu.sha256".into(), b.clone()))
+            .get(&(sc::CPU.into(), "cpu.sha256".into(), b.clone()))
             .and_then(|v| stats::median(v))
         {
             let rel = base.map(|x| v / x);
@@ -392,14 +447,14 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                     label: b.clone(),
                     segments: vec![("throughput / container's".into(), r)],
                 });
-                num(&format!("{b}_cpu_relative"), format!("{r:.2}"))?;
+                num(out, &format!("{b}_cpu_relative"), format!("{r:.2}"))?;
             }
         }
     }
     write(&out.join("cpu.md"), &ct)?;
     if !cbars.is_empty() {
         files.extend(charts::stacked_bars(
-            &out.join("cpu"),
+            &out.join(sc::CPU),
             "CPU scenario: throughput relative to the container",
             "ratio",
             &cbars,
@@ -409,7 +464,11 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             }],
         )?);
     }
+    Ok(files)
+}
 
+/// Reading the same bytes from a disk.
+fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     // Reading the same bytes: the image as ext4, through a bind mount in a
     // container, through a virtio disk in the VM.
     let mut dt = String::from(
@@ -417,14 +476,14 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     );
     let dbase = c
         .get(&(
-            "disk-read".into(),
+            sc::DISK_READ.into(),
             "disk.read_rate".into(),
             "container".into(),
         ))
         .and_then(|v| stats::median(v));
-    for b in backends_in(&c, "disk-read", "disk.read_rate") {
+    for b in backends_in(c, sc::DISK_READ, "disk.read_rate") {
         if let Some(v) = c
-            .get(&("disk-read".into(), "disk.read_rate".into(), b.clone()))
+            .get(&(sc::DISK_READ.into(), "disk.read_rate".into(), b.clone()))
             .and_then(|v| stats::median(v))
         {
             let rel = dbase.map(|x| v / x);
@@ -440,50 +499,60 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                 rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
             )?;
             num(
+                out,
                 &format!("{b}_disk_read_mibs"),
                 format!("{:.0}", v / 1048576.0),
             )?;
             if let Some(r) = rel {
-                num(&format!("{b}_disk_read_relative"), format!("{r:.2}"))?;
+                num(out, &format!("{b}_disk_read_relative"), format!("{r:.2}"))?;
             }
         }
     }
     write(&out.join("disk-read.md"), &dt)?;
+    Ok(Vec::new())
+}
 
+/// Crossing the boundary: a system call vs a VM exit.
+fn boundary(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     // Crossing a boundary: a system call in a container, a VM exit in a VM.
     let mut et = String::from("| backend | boundary | median (µs) |\n|---|---|---|\n");
     for (scenario, metric, what, tag) in [
         (
-            "syscall",
+            sc::SYSCALL,
             "syscall.getppid",
             "system call (getppid)",
-            "syscall",
+            sc::SYSCALL,
         ),
         (
-            "exit-cost",
+            sc::EXIT_COST,
             "vm.exit_cost",
             "VM exit (port write)",
             "exit_cost",
         ),
     ] {
-        for b in backends_in(&c, scenario, metric) {
+        for b in backends_in(c, scenario, metric) {
             if let Some(v) = c
                 .get(&(scenario.into(), metric.into(), b.clone()))
                 .and_then(|v| stats::median(v))
             {
                 writeln!(et, "| {b} | {what} | {:.3} |", v / 1e3)?;
-                num(&format!("{b}_{tag}_us"), format!("{:.3}", v / 1e3))?;
+                num(out, &format!("{b}_{tag}_us"), format!("{:.3}", v / 1e3))?;
             }
         }
     }
     write(&out.join("exit-cost.md"), &et)?;
+    Ok(Vec::new())
+}
 
+/// Disk footprint.
+fn disk(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Disk.
     let mut dt = String::from("| backend: what | bytes |\n|---|---|\n");
     let mut dbars = Vec::new();
     let mut any_disk = false;
-    for ((s, metric, b), v) in &c {
-        if s == "disk" {
+    for ((s, metric, b), v) in c {
+        if s == sc::DISK_FOOTPRINT {
             any_disk = true;
             let med = stats::median(v).unwrap_or(0.0);
             writeln!(
@@ -497,6 +566,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                 segments: vec![("KiB".into(), med / 1024.0)],
             });
             num(
+                out,
                 &format!(
                     "disk_{b}_{}",
                     metric.trim_start_matches("disk.").replace('.', "_")
@@ -511,26 +581,31 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     write(&out.join("disk.md"), &dt)?;
     if !dbars.is_empty() {
         files.extend(charts::stacked_bars(
-            &out.join("disk"),
+            &out.join(sc::DISK_FOOTPRINT),
             "Disk footprint (KiB)",
             "KiB",
             &dbars,
             &[],
         )?);
     }
+    Ok(files)
+}
 
+/// The probe matrix.
+fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     // Probes: samples with metric probe.<name>, value 1 isolated / 0 exposed / -1 n/a.
     let mut probes: BTreeSet<String> = BTreeSet::new();
     let mut pcols: Vec<String> = Vec::new();
     for s in &run.samples {
-        if s.scenario == "probes" {
+        if s.scenario == sc::PROBES {
             probes.insert(s.metric.trim_start_matches("probe.").to_owned());
             if !pcols.contains(&s.backend) {
                 pcols.push(s.backend.clone());
             }
         }
     }
-    pcols.sort_by_key(|b| ORDER.iter().position(|o| o == b).unwrap_or(99));
+    pcols.sort_by_key(|b| crate::backend::order_of(b));
     let mut ptab = String::new();
     if !probes.is_empty() {
         let rows: Vec<String> = probes.iter().cloned().collect();
@@ -549,7 +624,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
                     .samples
                     .iter()
                     .find(|s| {
-                        s.scenario == "probes"
+                        s.scenario == sc::PROBES
                             && s.backend == *b
                             && s.metric == format!("probe.{r}")
                     })
@@ -572,7 +647,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             cells.push(row);
         }
         files.extend(charts::heat_map(
-            &out.join("probes"),
+            &out.join(sc::PROBES),
             "Isolation probes (green isolated, red exposed, grey n/a)",
             &rows,
             &pcols,
@@ -582,13 +657,18 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         ptab.push_str("(This run has no probe results: run `isolab probes` or a bench with the probes scenario.)\n");
     }
     write(&out.join("probes.md"), &ptab)?;
+    Ok(files)
+}
+
+/// An empty placeholder for every chart this run has no data for.
+fn placeholders(_run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     for (name, _) in [
-        ("startup", 0),
+        (sc::STARTUP, 0),
         ("phases", 0),
-        ("memory", 0),
-        ("cpu", 0),
-        ("disk", 0),
-        ("probes", 0),
+        (sc::MEMORY, 0),
+        (sc::CPU, 0),
+        (sc::DISK_FOOTPRINT, 0),
+        (sc::PROBES, 0),
     ] {
         if !out.join(format!("{name}.svg")).exists() {
             // An empty placeholder keeps every page's image link valid.
@@ -598,6 +678,11 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             )?;
         }
     }
+    Ok(Vec::new())
+}
+
+/// Numbers the prose quotes that this run did not produce.
+fn missing_numbers(_run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     // Any number the prose quotes that this run did not produce reads "n/a"
     // (e.g. VM figures on a host without KVM).
     if let Some(src) = out.parent() {
@@ -613,8 +698,7 @@ pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
             }
         }
     }
-    files.push(out.to_path_buf());
-    Ok(files)
+    Ok(Vec::new())
 }
 
 fn placeholder_svg(text: &str) -> String {
@@ -653,21 +737,6 @@ fn phase_order(name: &str) -> f64 {
         .unwrap_or(50.0)
 }
 
-/// Builds the HTML book with mdBook.
-pub fn build_book(book_dir: &Path) -> Result<PathBuf> {
-    if !book_dir.join("src/generated/host.md").is_file() {
-        bail!(
-            "{} has no generated results: run `isolab report` first",
-            book_dir.display()
-        );
-    }
-    let book = mdbook::MDBook::load(book_dir)
-        .map_err(|e| anyhow!("loading the book in {}: {e}", book_dir.display()))?;
-    book.build()
-        .map_err(|e| anyhow!("building the book: {e}"))?;
-    Ok(book_dir.join("book"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,84 +760,5 @@ mod tests {
         assert!(host_note(&m).contains("PVM host"));
         m.host.kvm_flavour = "hardware-vmx".into();
         assert!(host_note(&m).contains("hardware virtualisation"));
-    }
-}
-
-/// One row of `isolab compare`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    pub key: (String, String, String),
-    pub median_a: f64,
-    pub median_b: f64,
-    pub ratio: f64,
-    pub ci: (f64, f64),
-    pub significant: bool,
-}
-
-/// Compares two runs: for every (scenario, metric, backend) in both, the
-/// ratio of medians B/A with a bootstrap 95 % CI; a change is significant
-/// when the interval excludes 1 and the change is over 5 %.
-pub fn compare(a: &[Sample], b: &[Sample]) -> Vec<Change> {
-    let (ca, cb) = (collect(a), collect(b));
-    let mut out = Vec::new();
-    for (k, va) in &ca {
-        let Some(vb) = cb.get(k) else { continue };
-        let (Some(ma), Some(mb)) = (stats::median(va), stats::median(vb)) else {
-            continue;
-        };
-        let Some((ratio, ci)) = stats::ratio_of_medians(vb, va) else {
-            continue;
-        };
-        let significant = (ci.0 > 1.0 || ci.1 < 1.0) && (ratio - 1.0).abs() > 0.05;
-        out.push(Change {
-            key: k.clone(),
-            median_a: ma,
-            median_b: mb,
-            ratio,
-            ci,
-            significant,
-        });
-    }
-    out
-}
-
-#[cfg(test)]
-mod compare_tests {
-    use super::*;
-
-    fn s(backend: &str, v: f64) -> Sample {
-        Sample {
-            run_id: "r".into(),
-            host_id: "h".into(),
-            backend: backend.into(),
-            guest: "agent".into(),
-            scenario: "startup".into(),
-            iteration: 0,
-            metric: "launch_to_exit".into(),
-            unit: "ns".into(),
-            value: v,
-        }
-    }
-
-    #[test]
-    fn flags_a_real_change_and_not_noise() {
-        let a: Vec<Sample> = (0..30)
-            .map(|i| s("container", 100.0 + (i % 5) as f64))
-            .collect();
-        let same: Vec<Sample> = (0..30)
-            .map(|i| s("container", 100.0 + ((i + 2) % 5) as f64))
-            .collect();
-        let slower: Vec<Sample> = (0..30)
-            .map(|i| s("container", 150.0 + (i % 5) as f64))
-            .collect();
-        let c = compare(&a, &same);
-        assert_eq!(c.len(), 1);
-        assert!(!c[0].significant, "{:?}", c[0]);
-        let c = compare(&a, &slower);
-        assert!(c[0].significant && c[0].ratio > 1.4, "{:?}", c[0]);
-        assert!(
-            compare(&a, &[s("crun", 1.0)]).is_empty(),
-            "only keys present in both runs"
-        );
     }
 }

@@ -1,5 +1,5 @@
-//! The lab's I/O ports, shared by the monitor and the bare guest (which
-//! includes this file with `#[path]`, so it must stay `core`-only).
+//! The lab's I/O ports, shared by the monitor, the bare guest and the
+//! Linux agent (`core`-only: the bare guest links it).
 //!
 //! Port 0x80 is avoided on purpose: Linux writes to it for I/O delays.
 

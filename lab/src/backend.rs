@@ -1,0 +1,387 @@
+//! The `Backend` trait: every engine the lab runs an instance on.
+//!
+//! The lab's own container runtime, the OCI peers (crun, runc), the lab's
+//! own microVM monitor and QEMU's `microvm` machine each implement it in
+//! one file under `backends/`; [`registry`] lists them. `run`, `bench`
+//! and `probes` all dispatch through the registry, so a new backend is
+//! one new file plus one line there.
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use isolab_abi::catalog::{self, Scenario};
+use isolab_reports::InstanceReport;
+use isolab_runtime::cgroups::Limits;
+use isolab_runtime::container::Volume;
+
+use crate::home::Home;
+
+/// What kind of isolation a backend gives: a process on the host's kernel,
+/// or a guest with a kernel of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Container,
+    Vm,
+}
+
+/// What runs inside an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guest {
+    /// The `isolab-agent` as a container's entrypoint.
+    #[default]
+    Agent,
+    /// The bare lab guest: no operating system at all.
+    Bare,
+    /// A Linux kernel with the agent as `/init`.
+    Linux,
+}
+
+impl Guest {
+    /// The name results use (`guest` column of `samples.csv`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guest::Agent => "agent",
+            Guest::Bare => "bare",
+            Guest::Linux => "linux",
+        }
+    }
+
+    /// How figures from this guest are labelled in tables and prose.
+    pub fn label(self) -> &'static str {
+        match self {
+            Guest::Agent => "agent",
+            Guest::Bare => "no-OS guest",
+            Guest::Linux => "Linux guest",
+        }
+    }
+
+    /// Whether this guest runs the scenario.
+    pub fn runs(self, scenario: &Scenario) -> bool {
+        match self {
+            Guest::Agent | Guest::Linux => scenario.guests.agent,
+            Guest::Bare => scenario.guests.bare,
+        }
+    }
+}
+
+/// Why a backend cannot run here, and how to fix that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub reason: String,
+    /// The command that installs what is missing, when one does.
+    pub install: Option<String>,
+}
+
+impl Unavailable {
+    /// The sentence for a user who asked for this backend.
+    pub fn sentence(&self) -> String {
+        match &self.install {
+            Some(cmd) => format!("{}: install it with `{cmd}`", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.install {
+            Some(cmd) => write!(f, "{}: skipped (install it with `{cmd}`)", self.reason),
+            None => write!(f, "{}: skipped", self.reason),
+        }
+    }
+}
+
+/// Called with the pid of the process that holds an instance, as soon as
+/// it exists (the detached shim records it for `stop`).
+pub type SpawnHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// Settings that only VM backends read.
+#[derive(Debug, Clone, Default)]
+pub struct VmSpec {
+    pub guest: Option<Guest>,
+    /// Guest memory in MiB (default 64 bare, 256 Linux).
+    pub mem_mib: Option<u64>,
+    pub vcpus: u8,
+    /// Give up after this long (default 10 s bare, 120 s Linux).
+    pub timeout: Option<Duration>,
+    pub kernel: Option<std::path::PathBuf>,
+    /// virtio-blk disks: files, or [`crate::images::IMAGE_DISK`].
+    pub disks: Vec<String>,
+    pub pvh: bool,
+}
+
+impl VmSpec {
+    pub fn guest(&self) -> Guest {
+        self.guest.unwrap_or(Guest::Bare)
+    }
+    pub fn mem_mib(&self) -> u64 {
+        self.mem_mib.unwrap_or(match self.guest() {
+            Guest::Linux => 256,
+            _ => 64,
+        })
+    }
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(match self.guest() {
+            Guest::Linux => Duration::from_secs(120),
+            _ => Duration::from_secs(10),
+        })
+    }
+}
+
+/// One instance to run: what the user or the bench asked for.
+#[derive(Clone)]
+pub struct InstanceSpec {
+    pub image: String,
+    pub scenario: String,
+    /// `KEY=VALUE` scenario parameters.
+    pub params: Vec<String>,
+    /// A command instead of the agent's scenario (containers).
+    pub command: Vec<String>,
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub limits: Limits,
+    pub userns: bool,
+    pub seccomp: bool,
+    pub volumes: Vec<Volume>,
+    pub vm: VmSpec,
+    /// The instant the process running this instance was spawned, when a
+    /// harness spawned it (`ISOLAB_LAUNCH_NS`); else stamped on entry.
+    pub launch_ns: Option<u64>,
+    /// An instance record the caller already made (a detached run's shim):
+    /// the backend fills it in instead of making its own.
+    pub record: Option<String>,
+    pub on_spawn: Option<SpawnHook>,
+}
+
+impl Default for InstanceSpec {
+    fn default() -> Self {
+        InstanceSpec {
+            image: crate::images::DEFAULT_IMAGE.into(),
+            scenario: catalog::name::STARTUP.into(),
+            params: vec![],
+            command: vec![],
+            name: None,
+            hostname: None,
+            env: vec![],
+            workdir: None,
+            limits: Limits::default(),
+            userns: false,
+            seccomp: true,
+            volumes: vec![],
+            vm: VmSpec {
+                vcpus: 1,
+                ..Default::default()
+            },
+            launch_ns: None,
+            record: None,
+            on_spawn: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for InstanceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSpec")
+            .field("image", &self.image)
+            .field("scenario", &self.scenario)
+            .field("params", &self.params)
+            .field("command", &self.command)
+            .field("vm", &self.vm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceSpec {
+    /// The scenario's catalog entry (an unknown name is one sentence
+    /// listing the known ones).
+    pub fn scenario_entry(&self) -> Result<&'static Scenario> {
+        catalog::find(&self.scenario).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown scenario {:?}: use one of {}",
+                self.scenario,
+                catalog::CATALOG
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// The launch instant: the harness's, or now.
+    pub fn launch(&self) -> u64 {
+        self.launch_ns.unwrap_or_else(crate::clock::monotonic_ns)
+    }
+}
+
+/// How the user is attached to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// Output captured, a report returned (`--json`, bench, probes).
+    Captured,
+    /// The user's terminal: output live, the exit code returned.
+    Terminal { tty: bool, interactive: bool },
+    /// In the background, owned by a shim (`-d`).
+    Detached,
+}
+
+/// What a captured run returns: the report and everything the instance
+/// printed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub report: InstanceReport,
+    pub output: String,
+}
+
+/// An engine that runs instances.
+pub trait Backend: Send + Sync {
+    /// The name used on the command line and in results.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and the book.
+    fn about(&self) -> &'static str;
+    fn kind(&self) -> Kind;
+    /// The backend this one's figures are compared with (a peer names
+    /// the lab's engine of its kind).
+    fn baseline(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether it can run on this host, and if not, why and how to fix it.
+    fn available(&self) -> Result<(), Unavailable>;
+    /// What runs inside for this spec.
+    fn guest(&self, spec: &InstanceSpec) -> Guest {
+        match self.kind() {
+            Kind::Container => Guest::Agent,
+            Kind::Vm => spec.vm.guest(),
+        }
+    }
+    /// Whether it runs `scenario` with this spec's guest.
+    fn supports(&self, scenario: &Scenario, spec: &InstanceSpec) -> bool {
+        self.guest(spec).runs(scenario)
+    }
+    /// Refuses, in one sentence, options this backend does not take.
+    fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()>;
+    /// Runs one instance to its end, output captured.
+    fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome>;
+    /// Runs one instance with the user's terminal (`tty`: as a terminal,
+    /// `-t`; `interactive`: its keys reach the instance, `-i`); returns the
+    /// exit code. By default: a captured run printed at the end.
+    fn run_attached(
+        &self,
+        home: &Home,
+        spec: &InstanceSpec,
+        _tty: bool,
+        _interactive: bool,
+    ) -> Result<i32> {
+        let o = self.run(home, spec)?;
+        print!("{}", o.output);
+        Ok(o.report.exit_code)
+    }
+    /// Whether this backend makes containers inside this very process, so
+    /// that the process must first run from a sealed copy of itself
+    /// (CVE-2019-5736; see [`crate::selfprotect`]).
+    fn runs_in_process(&self) -> bool {
+        false
+    }
+    /// Removes what a killed run of this backend may have left in `home`.
+    /// Returns a line per removed thing.
+    fn prune(&self, _home: &Home) -> Vec<String> {
+        vec![]
+    }
+}
+
+/// Every backend the lab knows, in the order tables show them.
+pub fn registry() -> &'static [&'static dyn Backend] {
+    use crate::backends::{container, microvm, oci, qemu};
+    static ALL: [&dyn Backend; 5] = [
+        &container::Container,
+        &oci::CRUN,
+        &oci::RUNC,
+        &microvm::MicroVm,
+        &qemu::Qemu,
+    ];
+    &ALL
+}
+
+/// The names of every backend, for messages.
+pub fn names() -> Vec<&'static str> {
+    registry().iter().map(|b| b.name()).collect()
+}
+
+/// The backend called `name`.
+pub fn find(name: &str) -> Result<&'static dyn Backend> {
+    registry()
+        .iter()
+        .copied()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown backend {name:?}: use one of {}",
+                names().join(", ")
+            )
+        })
+}
+
+/// The baseline of the backend called `name`, if any.
+pub fn baseline_of(name: &str) -> Option<&'static str> {
+    find(name).ok().and_then(|b| b.baseline())
+}
+
+/// Display order of a backend name (unknown names last).
+pub fn order_of(name: &str) -> usize {
+    registry()
+        .iter()
+        .position(|b| b.name() == name)
+        .unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_names_each_backend_once_with_a_known_baseline() {
+        let names = names();
+        assert_eq!(names, ["container", "crun", "runc", "microvm", "qemu"]);
+        for b in registry() {
+            if let Some(base) = b.baseline() {
+                let base = find(base).unwrap();
+                assert_eq!(base.kind(), b.kind(), "{} vs {}", b.name(), base.name());
+                assert!(base.baseline().is_none());
+            }
+        }
+        assert_eq!(baseline_of("crun"), Some("container"));
+        assert_eq!(baseline_of("qemu"), Some("microvm"));
+        assert!(find("docker")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("container, crun"));
+    }
+
+    #[test]
+    fn scenario_support_follows_the_catalog() {
+        let spec = InstanceSpec::default();
+        let s = |n| catalog::find(n).unwrap();
+        let (c, vm) = (find("container").unwrap(), find("microvm").unwrap());
+        assert!(c.supports(s("idle"), &spec) && !vm.supports(s("idle"), &spec));
+        assert!(vm.supports(s("exit-cost"), &spec) && !c.supports(s("exit-cost"), &spec));
+        assert!(vm.supports(s("disk-read"), &spec) && c.supports(s("disk-read"), &spec));
+        assert!(find("runc").unwrap().supports(s("net-loopback"), &spec));
+        assert!(!vm.supports(s("syscall"), &spec));
+        let mut linux = spec.clone();
+        linux.vm.guest = Some(Guest::Linux);
+        assert!(vm.supports(s("syscall"), &linux));
+        assert!(spec.scenario_entry().is_ok());
+        let bad = InstanceSpec {
+            scenario: "nope".into(),
+            ..Default::default()
+        };
+        assert!(bad
+            .scenario_entry()
+            .unwrap_err()
+            .to_string()
+            .contains("startup"));
+    }
+}

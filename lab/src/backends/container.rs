@@ -1,0 +1,314 @@
+//! The lab's own namespace container runtime as a backend.
+//!
+//! It launches the container in this process (the runtime crate's
+//! `container::launch`), reads its marks and its cgroup at the hold point,
+//! and records it in the instance store while it runs.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::{anyhow, bail, Context, Result};
+use isolab_reports::{InstanceReport, Mark};
+use isolab_runtime::cgroups::CgroupLayout;
+use isolab_runtime::container::{self, Spec, Stdio};
+use isolab_scenarios::protocol::{self, HOLD_LINE};
+
+use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
+use crate::home::Home;
+use crate::images;
+use crate::instances::Record;
+
+/// isolab's own container runtime.
+pub struct Container;
+
+impl Backend for Container {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+    fn about(&self) -> &'static str {
+        "isolab's own namespace container runtime"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Container
+    }
+    fn available(&self) -> Result<(), Unavailable> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Unavailable {
+                reason: "the container backend needs root (namespaces, overlayfs, cgroups): run it with sudo".into(),
+                install: None,
+            });
+        }
+        Ok(())
+    }
+    fn check(&self, spec: &InstanceSpec, _attach: Attach) -> Result<()> {
+        crate::backends::refuse_vm_options(self.name(), spec)
+    }
+    fn runs_in_process(&self) -> bool {
+        true
+    }
+    fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
+        run_captured(home, spec)
+    }
+    fn run_attached(
+        &self,
+        home: &Home,
+        spec: &InstanceSpec,
+        tty: bool,
+        _interactive: bool,
+    ) -> Result<i32> {
+        run_terminal(home, spec, tty)
+    }
+    fn prune(&self, home: &Home) -> Vec<String> {
+        let keep: Vec<String> = crate::instances::list(home)
+            .into_iter()
+            .filter(|s| s.effective() == crate::instances::Effective::Running)
+            .map(|s| s.id)
+            .collect();
+        match layout() {
+            Ok(l) => isolab_runtime::cgroups::prune(&l, &keep)
+                .into_iter()
+                .map(|p| format!("cgroup {}", p.display()))
+                .collect(),
+            Err(e) => vec![format!("(cgroups not pruned: {e:#})")],
+        }
+    }
+}
+
+/// The argv a spec runs: its command, or the agent with the scenario.
+fn argv_of(spec: &InstanceSpec, entrypoint: &[String]) -> Vec<String> {
+    if !spec.command.is_empty() {
+        spec.command.clone()
+    } else if entrypoint == [images::AGENT_PATH] {
+        crate::instances::describe(spec)
+    } else {
+        entrypoint.to_vec()
+    }
+}
+
+/// A container ready to launch, and its record.
+struct Prepared {
+    spec: Spec,
+    record: Record,
+}
+
+fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
+    let store = home.store();
+    let img = images::open(home, &opts.image)?;
+    let argv = argv_of(opts, &img.config.entrypoint);
+    store
+        .check_entrypoint(&img, &argv[0])
+        .map_err(|e| anyhow!(e))?;
+    for e in &opts.env {
+        if !e.contains('=') {
+            bail!("invalid environment entry {e:?}: use -e KEY=VALUE");
+        }
+    }
+    let mut record = match &opts.record {
+        Some(id) => Record::open(home, id)?,
+        None => Record::create(home, "container", opts, argv.clone(), false)?,
+    };
+    record.state.command = argv.clone();
+    record.save()?;
+    let id = record.id().to_owned();
+    let hostname = opts.hostname.clone().unwrap_or_else(|| id.clone());
+    let mut env = img.config.env.clone();
+    env.push(format!("HOSTNAME={hostname}"));
+    env.push("HOME=/".into());
+    if matches!(stdio, Stdio::Pty(_)) {
+        env.push(format!(
+            "TERM={}",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
+        ));
+    }
+    env.extend(opts.env.iter().cloned());
+    let spec = Spec {
+        id: id.clone(),
+        lower_dirs: store.lower_dirs(&img),
+        instance_dir: home.instance_fs(&id),
+        argv,
+        env,
+        cwd: opts
+            .workdir
+            .clone()
+            .unwrap_or_else(|| img.config.cwd.clone()),
+        hostname,
+        limits: opts.limits.clone(),
+        userns: opts.userns,
+        seccomp: opts.seccomp,
+        stdio,
+        volumes: opts.volumes.clone(),
+    };
+    Ok(Prepared { spec, record })
+}
+
+/// Prepares and starts a container, recording it as running.
+fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<(container::Running, Record)> {
+    let layout = layout()?;
+    let Prepared { spec, mut record } = prepare(home, opts, stdio)?;
+    let mut running = container::launch(spec, &layout)?;
+    record.running(running.pid.as_raw());
+    if let Some(hook) = &opts.on_spawn {
+        hook(running.pid.as_raw());
+    }
+    // A record the caller made (detached) outlives the run, with the
+    // writable layer, until `rm`.
+    running.keep_instance_dir(opts.record.is_some());
+    Ok((running, record))
+}
+
+/// This host's cgroup layout, read once per process.
+pub fn layout() -> Result<CgroupLayout> {
+    static LAYOUT: std::sync::OnceLock<CgroupLayout> = std::sync::OnceLock::new();
+    if let Some(l) = LAYOUT.get() {
+        return Ok(l.clone());
+    }
+    let l = CgroupLayout::detect().context("reading /proc/self/mountinfo for the cgroup layout")?;
+    Ok(LAYOUT.get_or_init(|| l).clone())
+}
+
+/// Runs a container with its output captured, and returns the report
+/// (`isolab run --json`, and `bench`).
+fn run_captured(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
+    let launch = opts.launch();
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (running, _record) = start(home, opts, Stdio::Into(w))?;
+    // Read output; at the hold line, read the cgroup's memory.
+    let mut memory = BTreeMap::new();
+    let output = crate::capture::read_lines(std::fs::File::from(r), |line| {
+        if line == HOLD_LINE {
+            let s = running.stats();
+            if let Some(v) = s.memory_current_bytes {
+                memory.insert("hold_cgroup_current".to_owned(), v);
+            }
+            if let Some(v) = s.memory_charged_bytes {
+                memory.insert("hold_cgroup_charged".to_owned(), v);
+            }
+        }
+    });
+    let runtime_marks = running.marks.clone();
+    let id = running.id.clone();
+    let exit = running.wait()?;
+    if let Some(v) = exit.stats.memory_peak_bytes {
+        memory.insert("cgroup_peak".into(), v);
+    }
+    let mut marks = vec![Mark::new("launch", launch)];
+    marks.extend(runtime_marks.into_iter().map(|m| Mark::new(&m.name, m.ns)));
+    marks.push(Mark::new("exit", exit.exit_ns));
+    let result = match protocol::parse_output("container", &output) {
+        Ok(res) => {
+            if let Some(ready) = res.marks.iter().find(|m| m.name == "ready") {
+                marks.push(Mark::new("ready", ready.ns));
+            }
+            Some(serde_json::to_value(&res)?)
+        }
+        Err(e) if opts.command.is_empty() && !exit.oom_killed => {
+            return Err(anyhow!(e));
+        }
+        Err(_) => None,
+    };
+    let mut report = InstanceReport::new("container", "agent", &opts.scenario, id);
+    report.exit_code = exit.code;
+    report.signal = exit.signal;
+    report.oom_killed = exit.oom_killed;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = result;
+    report.notes = vec![
+        "ready is stamped by the agent itself: a container shares the host's CLOCK_MONOTONIC"
+            .into(),
+    ];
+    report.derive();
+    Ok(Outcome { report, output })
+}
+
+/// `isolab run` with the terminal's stdio (or, detached, the log's);
+/// returns the container's exit code.
+fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool) -> Result<i32> {
+    let (stdio, master) = if tty {
+        let pty = nix::pty::openpty(window_size().as_ref(), None).context("openpty")?;
+        (Stdio::Pty(pty.slave), Some(pty.master))
+    } else {
+        (Stdio::Inherit, None)
+    };
+    let (running, _record) = start(home, opts, stdio)?;
+    if let Some(master) = master {
+        pump_pty(master);
+    }
+    let exit = running.wait()?;
+    if exit.oom_killed {
+        eprintln!("isolab: the container was OOM-killed: it used more than its memory limit (raise --memory)");
+    }
+    Ok(exit.code)
+}
+
+fn window_size() -> Option<nix::pty::Winsize> {
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into a valid pointer.
+    let r = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0).then_some(ws)
+}
+
+/// Copies stdin → pty master and master → stdout until the container's
+/// side closes; the host terminal is in raw mode meanwhile and restored
+/// after, whatever happens.
+fn pump_pty(master: OwnedFd) {
+    use nix::sys::termios;
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        termios::cfmakeraw(&mut raw);
+        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+    }
+    let mut buf = [0u8; 4096];
+    let mut stdin_open = true;
+    loop {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let sin = std::io::stdin();
+        let mut fds = vec![PollFd::new(
+            std::os::fd::AsFd::as_fd(&master),
+            PollFlags::POLLIN,
+        )];
+        if stdin_open {
+            fds.push(PollFd::new(
+                std::os::fd::AsFd::as_fd(&sin),
+                PollFlags::POLLIN,
+            ));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let m_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let s_ev = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .unwrap_or(PollFlags::empty());
+        drop(fds);
+        if m_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            match nix::unistd::read(master.as_raw_fd(), &mut buf) {
+                Ok(n) if n > 0 => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+                _ => break, // EIO: the container side is gone.
+            }
+        }
+        if s_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            match nix::unistd::read(0, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let _ = nix::unistd::write(&master, &buf[..n]);
+                }
+                _ => stdin_open = false,
+            }
+        }
+    }
+    if let Some(t) = &saved {
+        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, t);
+    }
+}

@@ -1,0 +1,444 @@
+//! The lab's own KVM monitor as a backend: one `isolab-vmm` process per
+//! VM (launch = spawn, exit = reaped, as for QEMU), booting the bare lab
+//! guest or a Linux kernel with the agent as `/init`.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use isolab_abi::catalog::{self, name as sc};
+use isolab_microvm::vcpu::StopReason;
+use isolab_microvm::vmm;
+use isolab_reports::{InstanceReport, Mark};
+use isolab_scenarios::protocol;
+
+use crate::backend::{Attach, Backend, Guest, InstanceSpec, Kind, Outcome, Unavailable};
+use crate::clock::monotonic_ns;
+use crate::home::Home;
+use crate::images::IMAGE_DISK;
+
+/// isolab's own KVM microVM monitor.
+pub struct MicroVm;
+
+impl Backend for MicroVm {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+    fn about(&self) -> &'static str {
+        "isolab's own KVM microVM monitor (isolab-vmm)"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Vm
+    }
+    fn available(&self) -> Result<(), Unavailable> {
+        kvm_usable()?;
+        if vmm_binary().is_none() {
+            return Err(Unavailable {
+                reason: "isolab-vmm is missing next to isolab".into(),
+                install: Some("cargo build --release".into()),
+            });
+        }
+        Ok(())
+    }
+    fn check(&self, spec: &InstanceSpec, _attach: Attach) -> Result<()> {
+        crate::backends::refuse_container_options(spec)?;
+        if let Some(t) = spec.vm.timeout {
+            if !(t.as_secs_f64() > 0.0 && t.as_secs_f64() <= 3600.0) {
+                bail!(
+                    "--timeout {} is out of range: use 0 < seconds <= 3600",
+                    t.as_secs_f64()
+                );
+            }
+        }
+        if spec.vm.kernel.is_some() && spec.vm.guest() == Guest::Bare {
+            bail!("--kernel picks a Linux guest's kernel: add --guest linux, or drop --kernel for the bare guest");
+        }
+        Ok(())
+    }
+    fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
+        boot(home, spec, false, false)
+    }
+    fn run_attached(
+        &self,
+        home: &Home,
+        spec: &InstanceSpec,
+        tty: bool,
+        interactive: bool,
+    ) -> Result<i32> {
+        let mut spec = spec.clone();
+        let keys = tty && interactive;
+        if tty && spec.vm.timeout.is_none() {
+            spec.vm.timeout = Some(std::time::Duration::from_secs(3600));
+        }
+        Ok(boot(home, &spec, true, keys)?.report.exit_code)
+    }
+}
+
+/// Whether `/dev/kvm` can be opened here.
+pub fn kvm_usable() -> Result<(), Unavailable> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Unavailable {
+            reason: format!("no usable /dev/kvm ({e}; see `isolab doctor`)"),
+            install: None,
+        }),
+    }
+}
+
+/// Refuses, in one sentence, a scenario the bare guest does not run.
+pub fn check_bare_scenario(spec: &InstanceSpec) -> Result<()> {
+    let entry = spec.scenario_entry()?;
+    if !entry.guests.bare {
+        let bare: Vec<&str> = catalog::CATALOG
+            .iter()
+            .filter(|s| s.guests.bare)
+            .map(|s| s.name)
+            .collect();
+        bail!(
+            "the bare guest runs {}: {:?} needs --guest linux",
+            bare.join(", "),
+            spec.scenario
+        );
+    }
+    Ok(())
+}
+
+/// `--disk` values → `isolab-vmm` arguments. The image disk is shared
+/// and cached, so it is attached read-only; a user's file read-write.
+fn disk_args(home: &Home, opts: &InstanceSpec) -> Result<Vec<String>> {
+    let mut specs = opts.vm.disks.clone();
+    if specs.is_empty() && opts.scenario == sc::DISK_READ {
+        specs.push(IMAGE_DISK.into());
+    }
+    let mut args = Vec::new();
+    for spec in specs {
+        if spec == IMAGE_DISK {
+            args.push("--disk-ro".into());
+            args.push(crate::images::image_disk(home)?.display().to_string());
+        } else {
+            let p = std::path::Path::new(&spec);
+            if !p.is_file() {
+                bail!("--disk {spec}: no such file: pass a disk image file or `image` for the image's layers as ext4");
+            }
+            args.push("--disk".into());
+            args.push(spec);
+        }
+    }
+    Ok(args)
+}
+
+/// The report of a Linux guest: the phases it reached, even when it did
+/// not reach the agent (as on PVM hosts).
+fn linux_report(
+    opts: &InstanceSpec,
+    marks: Vec<Mark>,
+    mut notes: Vec<String>,
+    memory: BTreeMap<String, u64>,
+    r: &vmm::VmReport,
+    pid: u32,
+) -> Result<Outcome> {
+    let result = protocol::parse_output("microvm", &r.serial).ok();
+    let reached: Vec<&str> = ["kernel_start", "kernel_init", "agent_ready"]
+        .into_iter()
+        .filter(|n| marks.iter().any(|m| m.name == *n))
+        .collect();
+    let mut marks = marks;
+    // ready = the agent's own mark when it got there.
+    if let Some(a) = Mark::find(&marks, "agent_ready") {
+        marks.push(Mark::new("ready", a));
+    }
+    let code = match (&r.stop, r.timed_out, &result) {
+        (StopReason::Reset, false, Some(res)) if res.ok => i32::from(r.exit_code.unwrap_or(0)),
+        _ => {
+            notes.push(format!(
+                "the guest stopped before the agent's result ({}; phases reached: {}); last serial lines:\n{}",
+                if r.timed_out { format!("timed out after {:?}", opts.vm.timeout()) } else { r.stop.describe() },
+                if reached.is_empty() { "none".to_owned() } else { reached.join(", ") },
+                protocol::tail(&r.serial, 8)
+            ));
+            1
+        }
+    };
+    if !crate::host::kvm_flavour_here().boots_stock_linux() {
+        notes.push("host KVM is PVM: a stock kernel cannot boot to init here; the figures show how far it got".into());
+    }
+    let mut report = InstanceReport::new("microvm", "linux", &opts.scenario, format!("vm-{pid}"));
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = result.map(|x| serde_json::to_value(x).unwrap_or_default());
+    report.notes = notes;
+    report.console_head = Some(r.serial.chars().take(8192).collect());
+    report.derive();
+    Ok(Outcome {
+        report,
+        output: r.serial.clone(),
+    })
+}
+
+/// `key=value` scenario parameters → `isolab.key=value` command-line words.
+pub fn guest_cmdline(scenario: &str, params: &[String]) -> Result<String> {
+    let mut words = vec![format!("isolab.scenario={scenario}")];
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("invalid --param {p:?}: use KEY=VALUE");
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) || v.contains(char::is_whitespace) {
+            bail!("invalid --param {p:?}: no spaces in keys or values");
+        }
+        words.push(format!("isolab.{k}={v}"));
+    }
+    Ok(words.join(" "))
+}
+
+/// Metrics the host derives from the guest's marks (the bare guest has no
+/// clock of its own it could trust): rates from `work_start`→`work_end`.
+pub fn derive_metrics(
+    scenario: &str,
+    marks: &[Mark],
+    data: &serde_json::Value,
+) -> Vec<protocol::Metric> {
+    let (Some(a), Some(b)) = (
+        Mark::find(marks, "work_start"),
+        Mark::find(marks, "work_end"),
+    ) else {
+        return vec![];
+    };
+    let dt = b.saturating_sub(a).max(1) as f64;
+    let m = |name: &str, unit: &str, value: f64| protocol::Metric {
+        name: name.into(),
+        unit: unit.into(),
+        value,
+    };
+    match scenario {
+        sc::CPU => data["blocks"]
+            .as_f64()
+            .map(|blocks| vec![m("cpu.sha256", "bytes_per_s", blocks * 64.0 / (dt / 1e9))])
+            .unwrap_or_default(),
+        sc::MEMORY => match (data["mib"].as_f64(), data["pages"].as_f64()) {
+            (Some(mib), Some(pages)) => vec![
+                m(
+                    "memory.touch_rate",
+                    "bytes_per_s",
+                    mib * 1048576.0 / (dt / 1e9),
+                ),
+                m("memory.fault_cost", "ns_per_page", dt / pages.max(1.0)),
+            ],
+            _ => vec![],
+        },
+        sc::DISK_READ => data["bytes"]
+            .as_f64()
+            .map(|b| vec![m("disk.read_rate", "bytes_per_s", b / (dt / 1e9))])
+            .unwrap_or_default(),
+        sc::EXIT_COST => data["exits"]
+            .as_f64()
+            .map(|n| vec![m("vm.exit_cost", "ns_per_exit", dt / n.max(1.0))])
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+/// The monitor binary, next to this `isolab` (cargo builds both into one
+/// directory).
+pub fn vmm_binary() -> Option<PathBuf> {
+    let p = crate::selfprotect::original_exe()?.with_file_name("isolab-vmm");
+    p.is_file().then_some(p)
+}
+
+/// Boots one VM with our monitor (`isolab-vmm`, one process per VM, as
+/// QEMU is for the peer) and reports it.
+fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Result<Outcome> {
+    let mut args: Vec<String> = Vec::new();
+    let guest = opts.vm.guest();
+    if guest == Guest::Bare {
+        check_bare_scenario(opts)?;
+    }
+    let mut cmdline = guest_cmdline(&opts.scenario, &opts.params)?;
+    if guest == Guest::Linux {
+        let linux = crate::linux_guest::prepare(home, &opts.vm)?;
+        args.extend([
+            "--kernel".into(),
+            linux.kernel.display().to_string(),
+            "--initrd".into(),
+            linux.initrd.display().to_string(),
+            "--pit".into(),
+        ]);
+        cmdline = format!("{} {cmdline}", crate::linux_guest::LINUX_CMDLINE);
+        if let Some(w) = linux.warning {
+            eprintln!("isolab: {w}");
+        }
+    }
+    args.extend(["--cmdline".into(), cmdline]);
+    args.extend(disk_args(home, opts)?);
+    args.extend([
+        "--mem".into(),
+        opts.vm.mem_mib().to_string(),
+        "--vcpus".into(),
+        opts.vm.vcpus.to_string(),
+    ]);
+    args.extend([
+        "--timeout".into(),
+        opts.vm.timeout().as_secs_f64().to_string(),
+    ]);
+    if echo {
+        args.push("--echo".into());
+    }
+    if interactive {
+        args.push("--interactive".into());
+    }
+    if opts.vm.pvh {
+        args.push("--pvh".into());
+    }
+    let vmm = vmm_binary().ok_or_else(|| {
+        anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
+    })?;
+    // launch = the spawn of the monitor process, after the harness's own
+    // preparation (e.g. a Linux guest's initramfs), as for QEMU.
+    let launch = monotonic_ns();
+    let mut child = std::process::Command::new(&vmm)
+        .args(&args)
+        .stdin(if interactive {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(if echo {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::piped()
+        })
+        .spawn()
+        .map_err(|e| anyhow!("starting {}: {e}", vmm.display()))?;
+    if let Some(hook) = &opts.on_spawn {
+        hook(child.id() as i32);
+    }
+    let stderr_reader = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || crate::capture::read_all(e)));
+    let stdout = child
+        .stdout
+        .take()
+        .map(crate::capture::read_all)
+        .unwrap_or_default();
+    let stderr = stderr_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    let status = child.wait()?;
+    let reaped = monotonic_ns();
+    if !status.success() {
+        let msg = stderr.trim().trim_start_matches("isolab-vmm: ");
+        bail!(
+            "{}",
+            if msg.is_empty() {
+                format!("isolab-vmm failed ({status})")
+            } else {
+                msg.to_owned()
+            }
+        );
+    }
+    let r: vmm::VmReport = serde_json::from_str(stdout.trim())
+        .map_err(|e| anyhow!("isolab-vmm printed no report ({e})"))?;
+    let mut marks = vec![Mark::new("launch", launch)];
+    marks.extend(r.marks.iter().map(|m| Mark::new(&m.name, m.ns)));
+    marks.push(Mark::new("reaped", reaped));
+    let mut notes = vec![
+        "launch = spawn of isolab-vmm; ready = the guest's write to the boot-marker port, stamped by the monitor on the host clock; reaped = monitor process reaped".to_owned(),
+    ];
+    if r.serial_dropped > 0 {
+        notes.push(format!(
+            "the guest flooded the serial port: {} bytes dropped",
+            r.serial_dropped
+        ));
+    }
+    let mut memory = BTreeMap::new();
+    memory.insert("guest_touched".to_owned(), r.guest_touched_bytes);
+    memory.insert("monitor_peak_rss".to_owned(), r.process_peak_rss_bytes);
+    memory.insert(
+        "monitor_rss_beyond_guest".to_owned(),
+        r.process_peak_rss_bytes
+            .saturating_sub(r.guest_touched_bytes),
+    );
+    if guest == Guest::Linux {
+        return linux_report(opts, marks, notes, memory, &r, child.id());
+    }
+    let code = match (&r.stop, r.timed_out, r.exit_code) {
+        (_, true, _) => bail!(
+            "the guest did not finish within {:?} (raise --timeout); last serial output:\n{}",
+            opts.vm.timeout(),
+            protocol::tail(&r.serial, 10)
+        ),
+        (StopReason::Reset, _, Some(c)) => i32::from(c),
+        (StopReason::Reset, _, None) => 0,
+        (other, _, _) => bail!(
+            "microvm: {}; last serial output:\n{}",
+            other.describe(),
+            protocol::tail(&r.serial, 10)
+        ),
+    };
+    let mut res = protocol::parse_output("microvm", &r.serial).map_err(|e| anyhow!("{e}"))?;
+    res.metrics
+        .extend(derive_metrics(&opts.scenario, &marks, &res.data));
+    let mut report = InstanceReport::new(
+        "microvm",
+        guest.as_str(),
+        &opts.scenario,
+        format!("vm-{}", child.id()),
+    );
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = Some(serde_json::to_value(&res)?);
+    report.notes = notes;
+    report.derive();
+    Ok(Outcome {
+        report,
+        output: r.serial,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_from_params() {
+        assert_eq!(
+            guest_cmdline("cpu", &["blocks=10".into()]).unwrap(),
+            "isolab.scenario=cpu isolab.blocks=10"
+        );
+        assert!(guest_cmdline("cpu", &["blocks".into()]).is_err());
+        assert!(guest_cmdline("cpu", &["a=b c".into()]).is_err());
+    }
+
+    #[test]
+    fn metrics_from_work_marks() {
+        let marks = vec![
+            Mark {
+                name: "work_start".into(),
+                ns: 1_000,
+            },
+            Mark {
+                name: "work_end".into(),
+                ns: 1_001_000,
+            },
+        ];
+        let m = derive_metrics("cpu", &marks, &serde_json::json!({"blocks": 1000}));
+        assert_eq!(m[0].name, "cpu.sha256");
+        assert!((m[0].value - 64_000.0 / 1e-3).abs() < 1.0);
+        let m = derive_metrics("exit-cost", &marks, &serde_json::json!({"exits": 1000}));
+        assert_eq!(m[0].value, 1000.0);
+        let m = derive_metrics(
+            "memory",
+            &marks,
+            &serde_json::json!({"mib": 1, "pages": 256}),
+        );
+        assert_eq!(m[1].unit, "ns_per_page");
+        assert!((m[1].value - 1_000_000.0 / 256.0).abs() < 1e-6);
+        assert!(derive_metrics("cpu", &marks[..1], &serde_json::json!({})).is_empty());
+    }
+}

@@ -1,0 +1,273 @@
+//! QEMU's `microvm` machine as a peer: the same bare guest ELF, booted
+//! through its PVH note, the lab's exit port as `isa-debug-exit`.
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+use isolab_abi::catalog::name as sc;
+use isolab_reports::{InstanceReport, Mark};
+use isolab_scenarios::protocol;
+
+use crate::backend::{Attach, Backend, Guest, InstanceSpec, Kind, Outcome, Unavailable};
+use crate::clock::monotonic_ns;
+use crate::home::Home;
+
+const PROGRAM: &str = "qemu-system-x86_64";
+
+/// `qemu-system-x86_64 -M microvm`.
+pub struct Qemu;
+
+impl Backend for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+    fn about(&self) -> &'static str {
+        "qemu-system-x86_64 -M microvm, booting the same bare guest"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Vm
+    }
+    fn baseline(&self) -> Option<&'static str> {
+        Some("microvm")
+    }
+    fn available(&self) -> Result<(), Unavailable> {
+        super::microvm::kvm_usable()?;
+        if crate::host::which(PROGRAM).is_none() {
+            return Err(Unavailable {
+                reason: format!("{PROGRAM} is not installed"),
+                install: Some("apt-get install qemu-system-x86".into()),
+            });
+        }
+        Ok(())
+    }
+    fn guest(&self, _spec: &InstanceSpec) -> Guest {
+        Guest::Bare
+    }
+    fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
+        crate::backends::refuse_container_options(spec)?;
+        if spec.vm.guest() != Guest::Bare {
+            bail!("the QEMU peer runs the bare guest only in this build: use --guest bare");
+        }
+        if spec.vm.pvh {
+            bail!("--pvh picks our monitor's boot entry: use it with --backend microvm (QEMU's microvm always boots the bare guest through PVH)");
+        }
+        if !spec.vm.disks.is_empty() {
+            bail!("--disk attaches a virtio disk to our microVM: use it with --backend microvm");
+        }
+        if matches!(attach, Attach::Terminal { tty: true, .. }) {
+            bail!("-it reaches the guest's serial port with --backend microvm only");
+        }
+        Ok(())
+    }
+    fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
+        run_qemu(home, spec)
+    }
+}
+
+/// The QEMU command line for the bare guest (`-M microvm`, PVH boot, the
+/// lab's exit port as `isa-debug-exit`). QEMU's default CPU model is used:
+/// `-cpu host` makes QEMU set MSRs that PVM refuses.
+pub fn qemu_args(guest: &std::path::Path, cmdline: &str, mem_mib: u64, vcpus: u8) -> Vec<String> {
+    [
+        "-M",
+        "microvm,x-option-roms=off",
+        "-enable-kvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-m".into(),
+        format!("{mem_mib}M"),
+        "-smp".into(),
+        vcpus.to_string(),
+        "-kernel".into(),
+        guest.display().to_string(),
+        "-append".into(),
+        cmdline.to_owned(),
+        "-device".into(),
+        format!(
+            "isa-debug-exit,iobase={:#x},iosize=1",
+            isolab_microvm::ports::EXIT_PORT
+        ),
+    ])
+    .collect()
+}
+
+/// QEMU's `microvm` machine: 24 virtio-mmio transports of 512 bytes from
+/// 0xfeb00000, interrupt lines from 5 (hw/i386/microvm.h).
+const QEMU_VIRTIO_BASE: u64 = 0xfeb0_0000;
+const QEMU_VIRTIO_TRANSPORTS: u64 = 24;
+const QEMU_VIRTIO_IRQ: u64 = 5;
+
+/// `isa-debug-exit` makes QEMU exit with `(value << 1) | 1`.
+pub fn qemu_guest_code(status: Option<i32>) -> Option<i32> {
+    status.filter(|s| s & 1 == 1).map(|s| s >> 1)
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|k| k * 1024)
+}
+
+/// Runs the bare guest under `qemu-system-x86_64 -M microvm`.
+fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
+    use std::io::Read;
+    super::microvm::check_bare_scenario(opts)?;
+    let Some(qemu) = crate::host::which(PROGRAM) else {
+        bail!(
+            "{}",
+            Qemu.available()
+                .err()
+                .map(|u| u.to_string())
+                .unwrap_or_default()
+        );
+    };
+    let guest = crate::images::bare_guest_file(home)?;
+    let mut cmdline = super::microvm::guest_cmdline(&opts.scenario, &opts.params)?;
+    let mut disk_args = Vec::new();
+    if opts.scenario == sc::DISK_READ {
+        // The same image disk, on QEMU's own virtio-blk (modern MMIO).
+        // QEMU does not put its transports on a PVH guest's command line,
+        // so we do, all of them: the guest takes the one holding a disk.
+        let disk = crate::images::image_disk(home)?;
+        disk_args = vec![
+            "-global".into(),
+            "virtio-mmio.force-legacy=false".into(),
+            "-drive".into(),
+            format!(
+                "id=d0,file={},format=raw,if=none,readonly=on",
+                disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=d0,serial=isolab-disk".into(),
+        ];
+        for i in 0..QEMU_VIRTIO_TRANSPORTS {
+            cmdline.push_str(&format!(
+                " virtio_mmio.device=512@{:#x}:{}",
+                QEMU_VIRTIO_BASE + 512 * i,
+                QEMU_VIRTIO_IRQ + i
+            ));
+        }
+    }
+    let mut args = qemu_args(&guest, &cmdline, opts.vm.mem_mib(), opts.vm.vcpus);
+    args.extend(disk_args);
+    let launch = monotonic_ns();
+    let mut child = std::process::Command::new(&qemu)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow!("starting {}: {e}", qemu.display()))?;
+    let pid = child.id();
+    if let Some(hook) = &opts.on_spawn {
+        hook(pid as i32);
+    }
+    let stderr_reader = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || crate::capture::read_all(e)));
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from qemu"))?;
+    // A watchdog kills QEMU at the timeout.
+    let deadline = opts.vm.timeout();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        // SAFETY: kill(2) on the pid of our own child; harmless if it is gone.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let mut serial = Vec::new();
+    let mut ready = None;
+    let mut rss_at_ready = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        serial.extend_from_slice(&buf[..n]);
+        if ready.is_none()
+            && serial
+                .windows(protocol::RESULT_PREFIX.len())
+                .any(|w| w == protocol::RESULT_PREFIX.as_bytes())
+        {
+            ready = Some(monotonic_ns());
+            rss_at_ready = rss_of(pid);
+        }
+    }
+    let status = child.wait()?;
+    let exit_ns = monotonic_ns();
+    drop(watchdog);
+    let stderr = stderr_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    let serial = String::from_utf8_lossy(&serial).into_owned();
+    let code = qemu_guest_code(status.code()).ok_or_else(|| {
+        anyhow!(
+            "qemu ended without the guest's exit code ({status}; killed at the {:?} timeout?): {}\nlast serial output:\n{}",
+            opts.vm.timeout(),
+            stderr.trim(),
+            protocol::tail(&serial, 10)
+        )
+    })?;
+    let mut res = protocol::parse_output("qemu", &serial).map_err(|e| anyhow!("{e}"))?;
+    res.metrics.clear();
+    let mut marks = vec![Mark::new("launch", launch), Mark::new("reaped", exit_ns)];
+    if let Some(r) = ready {
+        marks.push(Mark::new("ready", r));
+    }
+    let mut memory = BTreeMap::new();
+    if let Some(r) = rss_at_ready {
+        memory.insert("monitor_rss_at_ready".to_owned(), r);
+    }
+    let mut report = InstanceReport::new("qemu", "bare", &opts.scenario, format!("qemu-{pid}"));
+    report.exit_code = code;
+    report.marks = marks;
+    report.memory_bytes = memory;
+    report.result = Some(serde_json::to_value(&res)?);
+    report.notes = vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's result line on QEMU's serial output (QEMU has no boot-marker port, so no in-guest rates such as disk.read_rate)".into()];
+    report.derive();
+    Ok(Outcome {
+        report,
+        output: serial,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_exit_codes_and_args() {
+        assert_eq!(qemu_guest_code(Some(1)), Some(0));
+        assert_eq!(qemu_guest_code(Some(5)), Some(2));
+        assert_eq!(qemu_guest_code(Some(0)), None);
+        assert_eq!(qemu_guest_code(None), None);
+        let a = qemu_args(std::path::Path::new("/g.elf"), "isolab.scenario=cpu", 64, 1);
+        assert!(a.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/g.elf"));
+        assert!(a
+            .iter()
+            .any(|x| x == "isa-debug-exit,iobase=0xf11,iosize=1"));
+        assert!(
+            !a.iter().any(|x| x == "host"),
+            "-cpu host makes QEMU set MSRs PVM refuses"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! Reading what an instance prints, safely: whatever it writes — any
+//! bytes, any amount — the harness reads to the end (so the instance never
+//! blocks on a full pipe), keeps a bounded amount, and turns bytes that
+//! are not UTF-8 into U+FFFD instead of stopping.
+use std::io::{BufRead, BufReader, Read};
+
+/// How much of an instance's output the harness keeps in memory.
+pub const KEEP_BYTES: usize = 8 << 20;
+
+/// Reads `from` to its end, line by line, calling `on_line` with each
+/// line (without its newline; lossy UTF-8) as it arrives. Returns the
+/// output kept: the first [`KEEP_BYTES`], then a note of what was dropped.
+pub fn read_lines(from: impl Read, mut on_line: impl FnMut(&str)) -> String {
+    let mut reader = BufReader::with_capacity(64 << 10, from);
+    let mut kept = String::new();
+    let mut dropped = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // A line is bounded too: at most KEEP_BYTES before it is handed on.
+        let n = match (&mut reader)
+            .take(KEEP_BYTES as u64)
+            .read_until(b'\n', &mut buf)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let line = String::from_utf8_lossy(&buf);
+        on_line(line.trim_end_matches(['\n', '\r']));
+        if kept.len() + line.len() <= KEEP_BYTES {
+            kept.push_str(&line);
+        } else {
+            dropped += n as u64;
+        }
+    }
+    if dropped > 0 {
+        kept.push_str(&format!(
+            "\n[isolab: {dropped} more bytes of output were read and dropped; the harness keeps {} MiB]\n",
+            KEEP_BYTES >> 20
+        ));
+    }
+    kept
+}
+
+/// Reads `from` to its end and keeps a bounded, lossy-UTF-8 copy.
+pub fn read_all(from: impl Read) -> String {
+    read_lines(from, |_| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_bytes_do_not_stop_the_reader() {
+        let input: &[u8] = b"one\n\xff\xfe two\nthree";
+        let mut lines = Vec::new();
+        let out = read_lines(input, |l| lines.push(l.to_owned()));
+        assert_eq!(lines, ["one", "\u{fffd}\u{fffd} two", "three"]);
+        assert!(out.ends_with("three"));
+    }
+
+    #[test]
+    fn a_flood_is_read_to_the_end_and_bounded() {
+        let flood = vec![b'x'; KEEP_BYTES * 2 + 10];
+        let mut calls = 0;
+        let out = read_lines(&flood[..], |_| calls += 1);
+        assert!(out.len() < KEEP_BYTES + 200, "{}", out.len());
+        assert!(out.contains("more bytes of output were read and dropped"));
+        assert_eq!(calls, 3, "a line without a newline is cut at the bound");
+    }
+}

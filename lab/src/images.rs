@@ -1,0 +1,191 @@
+//! The lab's images and what is generated from them.
+//!
+//! One image feeds every backend: its layers are a container's overlay
+//! lower dirs and a peer's bundle rootfs; merged, they become a Linux
+//! guest's initramfs or the read-only ext4 disk a VM attaches. Generated
+//! artefacts are content-addressed files in [`Home::cache_dir`], rebuilt
+//! on demand and emptied by `prune`.
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use isolab_runtime::image::{self, Image, ImageConfig};
+use isolab_runtime::initramfs::{self, Node};
+
+use crate::home::Home;
+
+/// Name of the image `isolab image build` makes and `run` uses by default.
+pub const DEFAULT_IMAGE: &str = "default";
+
+/// The `--disk` value that means "the image's layers, as ext4".
+pub const IMAGE_DISK: &str = "image";
+
+/// The static `isolab-agent`, embedded so the image the lab builds always
+/// carries exactly the bytes this lab was built with.
+pub static AGENT: &[u8] = include_bytes!(env!("ISOLAB_AGENT_PATH"));
+
+/// Fingerprint of the embedded agent (see build.rs).
+pub const AGENT_FINGERPRINT: &str = env!("ISOLAB_AGENT_FINGERPRINT");
+
+/// The default image's environment.
+pub const DEFAULT_PATH: &str = "PATH=/bin:/usr/bin:/sbin:/usr/sbin";
+
+/// The agent's path inside the image.
+pub const AGENT_PATH: &str = "/isolab-agent";
+
+/// Builds (or rebuilds) the default image from the embedded agent and a
+/// static busybox when one is installed.
+pub fn build_default(home: &Home) -> Result<Image> {
+    let busybox = crate::host::which("busybox").filter(|p| crate::host::is_static(p));
+    let bb = match &busybox {
+        Some(p) => Some(fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let layers = image::default_layers(AGENT, bb.as_deref())?;
+    let img = home.store().import_blobs(
+        DEFAULT_IMAGE,
+        &layers,
+        ImageConfig {
+            entrypoint: vec![AGENT_PATH.into()],
+            env: vec![DEFAULT_PATH.into()],
+            cwd: "/".into(),
+            labels: [("isolab.agent".to_owned(), AGENT_FINGERPRINT.to_owned())]
+                .into_iter()
+                .collect(),
+        },
+    )?;
+    Ok(img)
+}
+
+/// Opens an image; the default one is built on first use, and rebuilt when
+/// it holds another agent than this lab's.
+pub fn open(home: &Home, name: &str) -> Result<Image> {
+    match home.store().open(name) {
+        Ok(img)
+            if name == DEFAULT_IMAGE
+                && img.config.labels.get("isolab.agent").map(String::as_str)
+                    != Some(AGENT_FINGERPRINT) =>
+        {
+            build_default(home)
+        }
+        Ok(img) => Ok(img),
+        Err(image::ImageError::NotFound { .. }) if name == DEFAULT_IMAGE => build_default(home),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Imports tar layers as an image whose entrypoint is `entrypoint`.
+pub fn import(home: &Home, name: &str, layers: &[PathBuf], entrypoint: &str) -> Result<Image> {
+    Ok(home.store().import(
+        name,
+        layers,
+        ImageConfig {
+            entrypoint: vec![entrypoint.into()],
+            env: vec![DEFAULT_PATH.into()],
+            cwd: "/".into(),
+            labels: Default::default(),
+        },
+    )?)
+}
+
+/// The default image's merged file tree (what the container sees).
+pub fn default_tree(home: &Home) -> Result<BTreeMap<String, Node>> {
+    let img = open(home, DEFAULT_IMAGE)?;
+    Ok(initramfs::merged_tree(&home.store(), &img)?)
+}
+
+/// Writes `bytes` as the cache file `name` unless it is there (atomic: a
+/// temp file renamed into place).
+pub fn cache_put(home: &Home, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    fs::create_dir_all(home.cache_dir())
+        .with_context(|| format!("creating {}", home.cache_dir().display()))?;
+    let path = home.cache_file(name);
+    if !path.exists() {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// The default image as an ext4 disk, cached by content: built once per
+/// image, served read-only. Within one process (a bench asks for it at
+/// every repetition) the answer is remembered while the file exists, since
+/// finding it means reading and fingerprinting every layer.
+pub fn image_disk(home: &Home) -> Result<PathBuf> {
+    static KNOWN: std::sync::Mutex<Option<(Home, PathBuf)>> = std::sync::Mutex::new(None);
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((h, disk)) = known.as_ref() {
+        if h == home && disk.is_file() {
+            return Ok(disk.clone());
+        }
+    }
+    let tree = default_tree(home)?;
+    let fingerprint = fnv(&initramfs::write_cpio(&tree));
+    fs::create_dir_all(home.cache_dir())?;
+    let path = home.cache_file(&format!("disk-{fingerprint:08x}.ext4"));
+    if !path.exists() {
+        isolab_runtime::diskimage::write_ext4(&tree, &path, u64::from(fingerprint))?;
+    }
+    *known = Some((home.clone(), path.clone()));
+    Ok(path)
+}
+
+/// Where the bare guest's ELF is written for QEMU (cached per build).
+pub fn bare_guest_file(home: &Home) -> Result<PathBuf> {
+    cache_put(
+        home,
+        &format!("isolab-guest-{:08x}.elf", fnv(isolab_microvm::BARE_GUEST)),
+        isolab_microvm::BARE_GUEST,
+    )
+}
+
+/// Empties the cache (guest ELF for QEMU, initramfs, image disks):
+/// content-addressed artefacts, rebuilt on demand, of which old versions
+/// pile up as the agent or the image changes. A VM using one keeps its
+/// open file. Returns (files, bytes) removed.
+pub fn prune_cache(home: &Home) -> (u64, u64) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for e in fs::read_dir(home.cache_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            files += 1;
+            bytes += len;
+        }
+    }
+    (files, bytes)
+}
+
+/// FNV-1a, 32 bits: names cache files by content.
+pub fn fnv(b: &[u8]) -> u32 {
+    b.iter().fold(0x811c_9dc5u32, |h, x| {
+        (h ^ u32::from(*x)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_files_are_written_once_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let a = cache_put(&home, "a.bin", b"one").unwrap();
+        let again = cache_put(&home, "a.bin", b"two").unwrap();
+        assert_eq!(a, again);
+        assert_eq!(
+            fs::read(&a).unwrap(),
+            b"one",
+            "content-addressed: never rewritten"
+        );
+        assert_eq!(prune_cache(&home), (1, 3));
+        assert!(!a.exists());
+        assert_eq!(fnv(b""), 0x811c_9dc5);
+    }
+}
