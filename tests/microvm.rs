@@ -555,3 +555,77 @@ fn the_pvh_entry_boots_the_same_guest() {
         stderr(&o)
     );
 }
+
+/// The Docker verbs work on a microVM as on a container: `run -d`, `ps`,
+/// `logs`, `stop`, `rm`, and a refused run leaves nothing behind.
+#[test]
+fn detached_microvm_lifecycle() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let h = home();
+    let cmd = |args: &[&str]| {
+        isolab()
+            .args(args)
+            .env("ISOLAB_HOME", h.path())
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&[
+        "run",
+        "-d",
+        "--backend",
+        "microvm",
+        "--name",
+        "vm1",
+        "--scenario",
+        "spin",
+        "--param",
+        "n=4000000000",
+        "--timeout",
+        "60",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    assert_eq!(id.len(), 12, "{id}");
+    let ps = stdout(&cmd(&["ps"]));
+    assert!(
+        ps.contains("vm1") && ps.contains("microvm") && ps.contains("running"),
+        "{ps}"
+    );
+    // The guest's serial output reaches the instance's log.
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = stdout(&cmd(&["logs", "vm1"]));
+        if logged.contains("\"scenario\":\"spin\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(logged.contains("\"scenario\":\"spin\""), "{logged}");
+    // The recorded pid is the monitor's own process.
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(h.path().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = state["pid"].as_i64().unwrap() as i32;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("isolab-vmm"), "{}", exe.display());
+    let o = cmd(&["stop", "-t", "5", "vm1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ps = stdout(&cmd(&["ps", "-a"]));
+    assert!(ps.contains("vm1") && ps.contains("exited"), "{ps}");
+    // SAFETY: kill(pid, 0) only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "stop left the monitor running");
+    assert!(cmd(&["rm", "vm1"]).status.success());
+    assert!(!stdout(&cmd(&["ps", "-a"])).contains("vm1"));
+    // Refused before anything runs: one sentence, no record left.
+    let o = cmd(&["run", "-d", "--backend", "microvm", "--scenario", "idle"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs --guest linux"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(h.path().join("containers"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -222,6 +222,8 @@ pub struct Running {
     pub cgroup: Cgroup,
     instance_dir: PathBuf,
     keep_instance_dir: bool,
+    /// `wait` has reaped it (and cleaned up); else `Drop` does.
+    waited: bool,
 }
 
 /// How a container ended.
@@ -276,31 +278,19 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
             source,
         })?;
     }
-    let cleanup_dir = |dir: &Path| {
-        let _ = fs::remove_dir_all(dir);
+    // From here on, every early return undoes what was made (the guard's
+    // drop): the child killed, the cgroup removed, the instance dir gone.
+    let mut guard = LaunchGuard {
+        dir: Some(spec.instance_dir.clone()),
+        cgroup: None,
+        child: None,
     };
-    let mut cgroup = match Cgroup::create(layout, &spec.id, &spec.limits) {
-        Ok(c) => c,
-        Err(e) => {
-            cleanup_dir(&spec.instance_dir);
-            return Err(e.into());
-        }
-    };
-    let fail = |cgroup: &mut Cgroup, e: ContainerError| {
-        cgroup.kill_all();
-        cgroup.destroy();
-        cleanup_dir(&spec.instance_dir);
-        Err(e)
-    };
-    let join = match cgroup.join_handle() {
-        Ok(j) => j,
-        Err(e) => return fail(&mut cgroup, e.into()),
-    };
+    let cgroup = guard
+        .cgroup
+        .insert(Cgroup::create(layout, &spec.id, &spec.limits)?);
+    let join = cgroup.join_handle()?;
     let profile = if spec.seccomp {
-        match seccomp::default_profile() {
-            Ok(p) => Some(p),
-            Err(e) => return fail(&mut cgroup, e.into()),
-        }
+        Some(seccomp::default_profile()?)
     } else {
         None
     };
@@ -339,10 +329,10 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
         child_main(&plan, &spec, &join, profile, marks_w, go_r, req_w);
     }
     if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return fail(&mut cgroup, ContainerError::Clone(e));
+        return Err(ContainerError::Clone(std::io::Error::last_os_error()));
     }
     let pid = nix::unistd::Pid::from_raw(r as i32);
+    guard.child = Some(pid);
     drop(marks_w);
     drop(go_r);
     drop(req_w);
@@ -354,11 +344,8 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
         let asked = nix::unistd::read(req_r.as_raw_fd(), &mut b)
             .map(|n| n == 1)
             .unwrap_or(false);
-        let res = if asked { write_id_maps(pid) } else { Ok(()) };
-        if let Err(e) = res {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            return fail(&mut cgroup, ContainerError::IdMap(e));
+        if asked {
+            write_id_maps(pid).map_err(ContainerError::IdMap)?;
         }
     }
     // Release the child (it waits for this byte only in user-ns mode, but
@@ -371,27 +358,60 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     let _ = fs::File::from(marks_r).read_to_string(&mut text);
     let (marks, error) = parse_marks(&text);
     if let Some((stage, message)) = error {
-        let _ = nix::sys::wait::waitpid(pid, None);
-        return fail(&mut cgroup, ContainerError::Setup { stage, message });
+        return Err(ContainerError::Setup { stage, message });
     }
     if !marks.iter().any(|m| m.name == "exec") {
+        guard.child = None;
         let status = nix::sys::wait::waitpid(pid, None);
-        return fail(
-            &mut cgroup,
-            ContainerError::Setup {
-                stage: "exec".into(),
-                message: format!("the container's init ended before exec ({status:?})"),
-            },
-        );
+        return Err(ContainerError::Setup {
+            stage: "exec".into(),
+            message: format!("the container's init ended before exec ({status:?})"),
+        });
     }
     Ok(Running {
         id: spec.id,
         pid,
         marks,
-        cgroup,
+        cgroup: guard.done(),
         instance_dir: spec.instance_dir,
         keep_instance_dir: false,
+        waited: false,
     })
+}
+
+/// What a launch has made so far; dropping it undoes all of it, so no
+/// early return of [`launch`] can leak a process, a cgroup or a directory.
+struct LaunchGuard {
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    child: Option<nix::unistd::Pid>,
+}
+
+impl LaunchGuard {
+    /// The launch succeeded: hand the cgroup on and undo nothing.
+    fn done(mut self) -> Cgroup {
+        self.dir = None;
+        self.child = None;
+        self.cgroup
+            .take()
+            .expect("the cgroup is made before anything can succeed")
+    }
+}
+
+impl Drop for LaunchGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.take() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(mut c) = self.cgroup.take() {
+            c.kill_all();
+            c.destroy();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Parses the child's `name ns` lines and an optional `!stage: message`.
@@ -439,6 +459,7 @@ impl Running {
     /// removes the cgroup (and the instance dir unless kept).
     pub fn wait(mut self) -> Result<Exit, ContainerError> {
         use nix::sys::wait::{waitpid, WaitStatus};
+        self.waited = true;
         let status = loop {
             match waitpid(self.pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -482,6 +503,18 @@ impl Running {
     /// Reads the cgroup's figures now (at a hold point).
     pub fn stats(&self) -> CgroupStats {
         self.cgroup.stats()
+    }
+}
+
+impl Drop for Running {
+    /// A container nobody waited for (its owner returned early) is killed
+    /// and cleaned up, never leaked.
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+            self.cleanup();
+        }
     }
 }
 
@@ -1083,6 +1116,52 @@ mod volume_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_launch_leaves_no_instance_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("instance");
+        fs::create_dir_all(dir.join("upper")).unwrap();
+        drop(LaunchGuard {
+            dir: Some(dir.clone()),
+            cgroup: None,
+            child: None,
+        });
+        assert!(
+            !dir.exists(),
+            "an early return must remove the instance dir"
+        );
+        // A launch whose cgroup could not be made is refused before clone:
+        // the guard is dropped with only its directory.
+        let layout = CgroupLayout {
+            mode: crate::cgroups::CgroupMode::None,
+            v1: Default::default(),
+            v2_mount: None,
+            v2_controllers: vec![],
+        };
+        let spec = Spec {
+            id: "guard-test".into(),
+            lower_dirs: vec![],
+            instance_dir: dir.clone(),
+            argv: vec!["/bin/true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            limits: Limits {
+                memory_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            userns: false,
+            seccomp: false,
+            stdio: Stdio::Inherit,
+            volumes: vec![],
+        };
+        let Err(e) = launch(spec, &layout) else {
+            panic!("a 1 MiB memory limit must be refused");
+        };
+        assert!(e.to_string().contains("too small"), "{e}");
+        assert!(!dir.exists(), "a refused launch leaves no instance dir");
+    }
 
     #[test]
     fn marks_and_errors_parse() {

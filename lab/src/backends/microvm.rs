@@ -241,11 +241,24 @@ pub fn derive_metrics(
     }
 }
 
-/// The monitor binary, next to this `isolab` (cargo builds both into one
-/// directory).
+/// The environment variable that names the monitor binary explicitly.
+pub const VMM_ENV: &str = "ISOLAB_VMM";
+
+/// The monitor binary: `$ISOLAB_VMM`, or `isolab-vmm` next to this program
+/// (cargo builds both into one directory; a test binary in `deps/` finds
+/// it one level up).
 pub fn vmm_binary() -> Option<PathBuf> {
-    let p = crate::selfprotect::original_exe()?.with_file_name("isolab-vmm");
-    p.is_file().then_some(p)
+    if let Some(p) = std::env::var_os(VMM_ENV) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let exe = crate::selfprotect::original_exe()?;
+    let dir = exe.parent()?;
+    let found = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("isolab-vmm"))
+        .find(|p| p.is_file());
+    found
 }
 
 /// Boots one VM with our monitor (`isolab-vmm`, one process per VM, as
