@@ -7,7 +7,8 @@
 //! * [`ports`]: the lab's I/O ports and boot-marker labels;
 //! * [`kernels`]: the compute kernels whose results the host can check;
 //! * [`catalog`]: the scenarios — names, parameters, which guests run
-//!   them, what they measure and in which unit.
+//!   them, what they measure and in which unit;
+//! * [`stage`]: the stages of an instance's life, whose ends are marks.
 //!
 //! Nothing here allocates, formats or touches floating point, so the bare
 //! guest links it as an rlib built with its own flags.
@@ -17,3 +18,4 @@
 pub mod catalog;
 pub mod kernels;
 pub mod ports;
+pub mod stage;

@@ -24,14 +24,15 @@ pub const MARK_AGENT_READY: u8 = 8;
 
 /// The name of a mark label, as reports show it.
 pub fn mark_name(label: u8) -> &'static str {
+    use crate::stage::Stage;
     match label {
-        MARK_KERNEL_ENTRY => "kernel_entry",
-        MARK_PARAMS_CHECKED => "params_checked",
-        MARK_READY => "ready",
-        MARK_WORK_START => "work_start",
-        MARK_WORK_END => "work_end",
-        MARK_DONE => "done",
-        MARK_AGENT_READY => "agent_ready",
+        MARK_KERNEL_ENTRY => Stage::KernelEntry.name(),
+        MARK_PARAMS_CHECKED => Stage::ParamsChecked.name(),
+        MARK_READY => Stage::Ready.name(),
+        MARK_WORK_START => Stage::WorkStart.name(),
+        MARK_WORK_END => Stage::WorkEnd.name(),
+        MARK_DONE => Stage::Done.name(),
+        MARK_AGENT_READY => Stage::AgentReady.name(),
         _ => "mark",
     }
 }

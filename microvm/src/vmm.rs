@@ -36,6 +36,7 @@ use crate::devices::virtio::{Block, MmioTransport};
 use crate::devices::Bus;
 use crate::ports;
 use crate::vcpu::{self, StopReason};
+use isolab_abi::stage::Stage;
 
 /// Errors of the boot path, one variant per stage.
 #[derive(Debug, thiserror::Error)]
@@ -204,9 +205,9 @@ pub struct VmReport {
 struct Stamps(Vec<Mark>);
 
 impl Stamps {
-    fn mark(&mut self, name: &str) {
+    fn mark(&mut self, stage: Stage) {
         self.0.push(Mark {
-            name: name.to_owned(),
+            name: stage.name().to_owned(),
             ns: monotonic_ns(),
         });
     }
@@ -591,7 +592,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         .map(|d| Block::open(&d.path, d.read_only))
         .collect::<Result<Vec<_>, _>>()?;
     let kvm = open_kvm(&cfg.kvm_device)?;
-    st.mark("kvm_open");
+    st.mark(Stage::KvmOpen);
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("set the TSS address"))?;
@@ -604,11 +605,11 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         })
         .map_err(kvm_err("create the PIT"))?;
     }
-    st.mark("vm_created");
+    st.mark(Stage::VmCreated);
     let mem = create_memory(&vm, cfg.mem_mib)?;
-    st.mark("memory");
+    st.mark(Stage::Memory);
     let entry = load_kernel(cfg, &mem)?;
-    st.mark("kernel_loaded");
+    st.mark(Stage::KernelLoaded);
 
     // Devices.
     let captured = Arc::new(Mutex::new(Vec::new()));
@@ -674,7 +675,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         vcpus.push(v);
     }
     vcpu::install_kick_handler().map_err(VmmError::Thread)?;
-    st.mark("vcpus_ready");
+    st.mark(Stage::VcpusReady);
 
     // Run vCPU 0 on its own thread; extra vCPUs wait for an INIT/SIPI a
     // Linux guest would send (the bare guest never does).
@@ -704,7 +705,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         Ok((i, r)) => (r, false, Some(i)),
         Err(_) => (StopReason::Stopped, true, None),
     };
-    st.mark("exit");
+    st.mark(Stage::Exit);
     // Stop every vCPU: set the flag and kick the threads until they end.
     // The one that reported is already leaving its loop: just join it.
     stop.store(true, Ordering::SeqCst);
@@ -758,12 +759,12 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     drop(mem);
     drop(vm);
     drop(kvm);
-    st.mark("teardown");
+    st.mark(Stage::Teardown);
     let fe = first_entry.load(Ordering::SeqCst);
     let mut marks = st.0;
     if fe != 0 {
         marks.push(Mark {
-            name: "first_entry".into(),
+            name: Stage::FirstEntry.name().into(),
             ns: fe,
         });
     }

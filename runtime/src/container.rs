@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 
+use isolab_abi::stage::Stage;
+
 use crate::cgroups::{Cgroup, CgroupError, CgroupLayout, CgroupStats, Join, Limits};
 use crate::seccomp::{self, Profile};
 
@@ -360,11 +362,11 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     if let Some((stage, message)) = error {
         return Err(ContainerError::Setup { stage, message });
     }
-    if !marks.iter().any(|m| m.name == "exec") {
+    if !marks.iter().any(|m| m.name == Stage::Exec.name()) {
         guard.child = None;
         let status = nix::sys::wait::waitpid(pid, None);
         return Err(ContainerError::Setup {
-            stage: "exec".into(),
+            stage: Stage::Exec.name().into(),
             message: format!("the container's init ended before exec ({status:?})"),
         });
     }
@@ -564,15 +566,16 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn mark(&mut self, name: &str) {
-        self.text.push_str(&format!("{name} {}\n", monotonic_ns()));
+    fn mark(&mut self, stage: Stage) {
+        self.text
+            .push_str(&format!("{} {}\n", stage.name(), monotonic_ns()));
     }
     fn flush(&mut self) {
         let _ = self.out.write_all(self.text.as_bytes());
         self.text.clear();
     }
-    fn fail(&mut self, stage: &str, msg: &str) -> ! {
-        self.text.push_str(&format!("!{stage}: {msg}\n"));
+    fn fail(&mut self, stage: Stage, msg: &str) -> ! {
+        self.text.push_str(&format!("!{}: {msg}\n", stage.name()));
         self.flush();
         // SAFETY: _exit ends the child without running the parent's
         // destructors or atexit handlers.
@@ -594,7 +597,7 @@ fn child_main(
         out: fs::File::from(marks_w),
         text: String::with_capacity(512),
     };
-    rep.mark("clone");
+    rep.mark(Stage::Clone);
     // Die with isolab: a SIGKILLed isolab must not leave a container (and
     // so its mounts, which live only in its namespace) behind.
     // SAFETY: prctl with integer arguments.
@@ -605,36 +608,42 @@ fn child_main(
     // the lab charges it outside the instance for every backend alike (the
     // crun/runc peers get the same overlay mounted before they start).
     if let Err(e) = mount_rootfs(plan) {
-        rep.fail("rootfs", &e);
+        rep.fail(Stage::Rootfs, &e);
     }
     // Loopback comes up here too, before the cgroup join, like the
     // rootfs: setting up the instance's network is the runtime's work
     // (crun and runc do it from outside the container's cgroup as well).
     if let Err(e) = loopback_up() {
-        rep.fail("rootfs", &format!("bringing lo up: {e}"));
+        rep.fail(Stage::Rootfs, &format!("bringing lo up: {e}"));
     }
-    rep.mark("rootfs");
+    rep.mark(Stage::Rootfs);
     if let Join::SelfTasks(fds) = join {
         for fd in fds {
             if let Err(e) = nix::unistd::write(fd, b"0") {
-                rep.fail("cgroup", &format!("joining the cgroup: {e}"));
+                rep.fail(Stage::Cgroup, &format!("joining the cgroup: {e}"));
             }
         }
     }
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
-        rep.fail("cgroup", &format!("unshare(CLONE_NEWCGROUP): {e}"));
+        rep.fail(Stage::Cgroup, &format!("unshare(CLONE_NEWCGROUP): {e}"));
     }
-    rep.mark("cgroup");
+    rep.mark(Stage::Cgroup);
     if let Err(e) = setup_mounts(plan, spec) {
-        rep.fail("mounts", &e);
+        rep.fail(Stage::Mounts, &e);
     }
-    rep.mark("mounts");
+    rep.mark(Stage::Mounts);
     if let Err(e) = pivot_into(&plan.merged) {
-        rep.fail("pivot_root", &e);
+        rep.fail(Stage::PivotRoot, &e);
     }
-    rep.mark("pivot_root");
+    rep.mark(Stage::PivotRoot);
     if let Err(e) = finish_environment(spec) {
-        rep.fail("environment", &e);
+        // Charged to the phase that ends at the next mark.
+        let next = if spec.userns {
+            Stage::UidMap
+        } else {
+            Stage::Seccomp
+        };
+        rep.fail(next, &format!("environment: {e}"));
     }
     // User-namespace mode: the runtime sets everything up as real root,
     // then the container enters a new user namespace in which its root is
@@ -643,13 +652,13 @@ fn child_main(
     // of them, even as its own "root".
     if spec.userns {
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
-            rep.fail("uid_map", &format!("unshare(CLONE_NEWUSER): {e}"));
+            rep.fail(Stage::UidMap, &format!("unshare(CLONE_NEWUSER): {e}"));
         }
         let _ = nix::unistd::write(&req_w, b"u");
         let mut b = [0u8; 1];
         let _ = nix::unistd::read(go_r.as_raw_fd(), &mut b);
         if b[0] != b'g' {
-            rep.fail("uid_map", "isolab did not write the id maps");
+            rep.fail(Stage::UidMap, "isolab did not write the id maps");
         }
         // Become the namespace's root (host uid USERNS_BASE).
         let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
@@ -657,22 +666,22 @@ fn child_main(
             .and_then(|_| nix::unistd::setresuid(root.1, root.1, root.1))
         {
             rep.fail(
-                "uid_map",
+                Stage::UidMap,
                 &format!("becoming root of the user namespace: {e}"),
             );
         }
-        rep.mark("uid_map");
+        rep.mark(Stage::UidMap);
     }
     drop(go_r);
     drop(req_w);
     if let Err(e) = drop_privileges(profile) {
-        rep.fail("seccomp", &e);
+        rep.fail(Stage::Seccomp, &e);
     }
-    rep.mark("seccomp");
+    rep.mark(Stage::Seccomp);
     if let Err(e) = setup_stdio(&spec.stdio) {
-        rep.fail("stdio", &e);
+        rep.fail(Stage::Exec, &format!("stdio: {e}"));
     }
-    rep.mark("exec");
+    rep.mark(Stage::Exec);
     rep.flush();
     let argv: Vec<*const libc::c_char> = plan
         .argv
@@ -691,7 +700,7 @@ fn child_main(
     // failure).
     unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) };
     let e = std::io::Error::last_os_error();
-    rep.fail("exec", &format!("execve {}: {e}", spec.argv[0]))
+    rep.fail(Stage::Exec, &format!("execve {}: {e}", spec.argv[0]))
 }
 
 fn m(

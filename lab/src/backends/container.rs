@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{anyhow, bail, Context, Result};
+use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::CgroupLayout;
 use isolab_runtime::container::{self, Spec, Stdio};
@@ -191,13 +192,13 @@ fn run_captured(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     if let Some(v) = exit.stats.memory_peak_bytes {
         memory.insert("cgroup_peak".into(), v);
     }
-    let mut marks = vec![Mark::new("launch", launch)];
+    let mut marks = vec![Mark::new(Stage::Launch.name(), launch)];
     marks.extend(runtime_marks.into_iter().map(|m| Mark::new(&m.name, m.ns)));
-    marks.push(Mark::new("exit", exit.exit_ns));
+    marks.push(Mark::new(Stage::Exit.name(), exit.exit_ns));
     let result = match protocol::parse_output("container", &output) {
         Ok(res) => {
-            if let Some(ready) = res.marks.iter().find(|m| m.name == "ready") {
-                marks.push(Mark::new("ready", ready.ns));
+            if let Some(ready) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
+                marks.push(Mark::new(Stage::Ready.name(), ready.ns));
             }
             Some(serde_json::to_value(&res)?)
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use isolab_abi::catalog::{self, name as sc};
+use isolab_abi::stage::Stage;
 use isolab_microvm::vcpu::StopReason;
 use isolab_microvm::vmm;
 use isolab_reports::{InstanceReport, Mark};
@@ -141,14 +142,15 @@ fn linux_report(
     pid: u32,
 ) -> Result<Outcome> {
     let result = protocol::parse_output("microvm", &r.serial).ok();
-    let reached: Vec<&str> = ["kernel_start", "kernel_init", "agent_ready"]
+    let reached: Vec<&str> = [Stage::KernelStart, Stage::KernelInit, Stage::AgentReady]
         .into_iter()
+        .map(Stage::name)
         .filter(|n| marks.iter().any(|m| m.name == *n))
         .collect();
     let mut marks = marks;
     // ready = the agent's own mark when it got there.
-    if let Some(a) = Mark::find(&marks, "agent_ready") {
-        marks.push(Mark::new("ready", a));
+    if let Some(a) = Mark::find(&marks, Stage::AgentReady.name()) {
+        marks.push(Mark::new(Stage::Ready.name(), a));
     }
     let code = match (&r.stop, r.timed_out, &result) {
         (StopReason::Reset, false, Some(res)) if res.ok => i32::from(r.exit_code.unwrap_or(0)),
@@ -356,9 +358,9 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     }
     let r: vmm::VmReport = serde_json::from_str(stdout.trim())
         .map_err(|e| anyhow!("isolab-vmm printed no report ({e})"))?;
-    let mut marks = vec![Mark::new("launch", launch)];
+    let mut marks = vec![Mark::new(Stage::Launch.name(), launch)];
     marks.extend(r.marks.iter().map(|m| Mark::new(&m.name, m.ns)));
-    marks.push(Mark::new("reaped", reaped));
+    marks.push(Mark::new(Stage::Reaped.name(), reaped));
     let mut notes = vec![
         "launch = spawn of isolab-vmm; ready = the guest's write to the boot-marker port, stamped by the monitor on the host clock; reaped = monitor process reaped".to_owned(),
     ];

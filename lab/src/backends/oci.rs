@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
+use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::{CgroupLayout, CgroupMode, Limits, PARENT};
 use isolab_runtime::container::{DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
@@ -326,9 +327,12 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
     let _ = fs::remove_dir_all(state_root.join(&id));
     let res = protocol::parse_output(peer.name, &format!("{output}{stderr}"))
         .map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![Mark::new("launch", launch), Mark::new("exit", exit_ns)];
-    if let Some(r) = res.marks.iter().find(|m| m.name == "ready") {
-        marks.push(Mark::new("ready", r.ns));
+    let mut marks = vec![
+        Mark::new(Stage::Launch.name(), launch),
+        Mark::new(Stage::Exit.name(), exit_ns),
+    ];
+    if let Some(r) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
+        marks.push(Mark::new(Stage::Ready.name(), r.ns));
     }
     let mut report = InstanceReport::new(peer.name, "agent", &spec.scenario, id);
     report.exit_code = status.code().unwrap_or(255);

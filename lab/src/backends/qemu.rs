@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use isolab_abi::catalog::name as sc;
+use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
 
@@ -229,9 +230,12 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     })?;
     let mut res = protocol::parse_output("qemu", &serial).map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
-    let mut marks = vec![Mark::new("launch", launch), Mark::new("reaped", exit_ns)];
+    let mut marks = vec![
+        Mark::new(Stage::Launch.name(), launch),
+        Mark::new(Stage::Reaped.name(), exit_ns),
+    ];
     if let Some(r) = ready {
-        marks.push(Mark::new("ready", r));
+        marks.push(Mark::new(Stage::Ready.name(), r));
     }
     let mut memory = BTreeMap::new();
     if let Some(r) = rss_at_ready {

@@ -705,36 +705,9 @@ fn placeholder_svg(text: &str) -> String {
     format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"60\"><text x=\"10\" y=\"35\" font-family=\"sans-serif\" font-size=\"16\">{text}</text></svg>\n")
 }
 
-/// Orders phases as they happen.
+/// Orders phases as they happen (the shared stage list).
 fn phase_order(name: &str) -> f64 {
-    const SEQ: [&str; 22] = [
-        "clone",
-        "rootfs",
-        "cgroup",
-        "uid_map",
-        "mounts",
-        "pivot_root",
-        "seccomp",
-        "exec",
-        "kvm_open",
-        "vm_created",
-        "memory",
-        "kernel_loaded",
-        "vcpus_ready",
-        "first_entry",
-        "kernel_entry",
-        "params_checked",
-        "ready",
-        "done",
-        "exit",
-        "teardown",
-        "reaped",
-        "agent_ready",
-    ];
-    SEQ.iter()
-        .position(|s| *s == name)
-        .map(|p| p as f64)
-        .unwrap_or(50.0)
+    isolab_abi::stage::Stage::order_of(name) as f64
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use isolab_abi::stage::Stage;
+
 use super::bus::{BusDevice, VmEvent};
 
 /// Raises the serial interrupt through an irqfd-backed eventfd.
@@ -33,8 +35,8 @@ pub struct SerialSink {
 
 /// Texts on a Linux guest's console that mark its phases.
 pub const WATCHED: [(&str, &str); 2] = [
-    ("Linux version", "kernel_start"),
-    ("Run /init as init process", "kernel_init"),
+    ("Linux version", Stage::KernelStart.name()),
+    ("Run /init as init process", Stage::KernelInit.name()),
 ];
 
 impl Write for SerialSink {
@@ -45,7 +47,8 @@ impl Write for SerialSink {
         }
         let mut c = self.captured.lock().unwrap_or_else(|p| p.into_inner());
         if c.is_empty() && !buf.is_empty() && self.seen.is_empty() {
-            self.seen.push(("first_serial".into(), monotonic_ns()));
+            self.seen
+                .push((Stage::FirstSerial.name().into(), monotonic_ns()));
         }
         for (text, mark) in WATCHED {
             if !self.seen.iter().any(|s| s.0 == mark) && buf.ends_with(b"\n") {
