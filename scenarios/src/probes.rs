@@ -186,12 +186,56 @@ pub fn reachable_syscalls() -> Option<(u32, u32)> {
     Some((it.next()?, it.next()?))
 }
 
+/// What every probe section may need: the harness's facts and what this
+/// instance reads once.
+struct Facts<'a> {
+    host: &'a BTreeMap<String, String>,
+    /// Same boot id as the host: the instance runs on the host's kernel.
+    shared_kernel: bool,
+    /// `/proc/self/status`.
+    status: String,
+}
+
+impl Facts<'_> {
+    fn h(&self, k: &str) -> Option<String> {
+        self.host.get(k).cloned()
+    }
+}
+
+/// The probe sections, in the order the matrix lists them.
+const SECTIONS: &[fn(&Facts, &mut Vec<Probe>)] = &[
+    processes,
+    identity,
+    mounts_and_network,
+    host_totals,
+    kernel_info,
+    capabilities,
+    device_nodes,
+    kernel_surface,
+    kernel_knobs,
+    devices,
+    shared_hardware,
+    surface,
+];
+
 /// Runs every probe. `host` holds the harness's `host_*` facts.
 pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
-    use Verdict::*;
-    let h = |k: &str| host.get(k).cloned();
+    let boot_id = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let f = Facts {
+        host,
+        shared_kernel: host.get("host_boot_id").is_some_and(|b| *b == boot_id),
+        status: read("/proc/self/status").unwrap_or_default(),
+    };
     let mut out = Vec::new();
+    for section in SECTIONS {
+        section(&f, &mut out);
+    }
+    out
+}
 
+/// Probes: the instance's processes and its pid 1.
+fn processes(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Processes.
     let pids: Vec<u32> = fs::read_dir("/proc")
         .into_iter()
@@ -231,10 +275,14 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         },
         "pid 1 is the instance's own init, not the host's (ptrace of the host's init impossible)",
     ));
+}
 
+/// Probes: its hostname, kernel and boot id.
+fn identity(f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Identity.
     let hostname = read("/proc/sys/kernel/hostname").unwrap_or_default();
-    out.push(match h("host_hostname") {
+    out.push(match f.h("host_hostname") {
         Some(hh) => p(
             "hostname",
             &hostname,
@@ -250,8 +298,8 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
     });
     let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
     let boot_id = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let shared_kernel = h("host_boot_id").is_some_and(|b| b == boot_id);
-    out.push(match h("host_boot_id") {
+    let shared_kernel = f.h("host_boot_id").is_some_and(|b| b == boot_id);
+    out.push(match f.h("host_boot_id") {
         Some(_) => p(
             "kernel_shared",
             format!("{kernel} boot_id {}", &boot_id.get(..8).unwrap_or("")),
@@ -265,7 +313,7 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
             "host boot id not given",
         ),
     });
-    out.push(match h("host_kernel") {
+    out.push(match f.h("host_kernel") {
         Some(hk) => p(
             "kernel_version",
             &kernel,
@@ -283,7 +331,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
             "host kernel not given",
         ),
     });
+}
 
+/// Probes: its mounts and network.
+fn mounts_and_network(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Mounts and network.
     let mounts: Vec<String> = read("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -326,11 +378,15 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         },
         "a new network namespace has only loopback",
     ));
+}
 
+/// Probes: host totals that leak: memory, CPUs, uptime.
+fn host_totals(f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Host totals that leak.
     let mem = meminfo_total_kib().unwrap_or(0);
     out.push(
-        match h("host_mem_kib").and_then(|v| v.parse::<u64>().ok()) {
+        match f.h("host_mem_kib").and_then(|v| v.parse::<u64>().ok()) {
             Some(hm) => p(
                 "meminfo_total",
                 format!("{mem} kB"),
@@ -345,36 +401,44 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         },
     );
     let cpus = cpu_count();
-    out.push(match h("host_cpus").and_then(|v| v.parse::<usize>().ok()) {
-        Some(hc) => p(
-            "cpu_count",
-            cpus,
-            if cpus == hc && shared_kernel {
-                Exposed
-            } else {
-                Isolated
-            },
-            "/proc/cpuinfo lists the host's CPUs whatever the CPU quota",
-        ),
-        None => p("cpu_count", cpus, NotApplicable, "host CPU count not given"),
-    });
+    out.push(
+        match f.h("host_cpus").and_then(|v| v.parse::<usize>().ok()) {
+            Some(hc) => p(
+                "cpu_count",
+                cpus,
+                if cpus == hc && f.shared_kernel {
+                    Exposed
+                } else {
+                    Isolated
+                },
+                "/proc/cpuinfo lists the host's CPUs whatever the CPU quota",
+            ),
+            None => p("cpu_count", cpus, NotApplicable, "host CPU count not given"),
+        },
+    );
     let up: f64 = read("/proc/uptime")
         .and_then(|u| u.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
-    out.push(match h("host_uptime").and_then(|v| v.parse::<f64>().ok()) {
-        Some(hu) => p(
-            "host_uptime",
-            format!("{up:.0} s"),
-            if (up - hu).abs() < 30.0 {
-                Exposed
-            } else {
-                Isolated
-            },
-            "uptime reveals when the host booted (a time namespace could hide it)",
-        ),
-        None => p("host_uptime", up, NotApplicable, "host uptime not given"),
-    });
+    out.push(
+        match f.h("host_uptime").and_then(|v| v.parse::<f64>().ok()) {
+            Some(hu) => p(
+                "host_uptime",
+                format!("{up:.0} s"),
+                if (up - hu).abs() < 30.0 {
+                    Exposed
+                } else {
+                    Isolated
+                },
+                "uptime reveals when the host booted (a time namespace could hide it)",
+            ),
+            None => p("host_uptime", up, NotApplicable, "host uptime not given"),
+        },
+    );
+}
 
+/// Probes: kernel information in /proc.
+fn kernel_info(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Kernel information in /proc.
     let kcore = fs::metadata("/proc/kcore").map(|m| m.len()).ok();
     out.push(match kcore {
@@ -426,7 +490,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         refused(dmesg),
         "the host's kernel log (syslog) is refused",
     ));
+}
 
+/// Probes: capabilities, and what privileged calls actually do.
+fn capabilities(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Capabilities and what actually happens.
     let status = read("/proc/self/status").unwrap_or_default();
     let capeff = status
@@ -512,8 +580,14 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         refused(e),
         "joining namespaces is refused",
     ));
+}
+
+/// Probes: device nodes for the host's disk.
+fn device_nodes(f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // The host's root file system device (passed by the harness), else sda.
-    let (major, minor) = h("host_root_dev")
+    let (major, minor) = f
+        .h("host_root_dev")
         .and_then(|d| {
             let (a, b) = d.split_once(':')?;
             Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))
@@ -583,6 +657,10 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         refused(e),
         "setting the host's clock is refused",
     ));
+}
+
+/// Probes: kernel features that cross the boundary.
+fn kernel_surface(_f: &Facts, out: &mut Vec<Probe>) {
     let e = in_child(|| {
         // SAFETY: a key in this (child) process's own keyring; it dies
         // with the child.
@@ -673,7 +751,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
             why,
         ));
     }
+}
 
+/// Probes: host-wide kernel knobs, without writing them.
+fn kernel_knobs(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Host-wide kernel knobs, without writing them.
     for (name, path, why) in [
         (
@@ -721,7 +803,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         },
         "a writable cgroup v1 release_agent is the classic container escape",
     ));
+}
 
+/// Probes: devices present in /dev.
+fn devices(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Devices.
     let devs: Vec<&str> = [
         "/dev/kvm",
@@ -745,7 +831,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         if devs.is_empty() { Isolated } else { Exposed },
         "no host device (disk, /dev/mem, /dev/kvm) is present in /dev",
     ));
+}
 
+/// Probes: shared hardware.
+fn shared_hardware(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Shared hardware.
     let vulns: Vec<String> = fs::read_dir("/sys/devices/system/cpu/vulnerabilities")
         .into_iter()
@@ -770,9 +860,14 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         },
         "the CPU is shared in both worlds: side channels cross containers and VMs alike",
     ));
+}
 
+/// Probes: seccomp and the whole system-call surface.
+fn surface(f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
     // Seccomp and the whole surface.
-    let seccomp = status
+    let seccomp = f
+        .status
         .lines()
         .find_map(|l| l.strip_prefix("Seccomp:"))
         .map(|v| v.trim().to_owned())
@@ -787,12 +882,11 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
         Some((n, tried)) => out.push(p(
             "reachable_syscalls",
             format!("{n}/{tried}"),
-            if shared_kernel { Exposed } else { Isolated },
+            if f.shared_kernel { Exposed } else { Isolated },
             "system calls that pass their permission check reach the host kernel only when it is shared",
         )),
         None => out.push(p("reachable_syscalls", "could not count", NotApplicable, "the counting child crashed")),
     }
-    out
 }
 
 fn unsafe_unshare() -> i32 {
