@@ -370,23 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             boot_dir,
             kvm_device,
-        } => {
-            let report = doctor::examine(&doctor::Options {
-                boot_dir,
-                kvm_device,
-                state_dir: home.root().to_path_buf(),
-            });
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", doctor::render(&report));
-            }
-            Ok(if report.container_backend_ready {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        } => doctor_cmd(&home, json, boot_dir, kvm_device),
         Command::Run(args) => run_cmd(&home, *args),
         Command::Ps { all } => {
             print!("{}", instances::ps(&home, all));
@@ -460,44 +444,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lab { bench, book_dir } => {
-            require_root("the lab")?;
-            selfprotect::ensure_sealed()?;
-            let (ok, dir) = bench::run(&home, bench.options()?)?;
-            // The probe matrix joins the run's samples.
-            probes::append_to_run(&dir, &probes::run_all(&home))?;
-            let r = report::load_run(&dir)?;
-            report::generate(&r, &book_dir.join("src/generated"))?;
-            let html = report::build_book(&book_dir)?;
-            println!(
-                "results: {}\nbook:    {}",
-                dir.display(),
-                html.join("index.html").display()
-            );
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Agent { write } => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o755)
-                .open(&write)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot create {}: {e}: choose a path that does not exist yet",
-                        write.display()
-                    )
-                })?;
-            f.write_all(images::AGENT)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Lab { bench, book_dir } => lab_cmd(&home, bench, &book_dir),
+        Command::Agent { write } => agent_cmd(&write),
     }
+}
+
+/// `isolab lab`: bench, probes, report and book in one go.
+fn lab_cmd(home: &Home, bench: BenchArgs, book_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    require_root("the lab")?;
+    selfprotect::ensure_sealed()?;
+    let (ok, dir) = bench::run(home, bench.options()?)?;
+    // The probe matrix joins the run's samples.
+    probes::append_to_run(&dir, &probes::run_all(home))?;
+    let r = report::load_run(&dir)?;
+    report::generate(&r, &book_dir.join("src/generated"))?;
+    let html = report::build_book(book_dir)?;
+    println!(
+        "results: {}\nbook:    {}",
+        dir.display(),
+        html.join("index.html").display()
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `isolab agent --write PATH`.
+fn agent_cmd(write: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(write)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create {}: {e}: choose a path that does not exist yet",
+                write.display()
+            )
+        })?;
+    f.write_all(images::AGENT)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `isolab doctor`.
+fn doctor_cmd(
+    home: &Home,
+    json: bool,
+    boot_dir: PathBuf,
+    kvm_device: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let report = doctor::examine(&doctor::Options {
+        boot_dir,
+        kvm_device,
+        state_dir: home.root().to_path_buf(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", doctor::render(&report));
+    }
+    Ok(if report.container_backend_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {

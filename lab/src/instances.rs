@@ -217,6 +217,15 @@ impl Drop for Record {
     }
 }
 
+/// A directory removed when this goes out of scope.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn write_state(home: &Home, st: &State) -> Result<()> {
     let path = home.state_file(&st.id);
     let tmp = path.with_extension("json.tmp");

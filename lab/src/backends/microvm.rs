@@ -265,7 +265,14 @@ pub fn vmm_binary() -> Option<PathBuf> {
 
 /// Boots one VM with our monitor (`isolab-vmm`, one process per VM, as
 /// QEMU is for the peer) and reports it.
-fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Result<Outcome> {
+/// The monitor's command line for this instance (a Linux guest's kernel
+/// and initramfs are prepared here, before the launch mark).
+fn vmm_args(
+    home: &Home,
+    opts: &InstanceSpec,
+    echo: bool,
+    interactive: bool,
+) -> Result<Vec<String>> {
     let mut args: Vec<String> = Vec::new();
     let guest = opts.vm.guest();
     if guest == Guest::Bare {
@@ -307,6 +314,12 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     if opts.vm.pvh {
         args.push("--pvh".into());
     }
+    Ok(args)
+}
+
+fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Result<Outcome> {
+    let guest = opts.vm.guest();
+    let args = vmm_args(home, opts, echo, interactive)?;
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
     })?;

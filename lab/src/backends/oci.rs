@@ -203,6 +203,8 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         .collect();
     let id = format!("isolab-{}-{}", peer.name, crate::instances::new_id());
     let dir = home.peer_bundle(&id);
+    // The bundle goes when this run ends, however it ends.
+    let _bundle = crate::instances::RemoveOnDrop(dir.clone());
     let rootfs = dir.join("rootfs");
     for sub in ["rootfs", "upper", "work"] {
         fs::create_dir_all(dir.join(sub))?;
@@ -228,58 +230,16 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         ))?,
     )?;
     let hide_unified = peer.hide_unified_on_hybrid && layout.mode == CgroupMode::Hybrid;
-    let unified = layout
-        .v2_mount
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"));
-    let mut cmd = Command::new(&program);
-    cmd.arg("--root")
-        .arg(&state_root)
-        .arg("run")
-        .arg("--bundle")
-        .arg(&dir)
-        .arg(&id);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
-    // SAFETY: runs in the forked child before exec; only system calls on
-    // data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                || libc::mount(
-                    c"overlay".as_ptr(),
-                    rootfs_c.as_ptr(),
-                    c"overlay".as_ptr(),
-                    0,
-                    overlay_opts.as_ptr().cast(),
-                ) != 0
-            {
-                return fail();
-            }
-            if hide_unified
-                && libc::mount(
-                    c"tmpfs".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    0,
-                    c"size=4k".as_ptr().cast(),
-                ) != 0
-            {
-                return fail();
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = peer_command(
+        &program,
+        &state_root,
+        &dir,
+        &id,
+        &layout,
+        hide_unified,
+        overlay_opts,
+        rootfs_c,
+    )?;
     // launch = the instant the peer's process is spawned (after the
     // harness wrote its bundle), the same rule for every peer.
     let launch = monotonic_ns();
@@ -323,7 +283,6 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         .unwrap_or_default();
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
-    let _ = fs::remove_dir_all(&dir);
     let _ = fs::remove_dir_all(state_root.join(&id));
     let res = protocol::parse_output(peer.name, &format!("{output}{stderr}"))
         .map_err(|e| anyhow!("{e}"))?;
@@ -350,6 +309,75 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
     )];
     report.derive();
     Ok(Outcome { report, output })
+}
+
+/// The peer's command: `PROGRAM --root STATE run --bundle DIR ID`, started
+/// in a private mount namespace where the bundle's overlay rootfs is
+/// mounted (and, for crun on a hybrid host, the cgroup2 mount hidden).
+#[allow(clippy::too_many_arguments)]
+fn peer_command(
+    program: &Path,
+    state_root: &Path,
+    dir: &Path,
+    id: &str,
+    layout: &CgroupLayout,
+    hide_unified: bool,
+    overlay_opts: std::ffi::CString,
+    rootfs_c: std::ffi::CString,
+) -> Result<Command> {
+    let unified = layout
+        .v2_mount
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"));
+    let mut cmd = Command::new(program);
+    cmd.arg("--root")
+        .arg(state_root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(dir)
+        .arg(id);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
+    // SAFETY: runs in the forked child before exec; only system calls on
+    // data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    c"overlay".as_ptr(),
+                    rootfs_c.as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    overlay_opts.as_ptr().cast(),
+                ) != 0
+            {
+                return fail();
+            }
+            if hide_unified
+                && libc::mount(
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    c"size=4k".as_ptr().cast(),
+                ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 /// Removes leftovers of this peer's runs: its containers in its state

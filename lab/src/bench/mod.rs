@@ -276,101 +276,22 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
     if host.kvm_flavour == "pvm" {
         notes.push("host KVM is PVM (software-assisted nested virtualisation): VM figures are not comparable with hardware KVM".into());
     }
-    let mut parameters = BTreeMap::new();
-    parameters.insert(
-        "backends".into(),
-        serde_json::json!(backends.iter().map(|b| b.name()).collect::<Vec<_>>()),
-    );
-    parameters.insert("scenarios".into(), serde_json::json!(a.scenarios));
-    parameters.insert("repetitions".into(), serde_json::json!(a.repetitions));
-    parameters.insert("warmup".into(), serde_json::json!(a.warmup));
-    parameters.insert("image".into(), serde_json::json!(a.image));
-    parameters.insert(
-        "order".into(),
-        serde_json::json!("interleaved, rotated every repetition"),
-    );
-    let mut manifest = Manifest {
-        schema_version: MANIFEST_SCHEMA_VERSION,
-        run_id: run_id.clone(),
-        command: "bench".into(),
-        isolab_revision: git_revision(),
-        started_at: crate::clock::rfc3339(started),
-        finished_at: None,
-        host: host.clone(),
-        parameters,
-        notes,
-    };
+    let mut manifest = manifest_for(&a, &backends, &run_id, started, host.clone(), notes);
     fs::write(dir.join("manifest.json"), manifest.to_json()?)?;
     let mut csv = SampleWriter::new(fs::File::create(dir.join("samples.csv"))?)?;
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 
-    let cells: usize = scenarios
-        .iter()
-        .map(|s| {
-            backends
-                .iter()
-                .filter(|b| b.supports(s, &default_spec))
-                .count()
-        })
-        .sum();
-    let total = (a.warmup + a.repetitions) as u64 * cells as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let mut collected: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
-    let mut failures = 0u32;
-    'outer: for scenario in &scenarios {
-        for rep in 0..(a.warmup + a.repetitions) {
-            for b in rotation(&backends, rep as usize) {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    break 'outer;
-                }
-                if !b.supports(scenario, &default_spec) {
-                    continue;
-                }
-                bar.set_message(format!("{} {}", b.name(), scenario.name));
-                let res = run_one(home, b, &a.image, scenario);
-                bar.inc(1);
-                if rep < a.warmup {
-                    continue;
-                }
-                let iteration = rep - a.warmup;
-                match res {
-                    Ok(Outcome { report, output }) => {
-                        let _ = fs::write(
-                            dir.join("logs").join(format!(
-                                "{}-{}-{iteration}.log",
-                                b.name(),
-                                scenario.name
-                            )),
-                            &output,
-                        );
-                        for s in samples_of(&report, &run_id, &host.host_id, iteration) {
-                            collected
-                                .entry((s.scenario.clone(), s.metric.clone(), s.backend.clone()))
-                                .or_default()
-                                .push(s.value);
-                            csv.append(&s)?;
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        bar.println(format!(
-                            "isolab: {} {} repetition {rep} failed: {e:#}",
-                            b.name(),
-                            scenario.name
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    bar.finish_and_clear();
+    let (collected, failures) = measure(
+        home,
+        &a,
+        &backends,
+        &scenarios,
+        &dir,
+        &run_id,
+        &host.host_id,
+        &mut csv,
+    )?;
     if !INTERRUPTED.load(Ordering::SeqCst) && backends.iter().any(|b| b.name() == "container") {
         match disk_samples(home, &a.image, &run_id, &host.host_id, 5) {
             Ok(rows) => {
@@ -404,6 +325,127 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
         eprintln!("isolab: {failures} instance(s) failed; see the messages above");
     }
     Ok((!interrupted && failures == 0, dir))
+}
+
+/// The run's manifest, as written before the first repetition.
+fn manifest_for(
+    a: &BenchOptions,
+    backends: &[&'static dyn Backend],
+    run_id: &str,
+    started: u64,
+    host: isolab_reports::HostInfo,
+    notes: Vec<String>,
+) -> Manifest {
+    let mut parameters = BTreeMap::new();
+    parameters.insert(
+        "backends".into(),
+        serde_json::json!(backends.iter().map(|b| b.name()).collect::<Vec<_>>()),
+    );
+    parameters.insert("scenarios".into(), serde_json::json!(a.scenarios));
+    parameters.insert("repetitions".into(), serde_json::json!(a.repetitions));
+    parameters.insert("warmup".into(), serde_json::json!(a.warmup));
+    parameters.insert("image".into(), serde_json::json!(a.image));
+    parameters.insert(
+        "order".into(),
+        serde_json::json!("interleaved, rotated every repetition"),
+    );
+    Manifest {
+        schema_version: MANIFEST_SCHEMA_VERSION,
+        run_id: run_id.to_owned(),
+        command: "bench".into(),
+        isolab_revision: git_revision(),
+        started_at: crate::clock::rfc3339(started),
+        finished_at: None,
+        host: host.clone(),
+        parameters,
+        notes,
+    }
+}
+
+/// What the repetitions measured: values by (scenario, metric, backend).
+type Collected = BTreeMap<(String, String, String), Vec<f64>>;
+
+/// Runs every repetition of every cell, interleaved, appending rows as
+/// they are measured; returns the values and how many instances failed.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    home: &Home,
+    a: &BenchOptions,
+    backends: &[&'static dyn Backend],
+    scenarios: &[&'static Scenario],
+    dir: &Path,
+    run_id: &str,
+    host_id: &str,
+    csv: &mut SampleWriter<fs::File>,
+) -> Result<(Collected, u32)> {
+    let default_spec = InstanceSpec::default();
+    let cells: usize = scenarios
+        .iter()
+        .map(|s| {
+            backends
+                .iter()
+                .filter(|b| b.supports(s, &default_spec))
+                .count()
+        })
+        .sum();
+    let total = (a.warmup + a.repetitions) as u64 * cells as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut collected: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    let mut failures = 0u32;
+    'outer: for scenario in scenarios {
+        for rep in 0..(a.warmup + a.repetitions) {
+            for b in rotation(backends, rep as usize) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    break 'outer;
+                }
+                if !b.supports(scenario, &default_spec) {
+                    continue;
+                }
+                bar.set_message(format!("{} {}", b.name(), scenario.name));
+                let res = run_one(home, b, &a.image, scenario);
+                bar.inc(1);
+                if rep < a.warmup {
+                    continue;
+                }
+                let iteration = rep - a.warmup;
+                match res {
+                    Ok(Outcome { report, output }) => {
+                        let _ = fs::write(
+                            dir.join("logs").join(format!(
+                                "{}-{}-{iteration}.log",
+                                b.name(),
+                                scenario.name
+                            )),
+                            &output,
+                        );
+                        for s in samples_of(&report, run_id, host_id, iteration) {
+                            collected
+                                .entry((s.scenario.clone(), s.metric.clone(), s.backend.clone()))
+                                .or_default()
+                                .push(s.value);
+                            csv.append(&s)?;
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        bar.println(format!(
+                            "isolab: {} {} repetition {rep} failed: {e:#}",
+                            b.name(),
+                            scenario.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok((collected, failures))
 }
 
 #[cfg(test)]

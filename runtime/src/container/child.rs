@@ -1,0 +1,607 @@
+//! The child side of a launch: what runs in the new namespaces, from the
+//! first instruction after `clone3` to `execve`, as a list of stages each
+//! stamped on the marks pipe. It never panics and never returns: a failure
+//! is written as `!stage: message` and the child `_exit`s with 127.
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use isolab_abi::stage::Stage;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::*;
+use crate::cgroups::Join;
+use crate::seccomp::Profile;
+
+/// Everything the child needs, prepared in the parent so the child only
+/// makes system calls.
+#[derive(Debug)]
+pub(super) struct ChildPlan {
+    merged: CString,
+    overlay_opts: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
+    CString::new(s.as_ref()).map_err(|_| {
+        ContainerError::Entrypoint("an argument or environment value contains a NUL byte".into())
+    })
+}
+
+impl ChildPlan {
+    pub(super) fn new(spec: &Spec) -> Result<ChildPlan, ContainerError> {
+        let lowers: Vec<String> = spec
+            .lower_dirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            spec.instance_dir.join("upper").display(),
+            spec.instance_dir.join("work").display()
+        );
+
+        Ok(ChildPlan {
+            merged: cstr(spec.instance_dir.join("merged").as_os_str().as_bytes())?,
+            overlay_opts: cstr(opts)?,
+            argv: spec.argv.iter().map(cstr).collect::<Result<_, _>>()?,
+            env: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Collects marks in the child and reports them (or an error) at the end.
+pub(super) struct Reporter {
+    out: fs::File,
+    text: String,
+}
+
+impl Reporter {
+    fn mark(&mut self, stage: Stage) {
+        self.text
+            .push_str(&format!("{} {}\n", stage.name(), monotonic_ns()));
+    }
+    fn flush(&mut self) {
+        let _ = self.out.write_all(self.text.as_bytes());
+        self.text.clear();
+    }
+    fn fail(&mut self, stage: Stage, msg: &str) -> ! {
+        self.text.push_str(&format!("!{}: {msg}\n", stage.name()));
+        self.flush();
+        // SAFETY: _exit ends the child without running the parent's
+        // destructors or atexit handlers.
+        unsafe { libc::_exit(127) }
+    }
+}
+
+/// The child: never returns.
+pub(super) fn child_main(
+    plan: &ChildPlan,
+    spec: &Spec,
+    join: &Join,
+    profile: Option<&Profile>,
+    marks_w: OwnedFd,
+    go_r: OwnedFd,
+    req_w: OwnedFd,
+) -> ! {
+    let mut rep = Reporter {
+        out: fs::File::from(marks_w),
+        text: String::with_capacity(512),
+    };
+    rep.mark(Stage::Clone);
+    // Die with isolab: a SIGKILLed isolab must not leave a container (and
+    // so its mounts, which live only in its namespace) behind.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The rootfs (the overlay of the image's layers) is mounted before the
+    // container joins its cgroup: preparing an image's rootfs is the
+    // runtime's work — in Docker, containerd mounts it on the host — and
+    // the lab charges it outside the instance for every backend alike (the
+    // crun/runc peers get the same overlay mounted before they start).
+    if let Err(e) = mount_rootfs(plan) {
+        rep.fail(Stage::Rootfs, &e);
+    }
+    // Loopback comes up here too, before the cgroup join, like the
+    // rootfs: setting up the instance's network is the runtime's work
+    // (crun and runc do it from outside the container's cgroup as well).
+    if let Err(e) = loopback_up() {
+        rep.fail(Stage::Rootfs, &format!("bringing lo up: {e}"));
+    }
+    rep.mark(Stage::Rootfs);
+    if let Join::SelfTasks(fds) = join {
+        for fd in fds {
+            if let Err(e) = nix::unistd::write(fd, b"0") {
+                rep.fail(Stage::Cgroup, &format!("joining the cgroup: {e}"));
+            }
+        }
+    }
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+        rep.fail(Stage::Cgroup, &format!("unshare(CLONE_NEWCGROUP): {e}"));
+    }
+    rep.mark(Stage::Cgroup);
+    if let Err(e) = setup_mounts(plan, spec) {
+        rep.fail(Stage::Mounts, &e);
+    }
+    rep.mark(Stage::Mounts);
+    if let Err(e) = pivot_into(&plan.merged) {
+        rep.fail(Stage::PivotRoot, &e);
+    }
+    rep.mark(Stage::PivotRoot);
+    if let Err(e) = finish_environment(spec) {
+        // Charged to the phase that ends at the next mark.
+        let next = if spec.userns {
+            Stage::UidMap
+        } else {
+            Stage::Seccomp
+        };
+        rep.fail(next, &format!("environment: {e}"));
+    }
+    // User-namespace mode: the runtime sets everything up as real root,
+    // then the container enters a new user namespace in which its root is
+    // USERNS_BASE on the host. The mount, uts, ipc and net namespaces stay
+    // owned by the host's user namespace, so the container can change none
+    // of them, even as its own "root".
+    if spec.userns {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+            rep.fail(Stage::UidMap, &format!("unshare(CLONE_NEWUSER): {e}"));
+        }
+        let _ = nix::unistd::write(&req_w, b"u");
+        let mut b = [0u8; 1];
+        let _ = nix::unistd::read(go_r.as_raw_fd(), &mut b);
+        if b[0] != b'g' {
+            rep.fail(Stage::UidMap, "isolab did not write the id maps");
+        }
+        // Become the namespace's root (host uid USERNS_BASE).
+        let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+        if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0)
+            .and_then(|_| nix::unistd::setresuid(root.1, root.1, root.1))
+        {
+            rep.fail(
+                Stage::UidMap,
+                &format!("becoming root of the user namespace: {e}"),
+            );
+        }
+        rep.mark(Stage::UidMap);
+    }
+    drop(go_r);
+    drop(req_w);
+    if let Err(e) = drop_privileges(profile) {
+        rep.fail(Stage::Seccomp, &e);
+    }
+    rep.mark(Stage::Seccomp);
+    if let Err(e) = setup_stdio(&spec.stdio) {
+        rep.fail(Stage::Exec, &format!("stdio: {e}"));
+    }
+    rep.mark(Stage::Exec);
+    rep.flush();
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings that outlive the call (execve only returns on
+    // failure).
+    unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) };
+    let e = std::io::Error::last_os_error();
+    rep.fail(Stage::Exec, &format!("execve {}: {e}", spec.argv[0]))
+}
+
+pub(super) fn m(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {} on {}: {e}",
+            fstype.or(src).unwrap_or("?"),
+            target.display()
+        )
+    })
+}
+
+/// Makes the mount tree private and mounts the overlay rootfs.
+pub(super) fn mount_rootfs(plan: &ChildPlan) -> Result<(), String> {
+    let none: Option<&str> = None;
+    m(
+        none,
+        Path::new("/"),
+        none,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none,
+    )?;
+    let root = PathBuf::from(std::ffi::OsStr::from_bytes(plan.merged.as_bytes()));
+    let opts = plan.overlay_opts.to_str().map_err(|e| e.to_string())?;
+    m(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts),
+    )
+}
+
+pub(super) fn setup_mounts(plan: &ChildPlan, spec: &Spec) -> Result<(), String> {
+    let root = PathBuf::from(std::ffi::OsStr::from_bytes(plan.merged.as_bytes()));
+    mount_proc(&root)?;
+    mount_dev(&root, spec.userns)?;
+    mount_sys(&root, spec.userns)?;
+    for v in &spec.volumes {
+        bind_volume(&root, v)?;
+    }
+    mask_paths(&root)
+}
+
+const NONE: Option<&str> = None;
+
+fn mkdir(p: &Path) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+fn nosuid_nodev_noexec() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+/// `/proc`, the container's own (its pid namespace's).
+fn mount_proc(root: &Path) -> Result<(), String> {
+    let proc_dir = root.join("proc");
+    mkdir(&proc_dir)?;
+    m(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec(),
+        NONE,
+    )?;
+    Ok(())
+}
+
+/// A minimal `/dev`: a tmpfs with the six safe nodes, pts, shm and links.
+fn mount_dev(root: &Path, userns: bool) -> Result<(), String> {
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    m(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        if userns {
+            // A user namespace cannot mknod: bind the host's nodes.
+            fs::write(&p, b"").map_err(|e| format!("create {}: {e}", p.display()))?;
+            m(
+                Some(&format!("/dev/{name}")),
+                &p,
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            )?;
+        } else {
+            nix::sys::stat::mknod(
+                &p,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .map_err(|e| format!("mknod {}: {e}", p.display()))?;
+            let _ = nix::sys::stat::fchmodat(
+                None,
+                &p,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            );
+        }
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    m(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    m(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec(),
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `/sys`, read-only.
+fn mount_sys(root: &Path, userns: bool) -> Result<(), String> {
+    let sys = root.join("sys");
+    mkdir(&sys)?;
+    if userns {
+        m(
+            Some("/sys"),
+            &sys,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )?;
+        m(
+            NONE,
+            &sys,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
+            NONE,
+        )?;
+    } else {
+        m(
+            Some("sysfs"),
+            &sys,
+            Some("sysfs"),
+            MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
+            NONE,
+        )?;
+    }
+    Ok(())
+}
+
+/// The OCI masked paths (hidden) and read-only paths.
+fn mask_paths(root: &Path) -> Result<(), String> {
+    let dev = root.join("dev");
+    // Masked directories share one empty read-only tmpfs (one superblock
+    // instead of one each: kernel memory the container is charged for).
+    let mut empty_dir: Option<PathBuf> = None;
+    for path in MASKED_PATHS {
+        let p = root.join(path.trim_start_matches('/'));
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => match &empty_dir {
+                Some(first) => m(
+                    Some(first.to_str().unwrap_or("")),
+                    &p,
+                    NONE,
+                    MsFlags::MS_BIND,
+                    NONE,
+                )?,
+                None => {
+                    m(
+                        Some("tmpfs"),
+                        &p,
+                        Some("tmpfs"),
+                        MsFlags::MS_RDONLY,
+                        Some("size=0"),
+                    )?;
+                    empty_dir = Some(p.clone());
+                }
+            },
+            Ok(_) => m(
+                Some(dev.join("null").to_str().unwrap_or("/dev/null")),
+                &p,
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            )?,
+            Err(_) => {}
+        }
+    }
+    for path in READONLY_PATHS {
+        let p = root.join(path.trim_start_matches('/'));
+        if p.exists() {
+            m(
+                Some(p.to_str().unwrap_or("")),
+                &p,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )?;
+            m(
+                NONE,
+                &p,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                NONE,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds a volume under `root`. Every component of the target is
+/// created inside the rootfs and must not be a symlink, so an image cannot
+/// point a volume at a path outside it.
+pub(super) fn bind_volume(root: &Path, v: &Volume) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let mut dest = root.to_path_buf();
+    let parts: Vec<_> = Path::new(&v.target)
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let source_is_dir = v.source.is_dir();
+    for (i, c) in parts.iter().enumerate() {
+        dest.push(c);
+        let last = i + 1 == parts.len();
+        match fs::symlink_metadata(&dest) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(format!(
+                    "volume target {} goes through a symlink in the image: choose another path",
+                    v.target
+                ))
+            }
+            Ok(_) => {}
+            Err(_) if last && !source_is_dir => {
+                fs::write(&dest, b"").map_err(|e| format!("create {}: {e}", dest.display()))?
+            }
+            Err(_) => {
+                fs::create_dir(&dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?
+            }
+        }
+    }
+    let src = v.source.to_str().ok_or("volume source is not UTF-8")?;
+    m(
+        Some(src),
+        &dest,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )?;
+    if v.read_only {
+        // A read-only remount must keep the flags the source mount has
+        // (a user namespace may not drop them).
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Ok(st) = nix::sys::statvfs::statvfs(&v.source) {
+            use nix::sys::statvfs::FsFlags;
+            for (have, keep) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if st.flags().contains(have) {
+                    flags |= keep;
+                }
+            }
+        }
+        m(none, &dest, none, flags, none)?;
+    }
+    Ok(())
+}
+
+pub(super) fn pivot_into(merged: &CString) -> Result<(), String> {
+    let root = Path::new(std::ffi::OsStr::from_bytes(merged.as_bytes()));
+    nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    // The old root is now stacked under the new one at "/": detach it.
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+pub(super) fn finish_environment(spec: &Spec) -> Result<(), String> {
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| format!("working dir {}: {e}", spec.cwd))?;
+    use nix::sys::resource::{setrlimit, Resource};
+    let (soft, hard) = nofile_limits();
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(|e| format!("setrlimit NOFILE: {e}"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("setrlimit CORE: {e}"))?;
+    // Every fd past stdio closes at exec (CVE-2024-21626: no host fd, such
+    // as a cgroup dir, may reach the container).
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r != 0 {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+pub(super) fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket() with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn drop_privileges(profile: Option<&Profile>) -> Result<(), String> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &keep).map_err(|e| format!("inheritable caps: {e}"))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| format!("effective caps: {e}"))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| format!("permitted caps: {e}"))?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    if let Some(p) = profile {
+        p.install().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub(super) fn setup_stdio(stdio: &Stdio) -> Result<(), String> {
+    let dup_to = |fd: RawFd, to: RawFd| -> Result<(), String> {
+        // SAFETY: dup2 on fds this process owns.
+        if unsafe { libc::dup2(fd, to) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    match stdio {
+        Stdio::Inherit => Ok(()),
+        Stdio::Into(fd) => {
+            let null = fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            dup_to(null.as_raw_fd(), 0)?;
+            dup_to(fd.as_raw_fd(), 1)?;
+            dup_to(fd.as_raw_fd(), 2)
+        }
+        Stdio::Pty(slave) => {
+            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+            // SAFETY: TIOCSCTTY on a pty slave fd we own.
+            if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            }
+            for to in 0..3 {
+                dup_to(slave.as_raw_fd(), to)?;
+            }
+            Ok(())
+        }
+    }
+}
