@@ -15,7 +15,7 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    for p in ["guest/main.rs", "guest/link.ld", "../abi/src"] {
+    for p in ["guest", "../abi/src"] {
         println!("cargo:rerun-if-changed={}", manifest.join(p).display());
     }
     let elf = out.join("isolab-guest.elf");

@@ -1,0 +1,227 @@
+//! The monitor's boot steps after guest memory and the kernel: devices on
+//! their buses, the vCPUs, running them to the guest's end, and reading
+//! what the devices saw.
+use super::*;
+
+/// The VM's devices: the port bus (serial, i8042, the lab's ports), the
+/// MMIO bus (virtio disks) and what reads their state at the end.
+pub(super) struct Devices {
+    pub(super) serial: Arc<Mutex<SerialDevice>>,
+    pub(super) captured: Arc<Mutex<Vec<u8>>>,
+    pub(super) lab: Arc<Mutex<LabPorts>>,
+    pub(super) pio: Arc<Bus>,
+    pub(super) mmio: Arc<Bus>,
+    pub(super) disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    pub(super) input_stop: Arc<AtomicBool>,
+    pub(super) input_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub(super) fn attach_devices(
+    cfg: &VmConfig,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    blocks: Vec<Block>,
+) -> Result<Devices, VmmError> {
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+    if let Err(e) = vm.register_irqfd(&serial_evt, 4) {
+        tracing::debug!(%e, "no irqfd for the serial port; the guest must poll it");
+    }
+    let sink = SerialSink {
+        echo: cfg
+            .echo_serial
+            .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),
+        captured: captured.clone(),
+        limit: cfg.serial_limit,
+        dropped: 0,
+        seen: Vec::new(),
+    };
+    let serial = Arc::new(Mutex::new(SerialDevice(vm_superio::Serial::new(
+        EventFdTrigger(serial_evt),
+        sink,
+    ))));
+    let lab = Arc::new(Mutex::new(LabPorts::default()));
+    let mut pio = Bus::new();
+    let bus_err = |e: crate::devices::bus::BusError| VmmError::Boot(e.to_string());
+    pio.insert(0x3f8, 8, serial.clone()).map_err(bus_err)?;
+    pio.insert(0x60, 5, Arc::new(Mutex::new(I8042)))
+        .map_err(bus_err)?;
+    pio.insert(u64::from(ports::MARK_PORT), 3, lab.clone())
+        .map_err(bus_err)?;
+    // Serial input: a thread polls stdin and queues bytes into the UART.
+    let input_stop = Arc::new(AtomicBool::new(false));
+    let input_thread = cfg.serial_input.then(|| {
+        let (serial, input_stop) = (serial.clone(), input_stop.clone());
+        std::thread::spawn(move || serial_input(&serial, &input_stop))
+    });
+    let mut mmio = Bus::new();
+    let mut disks = Vec::new();
+    for (i, block) in blocks.into_iter().enumerate() {
+        let (base, irq) = virtio_slot(i);
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+        vm.register_irqfd(&evt, irq)
+            .map_err(kvm_err("connect a virtio interrupt (irqfd)"))?;
+        let transport = MmioTransport::new(block, mem.clone(), Box::new(evt))
+            .map_err(|e| VmmError::Boot(format!("virtio queue: {e}")))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, crate::devices::virtio::MMIO_WINDOW, transport.clone())
+            .map_err(bus_err)?;
+        disks.push(transport);
+    }
+    Ok(Devices {
+        serial,
+        captured,
+        lab,
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        disks,
+        input_stop,
+        input_thread,
+    })
+}
+
+/// What the devices saw, read once the vCPUs have stopped.
+pub(super) struct Seen {
+    pub(super) guest_touched_bytes: u64,
+    pub(super) process_peak_rss_bytes: u64,
+    pub(super) unhandled_pio: u64,
+    pub(super) guest_marks: Vec<GuestMark>,
+    pub(super) exit_code: Option<u8>,
+    pub(super) nop_writes: u64,
+    pub(super) serial_dropped: u64,
+    pub(super) serial_seen: Vec<(String, u64)>,
+    pub(super) serial_text: String,
+    pub(super) disk_stats: Vec<crate::devices::virtio::block::BlockStats>,
+}
+
+impl Devices {
+    /// Stops serial input and reads every device's figures.
+    pub(super) fn stop_and_read(&mut self, mem: &GuestMemoryMmap) -> Seen {
+        self.input_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.input_thread.take() {
+            let _ = t.join();
+        }
+        let (guest_marks, exit_code, nop_writes) = {
+            let l = self.lab.lock().unwrap_or_else(|p| p.into_inner());
+            (l.marks.clone(), l.exit_code, l.nop_writes)
+        };
+        let (serial_dropped, serial_seen) = {
+            let s = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+            (s.0.writer().dropped, s.0.writer().seen.clone())
+        };
+        Seen {
+            guest_touched_bytes: resident_bytes(mem),
+            process_peak_rss_bytes: peak_rss(),
+            unhandled_pio: self.pio.unhandled().writes + self.pio.unhandled().reads,
+            guest_marks,
+            exit_code,
+            nop_writes,
+            serial_dropped,
+            serial_seen,
+            serial_text: String::from_utf8_lossy(
+                &self.captured.lock().unwrap_or_else(|p| p.into_inner()),
+            )
+            .into_owned(),
+            disk_stats: self
+                .disks
+                .iter()
+                .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).device().stats)
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    cfg: &VmConfig,
+    entry: u64,
+) -> Result<Vec<kvm_ioctls::VcpuFd>, VmmError> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report its CPUID"))?;
+    let mut vcpus = Vec::new();
+    for i in 0..cfg.vcpus.max(1) {
+        let v = vm
+            .create_vcpu(u64::from(i))
+            .map_err(kvm_err("create a vCPU"))?;
+        regs::configure_vcpu(&v, &cpuid, i, cfg.vcpus.max(1), entry, cfg.pvh)
+            .map_err(|e| VmmError::Vcpu(e.to_string()))?;
+        vcpus.push(v);
+    }
+    vcpu::install_kick_handler().map_err(VmmError::Thread)?;
+    Ok(vcpus)
+}
+
+/// How the vCPUs ended.
+pub(super) struct Ran {
+    pub(super) stop: StopReason,
+    pub(super) timed_out: bool,
+    pub(super) first_entry: u64,
+}
+
+/// Runs vCPU 0 on its own thread (extra vCPUs wait for an INIT/SIPI a
+/// Linux guest would send; the bare guest never does) until one reports
+/// or the timeout (the `exit` mark); then stops them all.
+pub(super) fn run_vcpus(
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    devices: &Devices,
+    timeout: Duration,
+    st: &mut Stamps,
+) -> Result<Ran, VmmError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let first_entry = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for (i, mut v) in vcpus.into_iter().enumerate() {
+        let (pio, mmio, stop, first_entry, tx) = (
+            devices.pio.clone(),
+            devices.mmio.clone(),
+            stop.clone(),
+            first_entry.clone(),
+            tx.clone(),
+        );
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let r = vcpu::run(&mut v, &pio, &mmio, &stop, &first_entry);
+                let _ = tx.send((i, r));
+            })
+            .map_err(VmmError::Thread)?;
+        handles.push(h);
+    }
+    drop(tx);
+    let (stop_reason, timed_out, reporter) = match rx.recv_timeout(timeout) {
+        Ok((i, r)) => (r, false, Some(i)),
+        Err(_) => (StopReason::Stopped, true, None),
+    };
+    st.mark(Stage::Exit);
+    // Stop every vCPU: set the flag and kick the threads until they end.
+    // The one that reported is already leaving its loop: just join it.
+    stop.store(true, Ordering::SeqCst);
+    if let Some(i) = reporter {
+        let h = handles.remove(i);
+        let _ = h.join();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while handles.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < deadline {
+        for h in &handles {
+            use std::os::unix::thread::JoinHandleExt;
+            if !h.is_finished() {
+                // SAFETY: the thread is alive (not finished) and owned here.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for h in handles {
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
+    Ok(Ran {
+        stop: stop_reason,
+        timed_out,
+        first_entry: first_entry.load(Ordering::SeqCst),
+    })
+}
