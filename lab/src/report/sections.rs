@@ -1,0 +1,545 @@
+//! The generated results, one function per section: each writes its
+//! tables and number snippets under `out` and returns the charts it drew.
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use isolab_abi::catalog::name as sc;
+use isolab_reports::charts::{self, Distribution, Reference, StackedBar, Verdict};
+use isolab_reports::stats;
+
+use super::*;
+
+/// The host page: where and how the run was made.
+pub(super) fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let m = &run.manifest;
+    // Host page.
+    let mut host = String::new();
+    writeln!(host, "{}\n", host_note(m))?;
+    writeln!(host, "| | |\n|---|---|")?;
+    for (k, v) in [
+        ("run", format!("{} ({})", m.run_id, run.dir.display())),
+        ("started", m.started_at.clone()),
+        (
+            "finished",
+            m.finished_at
+                .clone()
+                .unwrap_or_else(|| "interrupted (partial run)".into()),
+        ),
+        ("isolab", m.isolab_revision.clone()),
+        (
+            "CPU",
+            format!("{} ({} CPUs)", m.host.cpu_model, m.host.cpus),
+        ),
+        (
+            "memory",
+            format!(
+                "{:.1} GiB",
+                m.host.memory_bytes as f64 / (1u64 << 30) as f64
+            ),
+        ),
+        ("kernel", m.host.kernel.clone()),
+        (
+            "KVM",
+            format!(
+                "{}{}",
+                m.host.kvm_flavour,
+                if m.host.nested {
+                    " (this host is itself a VM)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("cgroups", m.host.cgroup_mode.clone()),
+        (
+            "peers",
+            m.host
+                .peers
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("parameters", serde_json::to_string(&m.parameters)?),
+    ] {
+        writeln!(host, "| {k} | {} |", v.replace('|', "\\|"))?;
+    }
+    if !m.notes.is_empty() {
+        writeln!(host, "\nNotes from the run:\n")?;
+        for n in &m.notes {
+            writeln!(host, "- {n}")?;
+        }
+    }
+    write(&out.join("host.md"), &host)?;
+    write(&out.join("host-note.md"), &format!("> {}\n", host_note(m)))?;
+    num(out, "kvm_flavour", m.host.kvm_flavour.clone())?;
+    num(out, "host_cpus", m.host.cpus.to_string())?;
+    num(out, "run_id", m.run_id.clone())?;
+    Ok(Vec::new())
+}
+
+/// Startup: table, chart and numbers.
+pub(super) fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // Startup table + chart + numbers.
+    let mut t = String::from("| backend | n | launch→ready median (ms) | p95 | 95% CI of median | launch→exit median (ms) | ratio of medians to baseline (launch→exit) | instances/s |\n|---|---|---|---|---|---|---|---|\n");
+    let mut dists = Vec::new();
+    for b in backends_in(c, sc::STARTUP, "launch_to_exit") {
+        let ready = c
+            .get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone()))
+            .and_then(|v| stats::summarize(v));
+        let exit = c
+            .get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))
+            .and_then(|v| stats::summarize(v));
+        let base = crate::backend::baseline_of(&b);
+        let ratio = base
+            .and_then(|base| {
+                let a = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), base.to_owned()))?;
+                let x = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))?;
+                stats::ratio_of_medians(a, x).map(|r| (base, r))
+            })
+            .map(|(base, (r, (lo, hi)))| format!("{base}/{b} = {r:.2} [{lo:.2}, {hi:.2}]"))
+            .unwrap_or_else(|| "—".into());
+        if let (Some(r), Some(e)) = (&ready, &exit) {
+            writeln!(
+                t,
+                "| {b} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
+                r.n,
+                ms(r.median),
+                ms(r.p95),
+                ms(r.ci95.0),
+                ms(r.ci95.1),
+                ms(e.median),
+                1e9 / e.mean
+            )?;
+            num(out, &format!("{b}_startup_ready_ms"), ms(r.median))?;
+            num(out, &format!("{b}_startup_exit_ms"), ms(e.median))?;
+        }
+        if let Some(v) = c.get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone())) {
+            dists.push(Distribution {
+                label: b.clone(),
+                values: v.iter().map(|x| x / 1e6).collect(),
+            });
+        }
+    }
+    for (a, b) in [
+        ("container", "crun"),
+        ("container", "runc"),
+        ("microvm", "qemu"),
+        ("container", "microvm"),
+    ] {
+        if let (Some(x), Some(y)) = (
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), a.into())),
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.into())),
+        ) {
+            if let Some((r, _)) = stats::ratio_of_medians(x, y) {
+                num(out, &format!("ratio_{a}_{b}_startup"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("startup.md"), &t)?;
+    let refs: Vec<Reference> = REFERENCES
+        .iter()
+        .map(|r| Reference {
+            label: r.0.into(),
+            value: r.1,
+        })
+        .collect();
+    if !dists.is_empty() {
+        files.extend(charts::box_plot_log(
+            &out.join(sc::STARTUP),
+            "Startup: launch → ready (log scale)",
+            "ms",
+            &dists,
+            &refs,
+        )?);
+    }
+    Ok(files)
+}
+
+/// Phases: the median of each phase per backend that reports phases.
+pub(super) fn phases(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // Phases: median of each phase per backend that reports phases.
+    let mut bars = Vec::new();
+    let mut pt = String::from("| backend | phase | median (ms) |\n|---|---|---|\n");
+    for b in crate::backend::names() {
+        let mut segs: Vec<(String, f64, f64)> = Vec::new(); // name, median, order key
+        for ((s, metric, be), v) in c {
+            if s == sc::STARTUP && be == b && metric.starts_with("phase.") {
+                let name = metric.trim_start_matches("phase.").to_owned();
+                let med = stats::median(v).unwrap_or(0.0);
+                let order = phase_order(&name);
+                segs.push((name, med, order));
+            }
+        }
+        if segs.len() < 2 {
+            continue;
+        }
+        segs.sort_by(|a, b| a.2.total_cmp(&b.2));
+        for (n, v, _) in &segs {
+            writeln!(pt, "| {b} | {n} | {} |", ms(*v))?;
+        }
+        bars.push(StackedBar {
+            label: b.into(),
+            segments: segs.into_iter().map(|(n, v, _)| (n, v / 1e6)).collect(),
+        });
+    }
+    write(&out.join("phases.md"), &pt)?;
+    if !bars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join("phases"),
+            "Where a start goes: median phases (startup)",
+            "ms",
+            &bars,
+            &[],
+        )?);
+    }
+    Ok(files)
+}
+
+/// Memory per instance.
+pub(super) fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // Memory.
+    let mut mt =
+        String::from("| backend | figure | median (KiB) | p95 (KiB) |\n|---|---|---|---|\n");
+    let mut mbars = Vec::new();
+    for b in crate::backend::names() {
+        let get = |metric: &str| {
+            [sc::IDLE, sc::STARTUP]
+                .iter()
+                .find_map(|s| c.get(&(s.to_string(), metric.to_owned(), b.to_owned())))
+                .and_then(|v| stats::summarize(v))
+        };
+        let mut segs = Vec::new();
+        for (metric, label) in [
+            ("memory.hold_cgroup_charged", "cgroup charge (idle agent)"),
+            (
+                "memory.monitor_rss_beyond_guest",
+                "monitor RSS beyond guest pages",
+            ),
+            ("memory.guest_touched", "guest pages touched"),
+            ("memory.monitor_rss_at_ready", "monitor process RSS"),
+        ] {
+            if let Some(s) = get(metric) {
+                writeln!(
+                    mt,
+                    "| {b} | {label} | {:.0} | {:.0} |",
+                    s.median / 1024.0,
+                    s.p95 / 1024.0
+                )?;
+                segs.push((label.to_owned(), s.median / 1024.0));
+                num(
+                    out,
+                    &format!("{b}_{}_kib", metric.trim_start_matches("memory.")),
+                    format!("{:.0}", s.median / 1024.0),
+                )?;
+            }
+        }
+        if !segs.is_empty() {
+            mbars.push(StackedBar {
+                label: b.into(),
+                segments: segs,
+            });
+        }
+    }
+    write(&out.join("memory.md"), &mt)?;
+    if !mbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join(sc::MEMORY),
+            "Host memory per instance (medians)",
+            "KiB",
+            &mbars,
+            &[Reference {
+                label: "Firecracker overhead ≤ 5 MiB".into(),
+                value: FIRECRACKER_OVERHEAD_KIB,
+            }],
+        )?);
+    }
+    Ok(files)
+}
+
+/// CPU throughput relative to the container.
+pub(super) fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // CPU throughput relative to the container.
+    let mut ct = String::from(
+        "| backend | SHA-256 median (MiB/s) | relative to container |\n|---|---|---|\n",
+    );
+    let mut cbars = Vec::new();
+    let base = c
+        .get(&(sc::CPU.into(), "cpu.sha256".into(), "container".into()))
+        .and_then(|v| stats::median(v));
+    for b in backends_in(c, sc::CPU, "cpu.sha256") {
+        if let Some(v) = c
+            .get(&(sc::CPU.into(), "cpu.sha256".into(), b.clone()))
+            .and_then(|v| stats::median(v))
+        {
+            let rel = base.map(|x| v / x);
+            writeln!(
+                ct,
+                "| {b} | {:.1} | {} |",
+                v / 1048576.0,
+                rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
+            )?;
+            if let Some(r) = rel {
+                cbars.push(StackedBar {
+                    label: b.clone(),
+                    segments: vec![("throughput / container's".into(), r)],
+                });
+                num(out, &format!("{b}_cpu_relative"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("cpu.md"), &ct)?;
+    if !cbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join(sc::CPU),
+            "CPU scenario: throughput relative to the container",
+            "ratio",
+            &cbars,
+            &[Reference {
+                label: "same speed".into(),
+                value: 1.0,
+            }],
+        )?);
+    }
+    Ok(files)
+}
+
+/// Reading the same bytes from a disk.
+pub(super) fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    // Reading the same bytes: the image as ext4, through a bind mount in a
+    // container, through a virtio disk in the VM.
+    let mut dt = String::from(
+        "| backend | read median (MiB/s) | relative to container | path |\n|---|---|---|---|\n",
+    );
+    let dbase = c
+        .get(&(
+            sc::DISK_READ.into(),
+            "disk.read_rate".into(),
+            "container".into(),
+        ))
+        .and_then(|v| stats::median(v));
+    for b in backends_in(c, sc::DISK_READ, "disk.read_rate") {
+        if let Some(v) = c
+            .get(&(sc::DISK_READ.into(), "disk.read_rate".into(), b.clone()))
+            .and_then(|v| stats::median(v))
+        {
+            let rel = dbase.map(|x| v / x);
+            let path = if b == "microvm" {
+                "virtio-blk request (VM exit + host pread)"
+            } else {
+                "read(2) on a bind-mounted file"
+            };
+            writeln!(
+                dt,
+                "| {b} | {:.0} | {} | {path} |",
+                v / 1048576.0,
+                rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
+            )?;
+            num(
+                out,
+                &format!("{b}_disk_read_mibs"),
+                format!("{:.0}", v / 1048576.0),
+            )?;
+            if let Some(r) = rel {
+                num(out, &format!("{b}_disk_read_relative"), format!("{r:.2}"))?;
+            }
+        }
+    }
+    write(&out.join("disk-read.md"), &dt)?;
+    Ok(Vec::new())
+}
+
+/// Crossing the boundary: a system call vs a VM exit.
+pub(super) fn boundary(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    // Crossing a boundary: a system call in a container, a VM exit in a VM.
+    let mut et = String::from("| backend | boundary | median (µs) |\n|---|---|---|\n");
+    for (scenario, metric, what, tag) in [
+        (
+            sc::SYSCALL,
+            "syscall.getppid",
+            "system call (getppid)",
+            sc::SYSCALL,
+        ),
+        (
+            sc::EXIT_COST,
+            "vm.exit_cost",
+            "VM exit (port write)",
+            "exit_cost",
+        ),
+    ] {
+        for b in backends_in(c, scenario, metric) {
+            if let Some(v) = c
+                .get(&(scenario.into(), metric.into(), b.clone()))
+                .and_then(|v| stats::median(v))
+            {
+                writeln!(et, "| {b} | {what} | {:.3} |", v / 1e3)?;
+                num(out, &format!("{b}_{tag}_us"), format!("{:.3}", v / 1e3))?;
+            }
+        }
+    }
+    write(&out.join("exit-cost.md"), &et)?;
+    Ok(Vec::new())
+}
+
+/// Disk footprint.
+pub(super) fn disk(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // Disk.
+    let mut dt = String::from("| backend: what | bytes |\n|---|---|\n");
+    let mut dbars = Vec::new();
+    let mut any_disk = false;
+    for ((s, metric, b), v) in c {
+        if s == sc::DISK_FOOTPRINT {
+            any_disk = true;
+            let med = stats::median(v).unwrap_or(0.0);
+            writeln!(
+                dt,
+                "| {b}: {} | {:.0} |",
+                metric.trim_start_matches("disk."),
+                med
+            )?;
+            dbars.push(StackedBar {
+                label: format!("{b} {}", metric.trim_start_matches("disk.")),
+                segments: vec![("KiB".into(), med / 1024.0)],
+            });
+            num(
+                out,
+                &format!(
+                    "disk_{b}_{}",
+                    metric.trim_start_matches("disk.").replace('.', "_")
+                ),
+                format!("{:.0}", med / 1024.0),
+            )?;
+        }
+    }
+    if !any_disk {
+        dt.push_str("| (no disk figures in this run) | |\n");
+    }
+    write(&out.join("disk.md"), &dt)?;
+    if !dbars.is_empty() {
+        files.extend(charts::stacked_bars(
+            &out.join(sc::DISK_FOOTPRINT),
+            "Disk footprint (KiB)",
+            "KiB",
+            &dbars,
+            &[],
+        )?);
+    }
+    Ok(files)
+}
+
+/// The probe matrix.
+pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    // Probes: samples with metric probe.<name>, value 1 isolated / 0 exposed / -1 n/a.
+    let mut probes: BTreeSet<String> = BTreeSet::new();
+    let mut pcols: Vec<String> = Vec::new();
+    for s in &run.samples {
+        if s.scenario == sc::PROBES {
+            probes.insert(s.metric.trim_start_matches("probe.").to_owned());
+            if !pcols.contains(&s.backend) {
+                pcols.push(s.backend.clone());
+            }
+        }
+    }
+    pcols.sort_by_key(|b| crate::backend::order_of(b));
+    let mut ptab = String::new();
+    if !probes.is_empty() {
+        let rows: Vec<String> = probes.iter().cloned().collect();
+        let mut cells = Vec::new();
+        writeln!(
+            ptab,
+            "| probe | {} |\n|---|{}",
+            pcols.join(" | "),
+            "---|".repeat(pcols.len())
+        )?;
+        for r in &rows {
+            let mut row = Vec::new();
+            let mut line = format!("| {r} |");
+            for b in &pcols {
+                let v = run
+                    .samples
+                    .iter()
+                    .find(|s| {
+                        s.scenario == sc::PROBES
+                            && s.backend == *b
+                            && s.metric == format!("probe.{r}")
+                    })
+                    .map(|s| s.value);
+                let verdict = match v {
+                    Some(x) if x > 0.5 => Verdict::Isolated,
+                    Some(x) if x > -0.5 => Verdict::Exposed,
+                    Some(_) => Verdict::NotApplicable,
+                    None => Verdict::Missing,
+                };
+                line.push_str(match verdict {
+                    Verdict::Isolated => " isolated |",
+                    Verdict::Exposed => " **exposed** |",
+                    Verdict::NotApplicable => " n/a |",
+                    Verdict::Missing => " — |",
+                });
+                row.push(verdict);
+            }
+            writeln!(ptab, "{line}")?;
+            cells.push(row);
+        }
+        files.extend(charts::heat_map(
+            &out.join(sc::PROBES),
+            "Isolation probes (green isolated, red exposed, grey n/a)",
+            &rows,
+            &pcols,
+            &cells,
+        )?);
+    } else {
+        ptab.push_str("(This run has no probe results: run `isolab probes` or a bench with the probes scenario.)\n");
+    }
+    write(&out.join("probes.md"), &ptab)?;
+    Ok(files)
+}
+
+/// An empty placeholder for every chart this run has no data for.
+pub(super) fn placeholders(_run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    for (name, _) in [
+        (sc::STARTUP, 0),
+        ("phases", 0),
+        (sc::MEMORY, 0),
+        (sc::CPU, 0),
+        (sc::DISK_FOOTPRINT, 0),
+        (sc::PROBES, 0),
+    ] {
+        if !out.join(format!("{name}.svg")).exists() {
+            // An empty placeholder keeps every page's image link valid.
+            write(
+                &out.join(format!("{name}.svg")),
+                &placeholder_svg(&format!("no {name} data in this run")),
+            )?;
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Numbers the prose quotes that this run did not produce.
+pub(super) fn missing_numbers(_run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    // Any number the prose quotes that this run did not produce reads "n/a"
+    // (e.g. VM figures on a host without KVM).
+    if let Some(src) = out.parent() {
+        for e in std::fs::read_dir(src).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for part in text.split("generated/numbers/").skip(1) {
+                if let Some(name) = part.split(".txt").next() {
+                    let p = out.join("numbers").join(format!("{name}.txt"));
+                    if !p.exists() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        write(&p, "n/a")?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Vec::new())
+}
