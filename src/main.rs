@@ -365,6 +365,23 @@ fn code(c: i32) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = Home::new(cli.home);
+    let writes = matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Image(_)
+            | Command::Bench(_)
+            | Command::Lab { .. }
+            | Command::Probes { .. }
+            | Command::Prune
+    );
+    if writes && nix::unistd::geteuid().is_root() {
+        home.prepare().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot prepare the isolab home {}: {e}: choose another with --home or ISOLAB_HOME",
+                home.root().display()
+            )
+        })?;
+    }
     match cli.command {
         Command::Doctor {
             json,

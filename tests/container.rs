@@ -25,6 +25,8 @@ fn assert_no_leftovers(home: &tempfile::TempDir) {
     assert!(left.is_empty(), "instance dirs left behind: {left:?}");
 }
 
+/// Whether instance `id`'s cgroup (`<home tag>-<id>` under the lab's
+/// parent, in any hierarchy) exists.
 fn cgroup_exists(id: &str) -> bool {
     [
         "/sys/fs/cgroup/memory/isolab",
@@ -32,7 +34,38 @@ fn cgroup_exists(id: &str) -> bool {
         "/sys/fs/cgroup/isolab",
     ]
     .iter()
-    .any(|p| std::path::Path::new(p).join(id).exists())
+    .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+    .any(|e| e.file_name().to_string_lossy().ends_with(&format!("-{id}")))
+}
+
+#[test]
+fn the_cgroup_check_sees_a_running_instance() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let o = isolab()
+        .args([
+            "run",
+            "-d",
+            "--scenario",
+            "idle",
+            "--param",
+            "hold_ms=20000",
+        ])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    assert!(cgroup_exists(&id), "a running instance has its cgroup");
+    let rm = isolab()
+        .args(["rm", "-f", &id])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert!(!cgroup_exists(&id));
 }
 
 #[test]

@@ -284,6 +284,11 @@ pub trait Backend: Send + Sync {
     fn runs_in_process(&self) -> bool {
         false
     }
+    /// Ends what is left of instance `id` whose owner is gone (`stop` and
+    /// `rm` of a dead instance). Returns whether anything was found.
+    fn kill_stale(&self, _home: &Home, _id: &str) -> bool {
+        false
+    }
     /// Removes what a killed run of this backend may have left in `home`.
     /// Returns a line per removed thing.
     fn prune(&self, _home: &Home) -> Vec<String> {

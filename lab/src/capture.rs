@@ -42,6 +42,55 @@ pub fn read_lines(from: impl Read, mut on_line: impl FnMut(&str)) -> String {
     kept
 }
 
+/// The most a relay writes into a regular file (a detached instance's
+/// log); past it the output is read and dropped.
+pub const LOG_LIMIT: u64 = 64 << 20;
+
+/// Copies an instance's output from `from` to this process's `to_fd`
+/// (1 or 2) until the instance closes it. Into a terminal or a pipe
+/// everything goes; into a regular file (a log) at most [`LOG_LIMIT`]
+/// bytes, then one line saying so, and the rest is drained.
+pub fn relay(from: impl Into<std::fs::File>, to_fd: i32) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let mut from: std::fs::File = from.into();
+    // SAFETY: fd 1 or 2 of this process, borrowed for the copy and never
+    // closed here (ManuallyDrop).
+    let mut to = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(to_fd) });
+    let limit = match to.metadata() {
+        Ok(m) if m.is_file() => LOG_LIMIT,
+        _ => u64::MAX,
+    };
+    let mut written = 0u64;
+    let mut noted = false;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = limit.saturating_sub(written).min(n as u64) as usize;
+        if room > 0 && to.write_all(&buf[..room]).is_err() {
+            // The reader went away: keep draining so the instance never
+            // blocks on a full pipe.
+            written = limit;
+        }
+        written += room as u64;
+        if room < n && !noted {
+            noted = true;
+            let _ = writeln!(
+                to,
+                "
+[isolab: the log reached {} MiB; further output is dropped]",
+                limit >> 20
+            );
+        }
+    }
+    let _ = to.flush();
+}
+
 /// Reads `from` to its end and keeps a bounded, lossy-UTF-8 copy.
 pub fn read_all(from: impl Read) -> String {
     read_lines(from, |_| {})

@@ -29,6 +29,20 @@ impl Home {
         Home { root: root.into() }
     }
 
+    /// Makes the home if needed and keeps it private (0700): it holds image
+    /// layers and writable layers whose setuid files, owned by root, any
+    /// local user could otherwise run as root, and logs other users must
+    /// not read.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.root)?;
+        let mode = std::fs::metadata(&self.root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
     /// The home's own directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -85,6 +99,26 @@ impl Home {
         self.peers_dir().join(format!("{peer}-state"))
     }
 
+    /// A tag unique to this home (from its path): the lab's containers
+    /// from this home are the cgroups `<tag>-<id>` under the lab's parent,
+    /// so `prune` here never touches another home's instances.
+    pub fn cgroup_tag(&self) -> String {
+        let path = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let h = path
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0x811c_9dc5u32, |h, x| {
+                (h ^ u32::from(*x)).wrapping_mul(0x0100_0193)
+            });
+        format!("h{h:08x}")
+    }
+
+    /// The cgroup name of this home's instance `id`.
+    pub fn cgroup_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.cgroup_tag())
+    }
+
     /// Generated artefacts: image disks, initramfs, the bare guest's ELF.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
@@ -99,6 +133,30 @@ impl Home {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Home::new(&root).prepare().unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let fresh = Home::new(dir.path().join("new"));
+        fresh.prepare().unwrap();
+        assert_eq!(
+            std::fs::metadata(fresh.root())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_ne!(Home::new("/a").cgroup_tag(), Home::new("/b").cgroup_tag());
+        assert!(Home::new("/a").cgroup_name("x").ends_with("-x"));
+    }
 
     #[test]
     fn every_place_is_under_the_root() {

@@ -88,8 +88,21 @@ impl State {
     }
 }
 
+/// Whether `pid` is a living process: a zombie (dead, not yet reaped —
+/// an orphaned shim waits for an init that may be slow to reap) is not.
 fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    pid > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| process_state(&s))
+            .is_some_and(|st| st != 'Z' && st != 'X')
+}
+
+/// The state letter of a `/proc/PID/stat` line (after the parenthesised
+/// command name, which may itself hold spaces and parentheses).
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// A short random id (12 hex digits).
@@ -327,8 +340,17 @@ pub fn logs(home: &Home, key: &str, follow: bool, out: &mut dyn Write) -> Result
 /// `isolab stop`: SIGTERM, then SIGKILL after `timeout_s`.
 pub fn stop(home: &Home, key: &str, timeout_s: u64) -> Result<()> {
     let s = find(home, key)?;
-    if s.effective() != Effective::Running {
-        return Ok(());
+    match s.effective() {
+        Effective::Running => {}
+        Effective::Dead | Effective::Created => {
+            // Its owner is gone: what may still run is found by its
+            // cgroup, not by a remembered pid.
+            if let Ok(b) = crate::backend::find(&s.backend) {
+                b.kill_stale(home, &s.id);
+            }
+            return Ok(());
+        }
+        Effective::Exited(_) => return Ok(()),
     }
     let pid = nix::unistd::Pid::from_raw(s.pid);
     let ended = || read_state(home, &s.id).is_none_or(|st| st.status != Status::Running);
@@ -364,6 +386,8 @@ pub fn rm(home: &Home, key: &str, force: bool) -> Result<()> {
             );
         }
         stop(home, &s.id, 0)?;
+    } else if let Ok(b) = crate::backend::find(&s.backend) {
+        b.kill_stale(home, &s.id);
     }
     fs::remove_dir_all(home.instance_dir(&s.id)).with_context(|| format!("removing {}", s.id))
 }
@@ -454,10 +478,14 @@ fn shim(
         }
     };
     // Detach from the terminal: stdin from /dev/null, output to the log.
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.log_file(rec.id()));
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(home.log_file(rec.id()))
+    };
     let null = fs::OpenOptions::new().read(true).open("/dev/null");
     let (log, null) = match (log, null) {
         (Ok(l), Ok(n)) => (l, n),
@@ -544,6 +572,15 @@ mod tests {
             exit_code: Some(3),
             detached: true,
         }
+    }
+
+    #[test]
+    fn zombies_are_not_alive() {
+        assert_eq!(process_state("12 (a b) c) S 1 2"), Some('S'));
+        assert_eq!(process_state("12 (sh) Z 1"), Some('Z'));
+        assert_eq!(process_state("garbage"), None);
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(0));
     }
 
     #[test]

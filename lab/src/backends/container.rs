@@ -42,7 +42,11 @@ impl Backend for Container {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, _attach: Attach) -> Result<()> {
-        crate::backends::refuse_vm_options(self.name(), spec)
+        crate::backends::refuse_vm_options(self.name(), spec)?;
+        if let Some(h) = &spec.hostname {
+            check_hostname(h)?;
+        }
+        Ok(())
     }
     fn runs_in_process(&self) -> bool {
         true
@@ -55,9 +59,12 @@ impl Backend for Container {
         home: &Home,
         spec: &InstanceSpec,
         tty: bool,
-        _interactive: bool,
+        interactive: bool,
     ) -> Result<i32> {
-        run_terminal(home, spec, tty)
+        run_terminal(home, spec, tty, interactive)
+    }
+    fn kill_stale(&self, home: &Home, id: &str) -> bool {
+        layout().is_ok_and(|l| isolab_runtime::cgroups::kill_named(&l, &home.cgroup_name(id)))
     }
     fn prune(&self, home: &Home) -> Vec<String> {
         let keep: Vec<String> = crate::instances::list(home)
@@ -65,8 +72,9 @@ impl Backend for Container {
             .filter(|s| s.effective() == crate::instances::Effective::Running)
             .map(|s| s.id)
             .collect();
+        let keep: Vec<String> = keep.iter().map(|id| home.cgroup_name(id)).collect();
         match layout() {
-            Ok(l) => isolab_runtime::cgroups::prune(&l, &keep)
+            Ok(l) => isolab_runtime::cgroups::prune(&l, &home.cgroup_tag(), &keep)
                 .into_iter()
                 .map(|p| format!("cgroup {}", p.display()))
                 .collect(),
@@ -138,6 +146,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         seccomp: opts.seccomp,
         stdio,
         volumes: opts.volumes.clone(),
+        cgroup: home.cgroup_name(&id),
     };
     Ok(Prepared { spec, record })
 }
@@ -222,20 +231,69 @@ fn run_captured(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     Ok(Outcome { report, output })
 }
 
-/// `isolab run` with the terminal's stdio (or, detached, the log's);
-/// returns the container's exit code.
-fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool) -> Result<i32> {
-    let (stdio, master) = if tty {
+/// A hostname as the kernel and `/etc/hosts` take it: 1 to 64 letters,
+/// digits, '-' and '.'.
+pub fn check_hostname(h: &str) -> Result<()> {
+    if h.is_empty()
+        || h.len() > 64
+        || !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        bail!(
+            "invalid hostname {:?}: use 1 to 64 letters, digits, '-' and '.'",
+            crate::host::printable(h)
+        );
+    }
+    Ok(())
+}
+
+/// `isolab run` attached to the user's terminal (or, detached, to the
+/// shim's log): the container gets a pty the runtime made (`-t`) or
+/// pipes, never isolab's own descriptors, and the output is relayed.
+/// Returns the container's exit code.
+fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) -> Result<i32> {
+    if tty {
         let pty = nix::pty::openpty(window_size().as_ref(), None).context("openpty")?;
-        (Stdio::Pty(pty.slave), Some(pty.master))
-    } else {
-        (Stdio::Inherit, None)
+        let (running, _record) = start(home, opts, Stdio::Pty(pty.slave))?;
+        pump_pty(pty.master);
+        return finish(running.wait()?);
+    }
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
+    let (err_r, err_w) = nix::unistd::pipe2(cloexec)?;
+    let (in_r, in_w) = match interactive {
+        true => {
+            let (r, w) = nix::unistd::pipe2(cloexec)?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
+    let stdio = Stdio::Pipes {
+        stdin: in_r,
+        stdout: out_w,
+        stderr: err_w,
     };
     let (running, _record) = start(home, opts, stdio)?;
-    if let Some(master) = master {
-        pump_pty(master);
+    let relays = [
+        std::thread::spawn(move || crate::capture::relay(out_r, 1)),
+        std::thread::spawn(move || crate::capture::relay(err_r, 2)),
+    ];
+    if let Some(w) = in_w {
+        // Not joined: it may sit in a read of the user's stdin after the
+        // container is gone; the process ends it.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::fs::File::from(w));
+        });
     }
     let exit = running.wait()?;
+    for r in relays {
+        let _ = r.join();
+    }
+    finish(exit)
+}
+
+fn finish(exit: container::Exit) -> Result<i32> {
     if exit.oom_killed {
         eprintln!("isolab: the container was OOM-killed: it used more than its memory limit (raise --memory)");
     }

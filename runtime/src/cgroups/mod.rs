@@ -327,9 +327,8 @@ fn remove_dir_retry(d: &Path) {
     tracing::warn!(path = %d.display(), "cgroup still busy; `isolab prune` will remove it");
 }
 
-/// Removes every instance cgroup under `isolab/` whose name is not in
-/// `keep` (for `prune`). Returns what was removed.
-pub fn prune(layout: &CgroupLayout, keep: &[String]) -> Vec<PathBuf> {
+/// The lab's parent dirs, one per hierarchy.
+fn parents(layout: &CgroupLayout) -> Vec<PathBuf> {
     let mut parents: Vec<PathBuf> = layout
         .v1
         .iter()
@@ -341,25 +340,55 @@ pub fn prune(layout: &CgroupLayout, keep: &[String]) -> Vec<PathBuf> {
     }
     parents.sort();
     parents.dedup();
+    parents
+}
+
+/// Kills every process in the cgroup dir and removes it; true when gone.
+fn kill_and_remove(dir: &Path) -> bool {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .split_whitespace()
+        .filter_map(|x| x.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    remove_dir_retry(dir);
+    !dir.exists()
+}
+
+/// Kills what is left in the instance cgroup `name` (in every hierarchy)
+/// and removes it: `stop` and `rm` of an instance whose owner is gone act
+/// on its cgroup, not on a remembered pid. Returns whether one existed.
+pub fn kill_named(layout: &CgroupLayout, name: &str) -> bool {
+    let mut found = false;
+    for p in parents(layout) {
+        let d = p.join(name);
+        if d.is_dir() {
+            found = true;
+            kill_and_remove(&d);
+        }
+    }
+    found
+}
+
+/// Removes every instance cgroup `<tag>-*` under `isolab/` whose name is
+/// not in `keep` (for `prune` in the home whose tag that is). Returns what
+/// was removed.
+pub fn prune(layout: &CgroupLayout, tag: &str, keep: &[String]) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    for p in parents {
+    for p in parents(layout) {
         for e in fs::read_dir(&p).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !e.path().is_dir() || keep.contains(&name) {
+            let ours = name
+                .strip_prefix(tag)
+                .is_some_and(|rest| rest.starts_with('-'));
+            if !e.path().is_dir() || !ours || keep.contains(&name) {
                 continue;
             }
-            let procs = fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-            for pid in procs
-                .split_whitespace()
-                .filter_map(|x| x.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            remove_dir_retry(&e.path());
-            if !e.path().exists() {
+            if kill_and_remove(&e.path()) {
                 removed.push(e.path());
             }
         }

@@ -174,6 +174,9 @@ pub(super) fn child_main(
         rep.fail(Stage::Seccomp, &e);
     }
     rep.mark(Stage::Seccomp);
+    if let Err(e) = reset_signals() {
+        rep.fail(Stage::Exec, &format!("signals: {e}"));
+    }
     if let Err(e) = setup_stdio(&spec.stdio) {
         rep.fail(Stage::Exec, &format!("stdio: {e}"));
     }
@@ -576,6 +579,53 @@ pub(super) fn drop_privileges(profile: Option<&Profile>) -> Result<(), String> {
     Ok(())
 }
 
+/// Every signal back to its default disposition and unblocked, as runc
+/// does: the Rust runtime ignores SIGPIPE, and an ignored signal survives
+/// execve (then `yes | head` never ends inside the container).
+pub(super) fn reset_signals() -> Result<(), String> {
+    // The kernel's own sigaction layout: libc's signal() refuses the
+    // real-time signals its threads use (32, 33), which may still arrive
+    // ignored from whoever started isolab.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid struct and no old-action
+        // pointer; SIG_DFL needs no handler or restorer.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+    // SAFETY: an empty set, written by sigemptyset, then installed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn setup_stdio(stdio: &Stdio) -> Result<(), String> {
     let dup_to = |fd: RawFd, to: RawFd| -> Result<(), String> {
         // SAFETY: dup2 on fds this process owns.
@@ -584,9 +634,23 @@ pub(super) fn setup_stdio(stdio: &Stdio) -> Result<(), String> {
         }
         Ok(())
     };
+    // A session of its own: the container never shares a controlling
+    // terminal with isolab, so TIOCSTI into the user's shell is refused.
     match stdio {
-        Stdio::Inherit => Ok(()),
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+            let null = fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            let fd0 = stdin.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+            dup_to(fd0, 0)?;
+            dup_to(stdout.as_raw_fd(), 1)?;
+            dup_to(stderr.as_raw_fd(), 2)
+        }
         Stdio::Into(fd) => {
+            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
             let null = fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
             dup_to(null.as_raw_fd(), 0)?;
             dup_to(fd.as_raw_fd(), 1)?;

@@ -63,11 +63,19 @@ pub enum ContainerError {
     Wait(nix::errno::Errno),
 }
 
-/// Where the container's standard streams go.
+/// Where the container's standard streams go. Only pipes, /dev/null and
+/// a pty the runtime made reach a container: never a host file or the
+/// user's terminal, which a container could reopen through
+/// `/proc/1/fd/N` or type into (TIOCSTI).
 #[derive(Debug)]
 pub enum Stdio {
-    /// Share isolab's own stdin/stdout/stderr.
-    Inherit,
+    /// Three pipes (or /dev/null for a missing stdin) whose other ends
+    /// the caller relays.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
     /// stdout and stderr into this fd (a pipe's write end or a log file);
     /// stdin from /dev/null.
     Into(OwnedFd),
@@ -94,6 +102,10 @@ pub struct Spec {
     pub stdio: Stdio,
     /// Host files or directories bound into the container (`-v`).
     pub volumes: Vec<Volume>,
+    /// The name of the container's cgroup under the lab's parent (the
+    /// caller prefixes it with its home's tag, so `prune` in one home
+    /// never touches another's).
+    pub cgroup: String,
 }
 
 /// A host path bound into the container, as `docker run -v` does.
@@ -135,6 +147,13 @@ impl Volume {
         if bad {
             return Err(format!(
                 "volume target {target:?} is not a usable absolute path: use one like /data (no `..`, not /)"
+            ));
+        }
+        // /proc and /sys are the kernel's views that the masked and
+        // read-only paths protect: a volume over them would undo that.
+        if t.starts_with("/proc") || t.starts_with("/sys") || t == Path::new("/dev") {
+            return Err(format!(
+                "volume target {target:?} would cover the kernel's /proc, /sys or /dev and with them the container's masked paths: bind somewhere else, such as /data"
             ));
         }
         Ok(Volume {
@@ -289,7 +308,7 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     };
     let cgroup = guard
         .cgroup
-        .insert(Cgroup::create(layout, &spec.id, &spec.limits)?);
+        .insert(Cgroup::create(layout, &spec.cgroup, &spec.limits)?);
     let join = cgroup.join_handle()?;
     let profile = if spec.seccomp {
         Some(seccomp::default_profile()?)
@@ -603,8 +622,9 @@ mod tests {
             },
             userns: false,
             seccomp: false,
-            stdio: Stdio::Inherit,
+            stdio: Stdio::Into(fs::File::open("/dev/null").unwrap().into()),
             volumes: vec![],
+            cgroup: "guard-test".into(),
         };
         let Err(e) = launch(spec, &layout) else {
             panic!("a 1 MiB memory limit must be refused");

@@ -218,6 +218,7 @@ const SECTIONS: &[fn(&Facts, &mut Vec<Probe>)] = &[
     devices,
     shared_hardware,
     surface,
+    terminal_and_descriptors,
 ];
 
 /// Runs every probe. `host` holds the harness's `host_*` facts.

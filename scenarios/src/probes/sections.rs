@@ -660,3 +660,93 @@ pub(super) fn surface(f: &Facts, out: &mut Vec<Probe>) {
         None => out.push(p("reachable_syscalls", "could not count", NotApplicable, "the counting child crashed")),
     }
 }
+
+/// Probes: what reaches the instance through the terminal and inherited
+/// descriptors.
+pub(super) fn terminal_and_descriptors(_f: &Facts, out: &mut Vec<Probe>) {
+    use Verdict::*;
+    // TIOCSTI pushes a byte into a terminal's input, as if typed: through
+    // the user's terminal it becomes a command the user's shell runs after
+    // the instance ends. Tried on fds 0-2 and /dev/tty with a NUL byte.
+    let mut tried = Vec::new();
+    let mut injected = None;
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
+    let mut fds: Vec<(String, i32)> = (0..3).map(|fd| (format!("fd {fd}"), fd)).collect();
+    if let Ok(t) = &tty {
+        use std::os::fd::AsRawFd;
+        fds.push(("/dev/tty".into(), t.as_raw_fd()));
+    }
+    for (name, fd) in &fds {
+        let byte = 0u8;
+        // SAFETY: TIOCSTI reads one byte from a valid pointer.
+        let r = unsafe { libc::ioctl(*fd, libc::TIOCSTI, &byte as *const u8) };
+        if r == 0 {
+            injected = Some(name.clone());
+            break;
+        }
+        tried.push(format!("{name}: {}", errname(errno())));
+    }
+    out.push(match injected {
+        Some(name) => p(
+            "terminal_injection",
+            format!("TIOCSTI worked on {name}"),
+            Exposed,
+            "the instance can type into a terminal it shares with the user",
+        ),
+        None => p(
+            "terminal_injection",
+            tried.join(", "),
+            Isolated,
+            "the instance has no terminal of the user's to type into (own session, pipes)",
+        ),
+    });
+    // Descriptors beyond 0-2 that the instance did not open itself.
+    let inherited: Vec<String> = fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            let t = target.to_string_lossy().into_owned();
+            // The directory being listed is our own descriptor.
+            (fd > 2 && !t.starts_with("/proc/") && !t.contains("/fd"))
+                .then_some(format!("{fd} {t}"))
+        })
+        .collect();
+    out.push(p(
+        "inherited_fds",
+        if inherited.is_empty() {
+            "none".into()
+        } else {
+            inherited.join(", ")
+        },
+        if inherited.is_empty() {
+            Isolated
+        } else {
+            Exposed
+        },
+        "no descriptor of the host's (a directory, a file, a socket) is open in the instance",
+    ));
+    // What the standard streams are: pipes or the instance's own pty, not
+    // host files the instance could reopen through /proc/1/fd.
+    let kinds: Vec<String> = (0..3)
+        .map(|fd| {
+            fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "closed".into())
+        })
+        .collect();
+    let host_file = kinds
+        .iter()
+        .any(|k| k.starts_with('/') && !k.starts_with("/dev/null") && !k.starts_with("/dev/pts/"));
+    out.push(p(
+        "stdio_kind",
+        kinds.join(", "),
+        if host_file { Exposed } else { Isolated },
+        "standard streams are pipes, /dev/null or the instance's pty: no host file to reopen and rewrite",
+    ));
+}

@@ -1,0 +1,423 @@
+//! Hostile instances: each test is an attack on the host from inside a
+//! container (or through the lab's own verbs), and what must hold.
+//! Needs root; skips loudly without it (fails under CI=true).
+mod common;
+use common::*;
+use serde_json::Value;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// `isolab` with this test's home.
+fn cmd(home: &tempfile::TempDir) -> std::process::Command {
+    let mut c = isolab();
+    c.env("ISOLAB_HOME", home.path());
+    c
+}
+
+/// A home whose default image is built (so no test's timing includes it).
+fn ready_home() -> tempfile::TempDir {
+    let h = home();
+    let o = cmd(&h).args(["image", "build"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    h
+}
+
+/// Waits for a child with a bound; kills it and fails past the bound.
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let t = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn probe(result_line: &str, name: &str) -> Value {
+    let v: Value = serde_json::from_str(result_line.trim_start_matches("@isolab ")).unwrap();
+    v["data"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no probe {name} in {result_line}"))
+}
+
+/// TIOCSTI: a foreground container run from a terminal cannot type into
+/// it (it gets its own session and pipes, not the user's terminal).
+#[test]
+fn a_container_cannot_type_into_the_users_terminal() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    let fd = |f: &std::os::fd::OwnedFd| Stdio::from(f.try_clone().unwrap());
+    let mut c = cmd(&h);
+    c.args(["run", "--scenario", "probes"])
+        .stdin(fd(&slave))
+        .stdout(fd(&slave))
+        .stderr(fd(&slave));
+    // SAFETY: in the child before exec: a new session whose controlling
+    // terminal is the pty, as a login shell's would be.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    // Only the child may hold the terminal's slave now, so the master
+    // reads EOF when it is done.
+    drop(c);
+    drop(slave);
+    // Read the terminal's output while isolab runs.
+    let master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut m = master;
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut m, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let out = wait_bounded(
+        child,
+        Duration::from_secs(60),
+        "isolab run --scenario probes",
+    );
+    assert!(out.status.success(), "{:?}", out.status);
+    let text = reader.join().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("@isolab {"))
+        .unwrap_or_else(|| panic!("no result line on the terminal: {text}"));
+    let p = probe(line, "terminal_injection");
+    assert_eq!(p["verdict"], "isolated", "{p}");
+    let p = probe(line, "stdio_kind");
+    assert_eq!(p["verdict"], "isolated", "{p}");
+    let p = probe(line, "inherited_fds");
+    assert_eq!(p["verdict"], "isolated", "{p}");
+}
+
+/// A container cannot rewrite the host files given to isolab as its
+/// stdin or stdout by reopening them through /proc/1/fd.
+#[test]
+fn a_container_cannot_reopen_the_hosts_stdio_files() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let dir = home();
+    let input = dir.path().join("input");
+    let log = dir.path().join("log");
+    std::fs::write(&input, "KEEP-IN\n").unwrap();
+    std::fs::write(&log, "KEEP-OUT\n").unwrap();
+    let o = cmd(&h)
+        .args([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo pwned > /proc/1/fd/0; : > /proc/1/fd/1; : > /proc/1/fd/2; echo after",
+        ])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "KEEP-IN\n");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "KEEP-OUT\nafter\n");
+}
+
+/// The home is private: a setuid file in an image or a writable layer is
+/// out of reach of other local users, and so are logs.
+#[test]
+fn setuid_files_and_logs_are_out_of_other_users_reach() {
+    if !require("root", is_root()) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let h = ready_home();
+    let o = cmd(&h)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "s",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cp /bin/busybox /suid; chmod 4755 /suid; echo secret; sleep 30",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    let mode = std::fs::metadata(h.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the home is {mode:o}");
+    let log = h.path().join("containers").join(&id).join("log");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("secret")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o077,
+        0
+    );
+    let suid = h.path().join("containers").join(&id).join("fs/upper/suid");
+    assert!(suid.exists(), "the writable layer holds the setuid copy");
+    // As nobody: neither the setuid file nor the log can be reached.
+    for target in [&suid, &log] {
+        let o = std::process::Command::new("/bin/ls")
+            .arg("-l")
+            .arg(target)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "nobody reached {}", target.display());
+    }
+    assert!(cmd(&h).args(["rm", "-f", "s"]).status().unwrap().success());
+}
+
+/// `prune` in one home leaves another home's running containers alone.
+#[test]
+fn prune_in_one_home_spares_another_homes_containers() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let (a, b) = (ready_home(), home());
+    let o = cmd(&a)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "keep",
+            "--scenario",
+            "idle",
+            "--param",
+            "hold_ms=30000",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cmd(&b).arg("prune").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ps = stdout(&cmd(&a).arg("ps").output().unwrap());
+    assert!(ps.contains("keep") && ps.contains("running"), "{ps}");
+    assert!(cmd(&a)
+        .args(["rm", "-f", "keep"])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Output that is not UTF-8, more than a pipe holds, neither hangs nor
+/// truncates the report.
+#[test]
+fn a_binary_flood_does_not_hang_the_harness() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let child = cmd(&h)
+        .args([
+            "run",
+            "--json",
+            "--",
+            "/bin/sh",
+            "-c",
+            "head -c 1000000 /dev/urandom; echo; echo end",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_bounded(
+        child,
+        Duration::from_secs(60),
+        "run --json with a binary flood",
+    );
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&o)));
+    assert_eq!(v["exit_code"], 0, "{v}");
+}
+
+/// Signal dispositions do not leak in: `yes | head` ends (SIGPIPE is not
+/// ignored in the container), and pid 1 starts with nothing ignored or
+/// blocked, whatever isolab's own dispositions (pid 1 is grep here: a
+/// shell would set its own).
+#[test]
+fn sigpipe_works_inside() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let run = |args: &[&str], what: &str| {
+        let mut c = cmd(&h);
+        c.arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: in the child before exec: isolab itself starts with
+        // SIGQUIT ignored, as a background job would.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        wait_bounded(c.spawn().unwrap(), Duration::from_secs(30), what)
+    };
+    let o = run(
+        &["--", "/bin/sh", "-c", "yes | head -c 100 > /dev/null"],
+        "yes | head inside a container",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        &[
+            "--",
+            "/bin/grep",
+            "-E",
+            "SigIgn|SigBlk",
+            "/proc/self/status",
+        ],
+        "grep inside a container",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("SigIgn:\t0000000000000000") && out.contains("SigBlk:\t0000000000000000"),
+        "{out}"
+    );
+}
+
+/// A container whose pid 1 changes user (which clears the parent-death
+/// signal) and outlives its owner is still stopped by `stop`: the lab acts
+/// on its cgroup, not on a remembered pid.
+#[test]
+fn a_container_that_outlives_its_owner_is_still_stopped() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let o = cmd(&h)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "orphan",
+            "--",
+            "/bin/sh",
+            "-c",
+            "exec su nobody -s /bin/sh -c 'sleep 61'",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(h.path().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let (owner, pid) = (
+        state["owner_pid"].as_i64().unwrap() as i32,
+        state["pid"].as_i64().unwrap() as i32,
+    );
+    // The user switch happens inside: wait until pid 1 runs as nobody.
+    for _ in 0..100 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) of the shim this test started.
+    unsafe { libc::kill(owner, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = |p: i32| std::path::Path::new(&format!("/proc/{p}")).exists();
+    assert!(
+        alive(pid),
+        "the attack needs the container to outlive its owner"
+    );
+    let ps = stdout(&cmd(&h).args(["ps", "-a"]).output().unwrap());
+    assert!(ps.contains("dead"), "{ps}");
+    let o = cmd(&h).args(["stop", "orphan"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for _ in 0..100 {
+        if !alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "stop left the orphaned container running");
+    assert!(cmd(&h).args(["rm", "orphan"]).status().unwrap().success());
+}
+
+/// Names and paths that would hurt are refused in one sentence, leaving
+/// nothing behind.
+#[test]
+fn hostile_names_and_paths_are_refused() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let long = "x".repeat(200);
+    for (args, want) in [
+        (vec!["rm", ""], "give a name"),
+        (vec!["run", "--hostname", "a\nb"], "invalid hostname"),
+        (
+            vec!["run", "--name", long.as_str()],
+            "invalid container name",
+        ),
+        (
+            vec!["run", "-v", "/tmp:/proc", "--", "/bin/true"],
+            "would cover the kernel's /proc",
+        ),
+        (
+            vec!["run", "-v", "/tmp:/sys/fs", "--", "/bin/true"],
+            "would cover the kernel's /proc",
+        ),
+        (
+            vec!["run", "--backend", "microvm", "--kernel", "/boot/x"],
+            "--guest linux",
+        ),
+    ] {
+        let o = cmd(&h).args(&args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let err = stderr(&o);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(h.path().join("containers"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
