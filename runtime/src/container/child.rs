@@ -24,6 +24,9 @@ pub(super) struct ChildPlan {
     overlay_opts: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
+    /// Signals this process ignores: an ignored signal survives execve,
+    /// so the child puts these back to their default.
+    ignored: Vec<i32>,
 }
 
 pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
@@ -51,6 +54,7 @@ impl ChildPlan {
             overlay_opts: cstr(opts)?,
             argv: spec.argv.iter().map(cstr).collect::<Result<_, _>>()?,
             env: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
+            ignored: ignored_signals(),
         })
     }
 }
@@ -174,7 +178,7 @@ pub(super) fn child_main(
         rep.fail(Stage::Seccomp, &e);
     }
     rep.mark(Stage::Seccomp);
-    if let Err(e) = reset_signals() {
+    if let Err(e) = reset_signals(&plan.ignored) {
         rep.fail(Stage::Exec, &format!("signals: {e}"));
     }
     if let Err(e) = setup_stdio(&spec.stdio) {
@@ -579,41 +583,63 @@ pub(super) fn drop_privileges(profile: Option<&Profile>) -> Result<(), String> {
     Ok(())
 }
 
-/// Every signal back to its default disposition and unblocked, as runc
-/// does: the Rust runtime ignores SIGPIPE, and an ignored signal survives
-/// execve (then `yes | head` never ends inside the container).
-pub(super) fn reset_signals() -> Result<(), String> {
-    // The kernel's own sigaction layout: libc's signal() refuses the
-    // real-time signals its threads use (32, 33), which may still arrive
-    // ignored from whoever started isolab.
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
+/// The kernel's own sigaction layout: libc's `sigaction` refuses the
+/// real-time signals its threads use (32, 33), which may still arrive
+/// ignored from whoever started isolab.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `rt_sigaction(sig, new, old)` on the kernel's layout.
+fn rt_sigaction(sig: i32, new: Option<&KernelSigaction>, old: Option<&mut KernelSigaction>) -> i64 {
+    // SAFETY: both pointers are null or point to a KernelSigaction that
+    // outlives the call; the size is the kernel's sigset size (8 bytes).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            new.map_or(std::ptr::null(), |n| n as *const KernelSigaction),
+            old.map_or(std::ptr::null_mut(), |o| o as *mut KernelSigaction),
+            8usize,
+        )
     }
+}
+
+/// The signals this process ignores (read in the parent: one query per
+/// signal, no filter in the way).
+pub(super) fn ignored_signals() -> Vec<i32> {
+    (1..=64)
+        .filter(|&sig| {
+            let mut old = KernelSigaction {
+                handler: 0,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            rt_sigaction(sig, None, Some(&mut old)) == 0 && old.handler == libc::SIG_IGN
+        })
+        .collect()
+}
+
+/// The ignored signals back to their default and every signal unblocked,
+/// as runc does: the Rust runtime ignores SIGPIPE, and an ignored signal
+/// survives execve (then `yes | head` never ends inside the container).
+/// Handled signals need nothing: execve resets them.
+pub(super) fn reset_signals(ignored: &[i32]) -> Result<(), String> {
     let dfl = KernelSigaction {
         handler: libc::SIG_DFL,
         flags: 0,
         restorer: 0,
         mask: 0,
     };
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
+    for &sig in ignored {
+        if rt_sigaction(sig, Some(&dfl), None) != 0 {
+            return Err(format!("signal {sig}: {}", std::io::Error::last_os_error()));
         }
-        // SAFETY: rt_sigaction with a valid struct and no old-action
-        // pointer; SIG_DFL needs no handler or restorer.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &dfl as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            )
-        };
     }
     // SAFETY: an empty set, written by sigemptyset, then installed.
     unsafe {
