@@ -101,8 +101,14 @@ enum Command {
         #[arg(long, default_value = "book")]
         book_dir: PathBuf,
     },
-    /// Compare two runs and flag significant changes.
-    Compare { run_a: PathBuf, run_b: PathBuf },
+    /// Compare two runs (directories or run ids) and flag significant changes.
+    Compare {
+        run_a: PathBuf,
+        run_b: PathBuf,
+        /// Where run ids are looked up.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// The lab's main job: doctor, bench, report and book, in one go.
     Lab {
         #[command(flatten)]
@@ -453,8 +459,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("book built: {}", html.join("index.html").display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compare { run_a, run_b } => {
-            let (a, b) = (report::load_run(&run_a)?, report::load_run(&run_b)?);
+        Command::Compare {
+            run_a,
+            run_b,
+            results,
+        } => {
+            let resolve = |r: &PathBuf| report::compare::resolve_run(r, &results);
+            let (a, b) = (
+                report::load_run(&resolve(&run_a))?,
+                report::load_run(&resolve(&run_b))?,
+            );
             print!(
                 "{}",
                 report::compare::render(&report::compare(&a.samples, &b.samples))

@@ -84,3 +84,27 @@ fn the_library_runs_a_container_and_a_microvm() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The bench's timing method for the lab's own runtime: a fresh `isolab
+/// run` spawned and reaped by the harness, marks in time order from the
+/// spawn.
+#[test]
+fn the_lab_runtime_is_timed_as_a_spawned_process() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let dir = home();
+    let home = Home::new(dir.path());
+    std::env::set_var(isolab_lab::run::BIN_ENV, env!("CARGO_BIN_EXE_isolab"));
+    let c = backend::find("container").unwrap();
+    let out = isolab_lab::run::as_process(&home, c, &InstanceSpec::default()).unwrap();
+    let names: Vec<&str> = out.report.marks.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names.first(), Some(&"launch"), "{names:?}");
+    assert_eq!(names.last(), Some(&"reaped"), "{names:?}");
+    for stage in ["clone", "exec", "ready", "exit"] {
+        assert!(names.contains(&stage), "{stage} missing: {names:?}");
+    }
+    let r = &out.report;
+    assert!(r.launch_to_ready_ns.unwrap() < r.launch_to_exit_ns.unwrap());
+    assert!(r.notes.iter().any(|n| n.contains("fresh `isolab run`")));
+}

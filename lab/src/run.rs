@@ -64,3 +64,157 @@ pub fn prune(home: &Home) -> Result<Vec<String>> {
     }
     Ok(removed)
 }
+
+/// The environment variable naming the `isolab` program the harness
+/// spawns (default: the program running, when it is `isolab`).
+pub const BIN_ENV: &str = "ISOLAB_BIN";
+
+/// The `isolab` program to spawn for an instance.
+pub fn isolab_program() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(BIN_ENV) {
+        return Ok(p.into());
+    }
+    let exe = crate::selfprotect::original_exe()
+        .ok_or_else(|| anyhow::anyhow!("cannot tell which program is running"))?;
+    if exe.file_name().is_some_and(|n| n == "isolab") {
+        return Ok(exe);
+    }
+    let sibling = exe.parent().and_then(|d| {
+        [Some(d), d.parent()]
+            .into_iter()
+            .flatten()
+            .map(|d| d.join("isolab"))
+            .find(|p| p.is_file())
+    });
+    sibling.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no isolab binary next to {}: set {BIN_ENV} to the isolab to spawn",
+            exe.display()
+        )
+    })
+}
+
+/// `isolab run --json` arguments that ask for `spec` on `backend`.
+pub fn cli_args(backend: &str, spec: &InstanceSpec) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--json".into(),
+        "--backend".into(),
+        backend.into(),
+        "--image".into(),
+        spec.image.clone(),
+        "--scenario".into(),
+        spec.scenario.clone(),
+    ];
+    for p in &spec.params {
+        a.extend(["--param".into(), p.clone()]);
+    }
+    if let Some(m) = spec.limits.memory_bytes {
+        a.extend(["--memory".into(), m.to_string()]);
+    }
+    if let Some(p) = spec.limits.pids {
+        a.extend(["--pids".into(), p.to_string()]);
+    }
+    if let Some(c) = spec.limits.cpus {
+        a.extend(["--cpus".into(), c.to_string()]);
+    }
+    for v in &spec.volumes {
+        a.extend([
+            "-v".into(),
+            format!(
+                "{}:{}{}",
+                v.source.display(),
+                v.target,
+                if v.read_only { ":ro" } else { "" }
+            ),
+        ]);
+    }
+    if spec.userns {
+        a.push("--userns".into());
+    }
+    if !spec.seccomp {
+        a.push("--no-seccomp".into());
+    }
+    if !spec.command.is_empty() {
+        a.push("--".into());
+        a.extend(spec.command.iter().cloned());
+    }
+    a
+}
+
+/// Runs one instance as a user would: a fresh `isolab run --json`
+/// process, spawned and reaped by this harness, exactly as crun or QEMU
+/// is. `launch` is the instant before the spawn (passed to the child, so
+/// its marks start there), `reaped` the instant it was reaped; the lab's
+/// per-process costs (loading, its sealed copy, state) are inside.
+pub fn as_process(
+    home: &Home,
+    backend: &dyn Backend,
+    spec: &InstanceSpec,
+) -> Result<crate::backend::Outcome> {
+    use isolab_abi::stage::Stage;
+    let program = isolab_program()?;
+    let args = cli_args(backend.name(), spec);
+    let launch = crate::clock::monotonic_ns();
+    let out = std::process::Command::new(&program)
+        .args(&args)
+        .env("ISOLAB_HOME", home.root())
+        .env(LAUNCH_ENV, launch.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e}", program.display()))?;
+    let reaped = crate::clock::monotonic_ns();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut report: InstanceReport = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} {} printed no report ({e}): {}",
+            program.display(),
+            args.join(" "),
+            crate::host::printable(String::from_utf8_lossy(&out.stderr).trim())
+        )
+    })?;
+    report.marks.retain(|m| m.name != Stage::Reaped.name());
+    report
+        .marks
+        .push(isolab_reports::Mark::new(Stage::Reaped.name(), reaped));
+    report.notes.push(format!(
+        "launch = spawn of a fresh `isolab run` by the harness, reaped = the harness reaped it: the lab's own per-process costs (loading, its sealed copy, state) are inside, as crun's and runc's are ({})",
+        program.display()
+    ));
+    report.derive();
+    Ok(crate::backend::Outcome {
+        report,
+        output: text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_asked_for_exactly_the_spec() {
+        let mut spec = InstanceSpec {
+            scenario: "idle".into(),
+            params: vec!["hold_ms=200".into()],
+            ..Default::default()
+        };
+        spec.limits.memory_bytes = Some(256 << 20);
+        spec.limits.pids = Some(1024);
+        spec.volumes.push(isolab_runtime::container::Volume {
+            source: "/srv/d.ext4".into(),
+            target: "/dev/vda".into(),
+            read_only: true,
+        });
+        let a = cli_args("container", &spec).join(" ");
+        assert_eq!(
+            a,
+            "run --json --backend container --image default --scenario idle --param hold_ms=200 --memory 268435456 --pids 1024 -v /srv/d.ext4:/dev/vda:ro"
+        );
+        spec.seccomp = false;
+        spec.command = vec!["/bin/true".into()];
+        assert!(cli_args("container", &spec)
+            .join(" ")
+            .ends_with("--no-seccomp -- /bin/true"));
+    }
+}

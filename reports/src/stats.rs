@@ -104,6 +104,22 @@ pub fn summarize(data: &[f64]) -> Option<Summary> {
 /// Ratio of medians `a / b` with a bootstrap 95 % CI (each side resampled
 /// independently). `None` when either side is empty or `b`'s median is 0.
 pub fn ratio_of_medians(a: &[f64], b: &[f64]) -> Option<(f64, (f64, f64))> {
+    ratio_test(a, b).map(|t| (t.ratio, t.ci95))
+}
+
+/// A ratio of medians with its bootstrap 95 % CI and a two-sided
+/// bootstrap p-value for "the ratio is 1".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioTest {
+    pub ratio: f64,
+    pub ci95: (f64, f64),
+    /// Twice the share of bootstrap ratios on the far side of 1 (at least
+    /// one resample's worth, never 0).
+    pub p: f64,
+}
+
+/// The ratio of medians `a / b` with its bootstrap interval and p-value.
+pub fn ratio_test(a: &[f64], b: &[f64]) -> Option<RatioTest> {
     let (sa, sb) = (sorted(a), sorted(b));
     if sa.is_empty() || sb.is_empty() {
         return None;
@@ -129,18 +145,57 @@ pub fn ratio_of_medians(a: &[f64], b: &[f64]) -> Option<(f64, (f64, f64))> {
         }
     }
     ratios.sort_by(|x, y| x.total_cmp(y));
-    Some((
+    let n = ratios.len().max(1) as f64;
+    let below = ratios.iter().filter(|r| **r <= 1.0).count() as f64;
+    let above = ratios.iter().filter(|r| **r >= 1.0).count() as f64;
+    let p = (2.0 * below.min(above) / n).clamp(1.0 / n, 1.0);
+    Some(RatioTest {
         ratio,
-        (
+        ci95: (
             quantile_sorted(&ratios, 0.025)?,
             quantile_sorted(&ratios, 0.975)?,
         ),
-    ))
+        p,
+    })
+}
+
+/// Holm–Bonferroni: which of `p` values are significant at family-wise
+/// error rate `alpha`, in the order given.
+pub fn holm(p: &[f64], alpha: f64) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&i, &j| p[i].total_cmp(&p[j]));
+    let m = p.len();
+    let mut out = vec![false; m];
+    for (rank, &i) in order.iter().enumerate() {
+        if p[i] <= alpha / (m - rank) as f64 {
+            out[i] = true;
+        } else {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holm_steps_down_and_stops() {
+        assert_eq!(holm(&[0.01, 0.04, 0.03], 0.05), [true, false, false]);
+        assert_eq!(holm(&[0.001, 0.01, 0.02], 0.05), [true, true, true]);
+        assert!(holm(&[], 0.05).is_empty());
+    }
+
+    #[test]
+    fn a_clear_difference_has_a_small_p_and_none_a_large_one() {
+        let a: Vec<f64> = (0..30).map(|i| 100.0 + (i % 7) as f64).collect();
+        let b: Vec<f64> = (0..30).map(|i| 150.0 + (i % 5) as f64).collect();
+        let t = ratio_test(&b, &a).unwrap();
+        assert!(t.p <= 0.001 && t.ratio > 1.4, "{t:?}");
+        let c: Vec<f64> = (0..30).map(|i| 100.0 + ((i * 3) % 7) as f64).collect();
+        assert!(ratio_test(&c, &a).unwrap().p > 0.2);
+    }
 
     #[test]
     fn quantiles_match_numpy_type7() {

@@ -172,15 +172,22 @@ pub fn bench_spec(
     Ok(spec)
 }
 
+/// One repetition, timed the same way for every backend: a fresh process
+/// spawned by this harness (the lab's own runtime as `isolab run`, as a
+/// user types it; crun, runc, `isolab-vmm` and QEMU as themselves),
+/// launch at the spawn, reaped by the harness.
 fn run_one(
     home: &Home,
     backend: &dyn Backend,
     image: &str,
     scenario: &Scenario,
 ) -> Result<Outcome> {
-    let mut spec = bench_spec(home, backend, image, scenario)?;
-    spec.launch_ns = Some(crate::clock::monotonic_ns());
-    backend.run(home, &spec)
+    let spec = bench_spec(home, backend, image, scenario)?;
+    if backend.runs_in_process() {
+        crate::run::as_process(home, backend, &spec)
+    } else {
+        backend.run(home, &spec)
+    }
 }
 
 /// The backends to bench: the named ones, or every available one; an

@@ -7,67 +7,121 @@ use super::collect;
 /// One row of `isolab compare`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
+    /// (scenario, metric, backend).
     pub key: (String, String, String),
+    pub unit: String,
     pub median_a: f64,
     pub median_b: f64,
     pub ratio: f64,
     pub ci: (f64, f64),
+    /// Bootstrap p-value of "the ratio is 1".
+    pub p: f64,
     pub significant: bool,
 }
 
+/// Family-wise error rate of `compare`.
+pub const ALPHA: f64 = 0.05;
+
+/// Smallest change `compare` reports as significant.
+pub const MIN_EFFECT: f64 = 0.05;
+
 /// Compares two runs: for every (scenario, metric, backend) in both, the
-/// ratio of medians B/A with a bootstrap 95 % CI; a change is significant
-/// when the interval excludes 1 and the change is over 5 %.
+/// ratio of medians B/A with a bootstrap 95 % CI and p-value. A change is
+/// significant when it passes Holm–Bonferroni over all compared figures at
+/// [`ALPHA`] and is over [`MIN_EFFECT`]: comparing 80 figures at 95 %
+/// each would flag about four by chance.
 pub fn compare(a: &[Sample], b: &[Sample]) -> Vec<Change> {
     let (ca, cb) = (collect(a), collect(b));
+    let units: std::collections::BTreeMap<(&str, &str), &str> = a
+        .iter()
+        .map(|s| ((s.scenario.as_str(), s.metric.as_str()), s.unit.as_str()))
+        .collect();
     let mut out = Vec::new();
     for (k, va) in &ca {
         let Some(vb) = cb.get(k) else { continue };
         let (Some(ma), Some(mb)) = (stats::median(va), stats::median(vb)) else {
             continue;
         };
-        let Some((ratio, ci)) = stats::ratio_of_medians(vb, va) else {
+        let Some(t) = stats::ratio_test(vb, va) else {
             continue;
         };
-        let significant = (ci.0 > 1.0 || ci.1 < 1.0) && (ratio - 1.0).abs() > 0.05;
         out.push(Change {
             key: k.clone(),
+            unit: units
+                .get(&(k.0.as_str(), k.1.as_str()))
+                .copied()
+                .unwrap_or("")
+                .to_owned(),
             median_a: ma,
             median_b: mb,
-            ratio,
-            ci,
-            significant,
+            ratio: t.ratio,
+            ci: t.ci95,
+            p: t.p,
+            significant: false,
         });
+    }
+    let p: Vec<f64> = out.iter().map(|c| c.p).collect();
+    for (c, pass) in out.iter_mut().zip(stats::holm(&p, ALPHA)) {
+        c.significant = pass && (c.ratio - 1.0).abs() > MIN_EFFECT;
     }
     out
 }
 
-/// The comparison as a table, with a closing count.
+/// A value in the unit people read: ns as ms or µs, bytes as KiB, rates
+/// as MiB/s.
+pub fn human(value: f64, unit: &str) -> String {
+    match unit {
+        "ns" if value >= 1e6 => format!("{:.2} ms", value / 1e6),
+        "ns" | "ns_per_op" | "ns_per_page" | "ns_per_exit" => format!("{:.2} µs", value / 1e3),
+        "bytes" => format!("{:.0} KiB", value / 1024.0),
+        "bytes_per_s" => format!("{:.1} MiB/s", value / 1048576.0),
+        "" => format!("{value:.1}"),
+        other => format!("{value:.1} {other}"),
+    }
+}
+
+/// The comparison as a table, with a closing count that says how
+/// significance was decided.
 pub fn render(changes: &[Change]) -> String {
     let mut out = format!(
-        "{:<10} {:<32} {:<10} {:>12} {:>12} {:>8}  95% CI\n",
-        "scenario", "metric", "backend", "median A", "median B", "B/A"
+        "{:<10} {:<32} {:<10} {:>14} {:>14} {:>7}  {:<17} {:>7}\n",
+        "scenario", "metric", "backend", "median A", "median B", "B/A", "95% CI", "p"
     );
     for ch in changes {
         out.push_str(&format!(
-            "{:<10} {:<32} {:<10} {:>12.1} {:>12.1} {:>8.3}  [{:.3}, {:.3}]{}\n",
+            "{:<10} {:<32} {:<10} {:>14} {:>14} {:>7.3}  [{:.3}, {:.3}] {:>7.4}{}\n",
             ch.key.0,
             ch.key.1,
             ch.key.2,
-            ch.median_a,
-            ch.median_b,
+            human(ch.median_a, &ch.unit),
+            human(ch.median_b, &ch.unit),
             ch.ratio,
             ch.ci.0,
             ch.ci.1,
+            ch.p,
             if ch.significant { "  SIGNIFICANT" } else { "" }
         ));
     }
     out.push_str(&format!(
-        "{} significant change(s) of {} compared figures\n",
+        "{} significant change(s) of {} compared figures (Holm–Bonferroni at {ALPHA} over all of them, and a change over {:.0} %)\n",
         changes.iter().filter(|c| c.significant).count(),
-        changes.len()
+        changes.len(),
+        MIN_EFFECT * 100.0
     ));
     out
+}
+
+/// A run given as a directory or as a run id under `results`.
+pub fn resolve_run(arg: &std::path::Path, results: &std::path::Path) -> std::path::PathBuf {
+    if arg.join("manifest.json").is_file() || arg.components().count() > 1 {
+        return arg.to_path_buf();
+    }
+    let under = results.join(arg);
+    if under.join("manifest.json").is_file() {
+        under
+    } else {
+        arg.to_path_buf()
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +140,45 @@ mod tests {
             unit: "ns".into(),
             value: v,
         }
+    }
+
+    /// Two runs of the same code: 80 figures drawn from one distribution
+    /// must not report a significant change.
+    #[test]
+    fn back_to_back_runs_of_the_same_code_flag_nothing() {
+        let mut rng = 0x1234_5678_u64;
+        let mut noisy = |base: f64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            base * (1.0 + (rng % 1000) as f64 / 1000.0 * 0.3)
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for fig in 0..80 {
+            let base = 1000.0 * (fig + 1) as f64;
+            for i in 0..20 {
+                let mut x = s("container", noisy(base));
+                x.metric = format!("m{fig}");
+                x.iteration = i;
+                a.push(x);
+                let mut y = s("container", noisy(base));
+                y.metric = format!("m{fig}");
+                b.push(y);
+            }
+        }
+        let c = compare(&a, &b);
+        assert_eq!(c.len(), 80);
+        let flagged: Vec<_> = c.iter().filter(|c| c.significant).collect();
+        assert!(flagged.is_empty(), "{flagged:?}");
+        assert!(render(&c).contains("0 significant change(s) of 80"));
+    }
+
+    #[test]
+    fn units_read_as_people_read_them() {
+        assert_eq!(human(5_250_000.0, "ns"), "5.25 ms");
+        assert_eq!(human(330.0, "ns_per_op"), "0.33 µs");
+        assert_eq!(human(2048.0, "bytes"), "2 KiB");
+        assert_eq!(human(3.0 * 1048576.0, "bytes_per_s"), "3.0 MiB/s");
     }
 
     #[test]

@@ -81,12 +81,13 @@ pub(super) fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<Pat
 }
 
 /// Startup: table, chart and numbers.
-pub(super) fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     // Startup table + chart + numbers.
     let mut t = String::from("| backend | n | launch→ready median (ms) | p95 | 95% CI of median | launch→exit median (ms) | ratio of medians to baseline (launch→exit) | instances/s |\n|---|---|---|---|---|---|---|---|\n");
     let mut dists = Vec::new();
     for b in backends_in(c, sc::STARTUP, "launch_to_exit") {
+        let bl = shown(run, &b);
         let ready = c
             .get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone()))
             .and_then(|v| stats::summarize(v));
@@ -105,7 +106,7 @@ pub(super) fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathB
         if let (Some(r), Some(e)) = (&ready, &exit) {
             writeln!(
                 t,
-                "| {b} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
+                "| {bl} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
                 r.n,
                 ms(r.median),
                 ms(r.p95),
@@ -119,7 +120,7 @@ pub(super) fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathB
         }
         if let Some(v) = c.get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone())) {
             dists.push(Distribution {
-                label: b.clone(),
+                label: bl.clone(),
                 values: v.iter().map(|x| x / 1e6).collect(),
             });
         }
@@ -160,12 +161,13 @@ pub(super) fn startup(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathB
 }
 
 /// Phases: the median of each phase per backend that reports phases.
-pub(super) fn phases(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn phases(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     // Phases: median of each phase per backend that reports phases.
     let mut bars = Vec::new();
     let mut pt = String::from("| backend | phase | median (ms) |\n|---|---|---|\n");
     for b in crate::backend::names() {
+        let bl = shown(run, b);
         let mut segs: Vec<(String, f64, f64)> = Vec::new(); // name, median, order key
         for ((s, metric, be), v) in c {
             if s == sc::STARTUP && be == b && metric.starts_with("phase.") {
@@ -180,10 +182,10 @@ pub(super) fn phases(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
         segs.sort_by(|a, b| a.2.total_cmp(&b.2));
         for (n, v, _) in &segs {
-            writeln!(pt, "| {b} | {n} | {} |", ms(*v))?;
+            writeln!(pt, "| {bl} | {n} | {} |", ms(*v))?;
         }
         bars.push(StackedBar {
-            label: b.into(),
+            label: bl.clone(),
             segments: segs.into_iter().map(|(n, v, _)| (n, v / 1e6)).collect(),
         });
     }
@@ -201,13 +203,14 @@ pub(super) fn phases(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
 }
 
 /// Memory per instance.
-pub(super) fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn memory(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     // Memory.
     let mut mt =
         String::from("| backend | figure | median (KiB) | p95 (KiB) |\n|---|---|---|---|\n");
     let mut mbars = Vec::new();
     for b in crate::backend::names() {
+        let bl = shown(run, b);
         let get = |metric: &str| {
             [sc::IDLE, sc::STARTUP]
                 .iter()
@@ -227,7 +230,7 @@ pub(super) fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
             if let Some(s) = get(metric) {
                 writeln!(
                     mt,
-                    "| {b} | {label} | {:.0} | {:.0} |",
+                    "| {bl} | {label} | {:.0} | {:.0} |",
                     s.median / 1024.0,
                     s.p95 / 1024.0
                 )?;
@@ -241,7 +244,7 @@ pub(super) fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
         if !segs.is_empty() {
             mbars.push(StackedBar {
-                label: b.into(),
+                label: bl.clone(),
                 segments: segs,
             });
         }
@@ -263,7 +266,7 @@ pub(super) fn memory(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
 }
 
 /// CPU throughput relative to the container.
-pub(super) fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn cpu(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     // CPU throughput relative to the container.
     let mut ct = String::from(
@@ -274,6 +277,7 @@ pub(super) fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>>
         .get(&(sc::CPU.into(), "cpu.sha256".into(), "container".into()))
         .and_then(|v| stats::median(v));
     for b in backends_in(c, sc::CPU, "cpu.sha256") {
+        let bl = shown(run, &b);
         if let Some(v) = c
             .get(&(sc::CPU.into(), "cpu.sha256".into(), b.clone()))
             .and_then(|v| stats::median(v))
@@ -281,13 +285,13 @@ pub(super) fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>>
             let rel = base.map(|x| v / x);
             writeln!(
                 ct,
-                "| {b} | {:.1} | {} |",
+                "| {bl} | {:.1} | {} |",
                 v / 1048576.0,
                 rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
             )?;
             if let Some(r) = rel {
                 cbars.push(StackedBar {
-                    label: b.clone(),
+                    label: bl.clone(),
                     segments: vec![("throughput / container's".into(), r)],
                 });
                 num(out, &format!("{b}_cpu_relative"), format!("{r:.2}"))?;
@@ -311,7 +315,7 @@ pub(super) fn cpu(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>>
 }
 
 /// Reading the same bytes from a disk.
-pub(super) fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn disk_read(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     // Reading the same bytes: the image as ext4, through a bind mount in a
     // container, through a virtio disk in the VM.
     let mut dt = String::from(
@@ -325,6 +329,7 @@ pub(super) fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<Pat
         ))
         .and_then(|v| stats::median(v));
     for b in backends_in(c, sc::DISK_READ, "disk.read_rate") {
+        let bl = shown(run, &b);
         if let Some(v) = c
             .get(&(sc::DISK_READ.into(), "disk.read_rate".into(), b.clone()))
             .and_then(|v| stats::median(v))
@@ -337,7 +342,7 @@ pub(super) fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<Pat
             };
             writeln!(
                 dt,
-                "| {b} | {:.0} | {} | {path} |",
+                "| {bl} | {:.0} | {} | {path} |",
                 v / 1048576.0,
                 rel.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
             )?;
@@ -356,7 +361,7 @@ pub(super) fn disk_read(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<Pat
 }
 
 /// Crossing the boundary: a system call vs a VM exit.
-pub(super) fn boundary(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn boundary(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     // Crossing a boundary: a system call in a container, a VM exit in a VM.
     let mut et = String::from("| backend | boundary | median (µs) |\n|---|---|---|\n");
     for (scenario, metric, what, tag) in [
@@ -374,11 +379,12 @@ pub(super) fn boundary(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<Path
         ),
     ] {
         for b in backends_in(c, scenario, metric) {
+            let bl = shown(run, &b);
             if let Some(v) = c
                 .get(&(scenario.into(), metric.into(), b.clone()))
                 .and_then(|v| stats::median(v))
             {
-                writeln!(et, "| {b} | {what} | {:.3} |", v / 1e3)?;
+                writeln!(et, "| {bl} | {what} | {:.3} |", v / 1e3)?;
                 num(out, &format!("{b}_{tag}_us"), format!("{:.3}", v / 1e3))?;
             }
         }
@@ -456,7 +462,11 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
         writeln!(
             ptab,
             "| probe | {} |\n|---|{}",
-            pcols.join(" | "),
+            pcols
+                .iter()
+                .map(|b| shown(run, b))
+                .collect::<Vec<_>>()
+                .join(" | "),
             "---|".repeat(pcols.len())
         )?;
         for r in &rows {
@@ -493,7 +503,7 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
             &out.join(sc::PROBES),
             "Isolation probes (green isolated, red exposed, grey n/a)",
             &rows,
-            &pcols,
+            &pcols.iter().map(|b| shown(run, b)).collect::<Vec<_>>(),
             &cells,
         )?);
     } else {
@@ -542,4 +552,22 @@ pub(super) fn missing_numbers(_run: &Run, _c: &Collected, out: &Path) -> Result<
         }
     }
     Ok(Vec::new())
+}
+
+/// A backend as tables and charts name it: what ran is named with it
+/// ("no-OS guest", "Linux guest"), so a bare guest's figures are never read
+/// as a Linux VM's.
+pub(super) fn shown(run: &Run, backend: &str) -> String {
+    let guest = run
+        .samples
+        .iter()
+        .find(|s| s.backend == backend && s.scenario != sc::DISK_FOOTPRINT)
+        .or_else(|| run.samples.iter().find(|s| s.backend == backend))
+        .map(|s| s.guest.as_str())
+        .unwrap_or("");
+    match guest {
+        "bare" => format!("{backend} (no-OS guest)"),
+        "linux" => format!("{backend} (Linux guest)"),
+        _ => backend.to_owned(),
+    }
 }
