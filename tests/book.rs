@@ -240,6 +240,15 @@ fn report_writes_tables_charts_and_numbers() {
         assert!(gen.join(format!("{chart}.svg")).is_file(), "{chart}.svg");
         assert!(gen.join(format!("{chart}.png")).is_file(), "{chart}.png");
     }
+    // Every chart the report wrote reads right: no vanished label, no
+    // legend entry without its series.
+    for e in std::fs::read_dir(&gen).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "svg") {
+            let svg = std::fs::read_to_string(e.path()).unwrap();
+            let problems = isolab_reports::charts::lint_svg(&svg);
+            assert!(problems.is_empty(), "{}: {problems:?}", e.path().display());
+        }
+    }
     assert_eq!(
         std::fs::read_to_string(gen.join("numbers/kvm_flavour.txt")).unwrap(),
         "pvm"

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Errors drawing charts.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,100 @@ pub enum Verdict {
 }
 
 /// Twenty distinguishable colours (the "tab20" set, dark then light).
+/// What a reader would find wrong with a chart, read from its SVG: a text
+/// element with nothing in it (an axis or row label that vanished), or a
+/// legend key whose colour no series uses (a legend entry without its
+/// series). Returns one sentence per problem.
+pub fn lint_svg(svg: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut rest = svg;
+    while let Some(i) = rest.find("<text") {
+        let after = &rest[i..];
+        let Some(open_end) = after.find('>') else {
+            break;
+        };
+        let Some(close) = after.find("</text>") else {
+            problems.push("a text element is not closed".into());
+            break;
+        };
+        if close > open_end && after[open_end + 1..close].trim().is_empty() {
+            problems.push("an empty text element (a label that vanished)".into());
+        }
+        rest = &after[close + 7..];
+    }
+    // Legend keys are the 12x10 rectangles; their colour must appear on a
+    // series element too.
+    let fills: Vec<(&str, bool)> = svg
+        .split("<rect")
+        .skip(1)
+        .filter_map(|r| {
+            let r = &r[..r.find("/>").unwrap_or(r.len())];
+            let fill = r.split("fill=\"").nth(1)?.split('"').next()?;
+            let key = r.contains("width=\"12\"") && r.contains("height=\"10\"");
+            Some((fill, key))
+        })
+        .collect();
+    for (fill, key) in &fills {
+        if *key
+            && fills.iter().filter(|(f, _)| f == fill).count() < 2
+            && !svg.contains(&format!("stroke=\"{fill}\""))
+        {
+            problems.push(format!("a legend key of colour {fill} has no series"));
+        }
+    }
+    problems.dedup();
+    problems
+}
+
+/// `n` colours that stay apart however many there are: the palette while
+/// it lasts, then hues a golden angle apart in three lightnesses.
+fn distinct(i: usize, n: usize) -> RGBColor {
+    if n <= 20 {
+        return palette(i);
+    }
+    // The golden angle keeps consecutive hues far apart for any n.
+    let (h, l) = ((i as f64 * 137.508) % 360.0, [0.42, 0.62, 0.78][i % 3]);
+    let c = (1.0 - (2.0 * l - 1.0f64).abs()) * 0.75;
+    let x = c * (1.0 - ((h / 60.0) % 2.0 - 1.0).abs());
+    let m = l - c / 2.0;
+    let (r, g, b) = match (h / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    RGBColor(to(r), to(g), to(b))
+}
+
+/// Key points 1-2-5 per decade within `lo..hi`: a log axis with more
+/// than two labelled ticks.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 10f64.powf(lo.max(1e-9).log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
+/// A tick value without trailing zeros.
+fn tick(v: f64) -> String {
+    if v >= 10.0 || v == v.round() {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
 fn palette(i: usize) -> RGBColor {
     const C: [RGBColor; 20] = [
         RGBColor(31, 119, 180),
@@ -199,11 +294,15 @@ pub fn box_plot_log(
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (lo..hi).log_scale())
+            .build_cartesian_2d(
+                -0.5f64..(n as f64 - 0.5),
+                (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            )
             .map_err(|e| e.to_string())?;
         let labels: Vec<String> = qs.iter().map(|q| q.0.clone()).collect();
         chart
             .configure_mesh()
+            .y_label_formatter(&|v| format!("{} {unit}", tick(*v)))
             .x_labels(n)
             .x_label_formatter(&|x| {
                 let i = x.round();
@@ -257,8 +356,13 @@ pub fn box_plot_log(
                     style,
                 ))
                 .map_err(|e| e.to_string())?
-                .label(format!("{} ({})", r.label, r.value))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], palette(7)));
+                .label(format!("{} ({} {unit})", r.label, tick(r.value)))
+                // The key is dashed, as the line it stands for.
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (6, 0)], palette(7))
+                        + PathElement::new(vec![(10, 0), (16, 0)], palette(7))
+                });
             let _ = j;
         }
         if !refs.is_empty() {
@@ -304,7 +408,8 @@ pub fn stacked_bars(
         .map(|b| b.segments.iter().map(|s| s.1).sum::<f64>())
         .chain(refs.iter().map(|r| r.value))
         .fold(0.0, f64::max)
-        * 1.15;
+        // Room on the right for the legend, clear of the bars.
+        * if names.len() > 1 { 1.6 } else { 1.15 };
     fn draw<DB: DrawingBackend>(
         root: &DrawingArea<DB, Shift>,
         title: &str,
@@ -315,11 +420,16 @@ pub fn stacked_bars(
         max: f64,
     ) -> Result<(), String> {
         let n = bars.len();
+        let longest = bars
+            .iter()
+            .map(|b| b.label.chars().count())
+            .max()
+            .unwrap_or(0) as u32;
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 22))
             .margin(15)
             .x_label_area_size(40)
-            .y_label_area_size(110)
+            .y_label_area_size(30 + 7 * longest)
             .build_cartesian_2d(0f64..max.max(1e-9), -0.5f64..(n as f64 - 0.5))
             .map_err(|e| e.to_string())?;
         let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
@@ -339,7 +449,7 @@ pub fn stacked_bars(
             .draw()
             .map_err(|e| e.to_string())?;
         for (k, name) in names.iter().enumerate() {
-            let c = palette(k);
+            let c = distinct(k, names.len());
             let mut rects = Vec::new();
             for (i, b) in bars.iter().enumerate() {
                 let start: f64 = b
@@ -370,12 +480,16 @@ pub fn stacked_bars(
                     BLACK.stroke_width(1),
                 ))
                 .map_err(|e| e.to_string())?
-                .label(format!("{} ({})", r.label, r.value))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+                .label(format!("{} ({} {unit})", r.label, tick(r.value)))
+                .legend(|(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (6, 0)], BLACK)
+                        + PathElement::new(vec![(10, 0), (16, 0)], BLACK)
+                });
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -419,29 +533,32 @@ pub fn heat_map(
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_labels(nc * 2)
-            .y_labels(nr * 2)
-            .x_label_formatter(&|x| {
-                let f = x.fract();
-                if (f - 0.5).abs() < 0.01 {
-                    cols.get(x.floor() as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_label_formatter(&|y| {
-                let f = y.fract();
-                if (f - 0.5).abs() < 0.01 {
-                    rows.get(nr - 1 - y.floor() as usize)
-                        .cloned()
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
+            .y_labels(0)
             .disable_mesh()
             .draw()
             .map_err(|e| e.to_string())?;
+        // Every row and column labelled at its cell's centre, drawn here:
+        // left to the mesh's own ticks, a 38-row matrix got no label at all.
+        let font = ("sans-serif", 13).into_font().color(&BLACK);
+        for (i, name) in rows.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(0.0, (nr - 1 - i) as f64 + 0.5));
+            root.draw(&Text::new(
+                name.clone(),
+                (px - 8, py),
+                font.pos(Pos::new(HPos::Right, VPos::Center)),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        for (j, name) in cols.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(j as f64 + 0.5, 0.0));
+            root.draw(&Text::new(
+                name.clone(),
+                (px, py + 8),
+                font.pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
         for (r, row) in cells.iter().enumerate() {
             for (c, v) in row.iter().enumerate() {
                 let color = match v {
@@ -486,6 +603,57 @@ mod tests {
                 false
             }
         }
+    }
+
+    #[test]
+    fn every_row_every_phase_and_every_tick_is_labelled() {
+        if !font_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // 22 phases: more than the palette's 20 colours.
+        let names: Vec<String> = (0..22).map(|i| format!("phase{i}")).collect();
+        let bars = vec![
+            StackedBar {
+                label: "microvm (no-OS guest)".into(),
+                segments: names.iter().map(|n| (n.clone(), 1.0)).collect(),
+            },
+            StackedBar {
+                label: "container".into(),
+                segments: vec![(names[0].clone(), 3.0)],
+            },
+        ];
+        stacked_bars(&dir.path().join("phases"), "Phases", "ms", &bars, &[]).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("phases.svg")).unwrap();
+        assert!(lint_svg(&svg).is_empty(), "{:?}", lint_svg(&svg));
+        for n in &names {
+            assert!(svg.contains(n.as_str()), "legend lacks {n}");
+        }
+        let colours: std::collections::BTreeSet<(u8, u8, u8)> = (0..22)
+            .map(|i| distinct(i, 22))
+            .map(|c| (c.0, c.1, c.2))
+            .collect();
+        assert_eq!(colours.len(), 22, "phases share a colour");
+        // 38 probes: every row labelled.
+        let rows: Vec<String> = (0..38).map(|i| format!("probe_{i}")).collect();
+        let cols = vec!["container".to_owned(), "microvm (no-OS guest)".to_owned()];
+        let cells = vec![vec![Verdict::Isolated, Verdict::NotApplicable]; 38];
+        heat_map(&dir.path().join("probes"), "Probes", &rows, &cols, &cells).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("probes.svg")).unwrap();
+        assert!(lint_svg(&svg).is_empty(), "{:?}", lint_svg(&svg));
+        for r in rows.iter().chain(&cols) {
+            assert!(
+                svg.contains(&format!(">{r}<")) || svg.contains(&format!("\n{r}\n")),
+                "no label {r}"
+            );
+        }
+        // A log axis over 3..300 ms has its 1-2-5 ticks.
+        assert_eq!(log_ticks(3.0, 300.0), [5.0, 10.0, 20.0, 50.0, 100.0, 200.0]);
+        // The lint finds what it looks for.
+        assert!(!lint_svg("<svg><text x=\"1\"> </text></svg>").is_empty());
+        assert!(
+            !lint_svg("<svg><rect width=\"12\" height=\"10\" fill=\"#123456\"/></svg>").is_empty()
+        );
     }
 
     #[test]
