@@ -396,48 +396,88 @@ pub(super) fn boundary(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathB
 /// Disk footprint.
 pub(super) fn disk(_run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    // Disk.
-    let mut dt = String::from("| backend: what | bytes |\n|---|---|\n");
-    let mut dbars = Vec::new();
+    let mut dt = String::from("| side | what | size |\n|---|---|---|\n");
     let mut any_disk = false;
+    let mut n_instances = 0u32;
     for ((s, metric, b), v) in c {
-        if s == sc::DISK_FOOTPRINT {
-            any_disk = true;
-            let med = stats::median(v).unwrap_or(0.0);
-            writeln!(
-                dt,
-                "| {b}: {} | {:.0} |",
-                metric.trim_start_matches("disk."),
-                med
-            )?;
-            dbars.push(StackedBar {
-                label: format!("{b} {}", metric.trim_start_matches("disk.")),
-                segments: vec![("KiB".into(), med / 1024.0)],
-            });
-            num(
-                out,
-                &format!(
-                    "disk_{b}_{}",
-                    metric.trim_start_matches("disk.").replace('.', "_")
-                ),
-                format!("{:.0}", med / 1024.0),
-            )?;
+        if s != sc::DISK_FOOTPRINT {
+            continue;
         }
+        any_disk = true;
+        let what = metric.trim_start_matches("disk.");
+        if let Some(n) = what
+            .trim_start_matches("linux_")
+            .strip_prefix("total_for_")
+            .and_then(|r| r.strip_suffix("_instances"))
+            .and_then(|n| n.parse().ok())
+        {
+            n_instances = n;
+        }
+        let med = stats::median(v).unwrap_or(0.0);
+        writeln!(dt, "| {b} | {what} | {} |", human_bytes(med))?;
+        num(
+            out,
+            &format!("disk_{b}_{}", what.replace('.', "_")),
+            format!("{:.0}", med / 1024.0),
+        )?;
     }
     if !any_disk {
-        dt.push_str("| (no disk figures in this run) | |\n");
+        dt.push_str("| (no disk figures in this run) | | |\n");
     }
     write(&out.join("disk.md"), &dt)?;
-    if !dbars.is_empty() {
+    // The chart: what each side needs for 1 and for N instances, shared
+    // bytes and per-instance bytes apart, all in MiB.
+    let get = |b: &str, m: &str| {
+        c.get(&(sc::DISK_FOOTPRINT.into(), format!("disk.{m}"), b.into()))
+            .and_then(|v| stats::median(v))
+    };
+    let mut bars = Vec::new();
+    for (b, prefix, label) in [
+        ("container", "", "container"),
+        ("microvm", "", "microvm (no-OS guest)"),
+        ("microvm", "linux_", "microvm (Linux guest)"),
+    ] {
+        let (Some(shared), Some(per)) = (
+            get(b, &format!("{prefix}shared")),
+            get(b, &format!("{prefix}per_instance")),
+        ) else {
+            continue;
+        };
+        for n in [1, n_instances.max(1)] {
+            bars.push(StackedBar {
+                label: format!("{label} × {n}"),
+                segments: vec![
+                    (
+                        "shared (image, kernel, binaries)".into(),
+                        shared / 1048576.0,
+                    ),
+                    ("per instance".into(), per * f64::from(n) / 1048576.0),
+                ],
+            });
+            if n_instances <= 1 {
+                break;
+            }
+        }
+    }
+    if !bars.is_empty() {
         files.extend(charts::stacked_bars(
             &out.join(sc::DISK_FOOTPRINT),
-            "Disk footprint (KiB)",
-            "KiB",
-            &dbars,
+            "Disk footprint: shared and per instance",
+            "MiB",
+            &bars,
             &[],
         )?);
     }
     Ok(files)
+}
+
+/// Bytes as people read them.
+fn human_bytes(b: f64) -> String {
+    if b >= 1048576.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
 }
 
 /// The probe matrix.
