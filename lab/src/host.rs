@@ -327,7 +327,19 @@ pub fn host_info() -> isolab_reports::HostInfo {
             .map(|l| l.mode.as_str().to_owned())
             .unwrap_or_else(|_| "unknown".into()),
         peers,
+        loadavg: loadavg(),
     }
+}
+
+/// The host's load averages (`/proc/loadavg`).
+pub fn loadavg() -> Option<[f64; 3]> {
+    parse_loadavg(&read_trim("/proc/loadavg")?)
+}
+
+/// `0.52 0.40 0.31 1/123 4567` → the three averages.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut it = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
 }
 
 /// Makes a name safe to print in one line: control characters (a
@@ -379,6 +391,15 @@ pub fn elf_is_static(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_averages_parse() {
+        assert_eq!(
+            parse_loadavg("0.52 0.40 0.31 1/123 4567"),
+            Some([0.52, 0.40, 0.31])
+        );
+        assert_eq!(parse_loadavg("junk"), None);
+    }
 
     #[test]
     fn printable_escapes_control_characters() {

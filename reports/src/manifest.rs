@@ -26,6 +26,10 @@ pub struct HostInfo {
     pub cgroup_mode: String,
     /// Peer name → version string (`crun` → `1.8.1`); missing peers absent.
     pub peers: BTreeMap<String, String>,
+    /// 1-, 5- and 15-minute load averages when the run started: a busy
+    /// host widens every interval (older manifests lack it).
+    #[serde(default)]
+    pub loadavg: Option<[f64; 3]>,
 }
 
 /// One run's manifest (`manifest.json`).
@@ -89,6 +93,7 @@ mod tests {
                 nested: true,
                 cgroup_mode: "hybrid".into(),
                 peers,
+                loadavg: Some([0.5, 0.4, 0.3]),
             },
             parameters,
             notes: vec!["PVM host".into()],

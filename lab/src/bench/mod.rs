@@ -280,6 +280,22 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
     );
     let dir = a.results.join(&run_id);
     fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some([one, _, _]) = host.loadavg {
+        if one > f64::from(host.cpus) * 0.5 {
+            let s = format!(
+                "the host was busy when the run started (load {one:.2} on {} CPUs): intervals will be wide; rerun on a quieter host to compare absolute times",
+                host.cpus
+            );
+            eprintln!("isolab: {s}");
+            notes.push(s);
+        }
+    }
+    if a.repetitions < 10 {
+        notes.push(format!(
+            "only {} repetitions per cell: medians and intervals from fewer than 10 are rough",
+            a.repetitions
+        ));
+    }
     if host.kvm_flavour == "pvm" {
         notes.push("host KVM is PVM (software-assisted nested virtualisation): VM figures are not comparable with hardware KVM".into());
     }

@@ -54,6 +54,13 @@ pub(super) fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<Pat
         ),
         ("cgroups", m.host.cgroup_mode.clone()),
         (
+            "load at start",
+            m.host
+                .loadavg
+                .map(|l| format!("{:.2} {:.2} {:.2} (1, 5, 15 min)", l[0], l[1], l[2]))
+                .unwrap_or_else(|| "not recorded".into()),
+        ),
+        (
             "peers",
             m.host
                 .peers
