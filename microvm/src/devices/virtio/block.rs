@@ -14,9 +14,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -32,6 +32,13 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Data segments per request the driver may use (queue size minus the
 /// header and status descriptors).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// The largest data segment the driver may use (`size_max`, advertised
+/// with VIRTIO_BLK_F_SIZE_MAX): with SEG_MAX it bounds one request at
+/// 254 × 64 KiB, whatever a guest's chain claims.
+pub const SIZE_MAX: u32 = 64 << 10;
+/// The monitor's one transfer buffer: requests are streamed through it,
+/// so a guest's request never makes the monitor allocate more.
+pub const CHUNK: usize = 64 << 10;
 /// The serial the driver reads with GET_ID (`/sys/block/vda/serial`).
 pub const DISK_ID: &[u8] = b"isolab-disk";
 
@@ -121,6 +128,11 @@ impl Block {
         })
     }
 
+    /// How many bytes the device holds for transfers (bounded by CHUNK).
+    pub fn buffer_bytes(&self) -> usize {
+        self.scratch.capacity()
+    }
+
     /// The byte range of a data transfer, if it lies inside the disk.
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let len = len as u64;
@@ -139,6 +151,13 @@ impl Block {
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> Result<u32, virtio_queue::Error> {
+        // More descriptors than the device advertised (header, SEG_MAX
+        // data segments, status) is a driver bug or an attack: refused
+        // before anything is read.
+        if chain.clone().count() > SEG_MAX as usize + 2 {
+            self.stats.errors += 1;
+            return Ok(0);
+        }
         let mut reader = chain.clone().reader(mem)?;
         let mut writer = chain.writer(mem)?;
         // The status byte is the last writable byte of the chain.
@@ -196,13 +215,17 @@ impl Block {
         let Some(start) = self.range(sector, len) else {
             return (VIRTIO_BLK_S_IOERR, 0);
         };
-        self.scratch.resize(len, 0);
-        let buf = &mut self.scratch[..len];
-        if self.file.read_exact_at(buf, start).is_err() {
-            return (VIRTIO_BLK_S_IOERR, 0);
-        }
-        if writer.write_all(buf).is_err() {
-            return (VIRTIO_BLK_S_IOERR, 0);
+        self.scratch.resize(CHUNK, 0);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let buf = &mut self.scratch[..n];
+            if self.file.read_exact_at(buf, start + done as u64).is_err()
+                || writer.write_all(buf).is_err()
+            {
+                return (VIRTIO_BLK_S_IOERR, done);
+            }
+            done += n;
         }
         self.stats.reads += 1;
         self.stats.bytes_read += len as u64;
@@ -217,10 +240,17 @@ impl Block {
         let Some(start) = self.range(sector, len) else {
             return VIRTIO_BLK_S_IOERR;
         };
-        self.scratch.resize(len, 0);
-        let buf = &mut self.scratch[..len];
-        if reader.read_exact(buf).is_err() || self.file.write_all_at(buf, start).is_err() {
-            return VIRTIO_BLK_S_IOERR;
+        self.scratch.resize(CHUNK, 0);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let buf = &mut self.scratch[..n];
+            if reader.read_exact(buf).is_err()
+                || self.file.write_all_at(buf, start + done as u64).is_err()
+            {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            done += n;
         }
         self.stats.writes += 1;
         self.stats.bytes_written += len as u64;
@@ -236,7 +266,8 @@ impl VirtioDevice for Block {
     fn features(&self) -> u64 {
         let mut f = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_BLK_F_FLUSH)
-            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1u64 << VIRTIO_BLK_F_SIZE_MAX);
         if self.read_only {
             f |= 1u64 << VIRTIO_BLK_F_RO;
         }
@@ -252,6 +283,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; 24];
         config[0..8].copy_from_slice(&self.sectors.to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             *b = config.get(offset as usize + i).copied().unwrap_or(0);

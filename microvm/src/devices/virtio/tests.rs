@@ -293,6 +293,42 @@ fn reads_writes_flushes_and_ids_reach_the_file() {
 }
 
 #[test]
+fn a_large_request_is_streamed_through_a_bounded_buffer() {
+    // 512 KiB in one descriptor: eight times the device's buffer.
+    let mut d = Driver::new(1024, false);
+    d.init(Driver::version_1());
+    let big: u64 = 0x10000;
+    let len: u32 = 512 << 10;
+    d.mem
+        .write_obj(VIRTIO_BLK_T_IN, GuestAddress(HEADER))
+        .unwrap();
+    d.mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
+    d.mem.write_obj(0u64, GuestAddress(HEADER + 8)).unwrap();
+    let used = d.submit(&[(HEADER, 16, 0), (big, len, F_WRITE), (STATUS, 1, F_WRITE)]);
+    assert_eq!(used, Some(len + 1));
+    let status: u8 = d.mem.read_obj(GuestAddress(STATUS)).unwrap();
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    let mut got = vec![0u8; len as usize];
+    d.mem.read_slice(&mut got, GuestAddress(big)).unwrap();
+    assert_eq!(got, pattern(1024));
+    assert!(
+        d.dev.device().buffer_bytes() <= crate::devices::virtio::block::CHUNK,
+        "the device allocated {} bytes for one request",
+        d.dev.device().buffer_bytes()
+    );
+    // The same size written back goes through the same buffer.
+    d.mem
+        .write_obj(VIRTIO_BLK_T_OUT, GuestAddress(HEADER))
+        .unwrap();
+    let used = d.submit(&[(HEADER, 16, 0), (big, len, 0), (STATUS, 1, F_WRITE)]);
+    assert_eq!(used, Some(1));
+    let status: u8 = d.mem.read_obj(GuestAddress(STATUS)).unwrap();
+    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(std::fs::read(&d.disk_path).unwrap(), pattern(1024));
+    assert!(d.dev.device().buffer_bytes() <= crate::devices::virtio::block::CHUNK);
+}
+
+#[test]
 fn bad_requests_get_an_error_status_not_a_crash() {
     let mut d = Driver::new(8, false);
     d.init(Driver::version_1());
