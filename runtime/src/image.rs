@@ -43,6 +43,48 @@ pub enum ImageError {
     Damaged { name: String, detail: String },
     #[error("invalid image name {0:?}: use letters, digits, '-', '_' and '.' only")]
     BadName(String),
+    #[error("layer {layer} unpacks to more than {limit} bytes: refused (a decompression bomb?); split the layer or raise the limit")]
+    TooLarge { layer: String, limit: u64 },
+}
+
+/// A file removed when this goes out of scope (unless renamed away).
+struct RemoveFile(PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A number unique within this process (temp-file names).
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The most one layer may unpack to (its tar stream, after gzip).
+pub const MAX_UNPACKED_BYTES: u64 = 8 << 30;
+
+/// A reader that fails once more than `limit` bytes have come through.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf
+            .len()
+            .min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.exceeded.set(true);
+            return Err(io::Error::other("layer exceeds the unpacked size limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// How an image starts.
@@ -161,7 +203,64 @@ impl Store {
         Ok(digest)
     }
 
-    /// Imports an image from layer files (bottom first).
+    /// Adds one layer from a file, streamed: copied into the blob store
+    /// while hashed, then unpacked from the copy, never whole in memory.
+    pub fn add_layer_file(&self, path: &Path) -> Result<String, ImageError> {
+        let read_err = |source| ImageError::ReadLayer {
+            path: path.to_path_buf(),
+            source,
+        };
+        for sub in ["layers", "blobs"] {
+            let p = self.root.join(sub);
+            fs::create_dir_all(&p).map_err(store_err(&p))?;
+        }
+        let blob_tmp =
+            self.root
+                .join("blobs")
+                .join(format!(".tmp-{}-{}", std::process::id(), unique()));
+        // Removed on every early return; renamed away on success.
+        let _cleanup = RemoveFile(blob_tmp.clone());
+        let mut src = fs::File::open(path).map_err(read_err)?;
+        let mut dst = fs::File::create(&blob_tmp).map_err(store_err(&blob_tmp))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = src.read(&mut buf).map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            io::Write::write_all(&mut dst, &buf[..n]).map_err(store_err(&blob_tmp))?;
+        }
+        drop(dst);
+        let digest = hex(&hasher.finalize());
+        let dir = self.layer_dir(&digest);
+        if dir.is_dir() {
+            return Ok(digest);
+        }
+        let tmp = self
+            .root
+            .join("layers")
+            .join(format!(".tmp-{digest}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(store_err(&tmp))?;
+        let blob = fs::File::open(&blob_tmp).map_err(store_err(&blob_tmp))?;
+        if let Err(e) = unpack_reader(&digest[..12], blob, &tmp, MAX_UNPACKED_BYTES) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let blob_path = self.blob_path(&digest);
+        if let Err(e) = fs::rename(&blob_tmp, &blob_path).and_then(|_| fs::rename(&tmp, &dir)) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(ImageError::Store {
+                path: dir.clone(),
+                source: e,
+            });
+        }
+        Ok(digest)
+    }
+
+    /// Imports an image from layer files (bottom first), each streamed.
     pub fn import(
         &self,
         name: &str,
@@ -169,18 +268,11 @@ impl Store {
         config: ImageConfig,
     ) -> Result<Image, ImageError> {
         check_name(name)?;
-        let mut blobs = Vec::new();
+        let mut layers = Vec::new();
         for p in layer_files {
-            let mut b = Vec::new();
-            fs::File::open(p)
-                .and_then(|mut f| f.read_to_end(&mut b))
-                .map_err(|source| ImageError::ReadLayer {
-                    path: p.clone(),
-                    source,
-                })?;
-            blobs.push(b);
+            layers.push(self.add_layer_file(p)?);
         }
-        self.import_blobs(name, &blobs, config)
+        self.save_image(name, layers, config)
     }
 
     /// Imports an image from in-memory layer blobs (bottom first).
@@ -195,6 +287,16 @@ impl Store {
         for b in blobs {
             layers.push(self.add_layer(b)?);
         }
+        self.save_image(name, layers, config)
+    }
+
+    /// Records image `name` over layers already in the store.
+    fn save_image(
+        &self,
+        name: &str,
+        layers: Vec<String>,
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
         let image = Image {
             name: name.to_owned(),
             layers,
@@ -384,11 +486,46 @@ fn ensure_parents(root: &Path, rel: &Path) -> Result<(), String> {
 
 /// Unpacks a tar (or tar.gz) blob into `dest`, with the checks above.
 pub fn unpack(layer: &str, blob: &[u8], dest: &Path) -> Result<(), ImageError> {
-    let reader: Box<dyn Read> = if blob.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(blob))
+    unpack_reader(layer, blob, dest, MAX_UNPACKED_BYTES)
+}
+
+/// Unpacks a layer streamed from `from` (tar, or gzip-compressed tar)
+/// into `dest`, refusing one that unpacks to more than `limit` bytes. The
+/// layer is never whole in memory.
+pub fn unpack_reader(
+    layer: &str,
+    from: impl Read,
+    dest: &Path,
+    limit: u64,
+) -> Result<(), ImageError> {
+    use std::io::BufRead;
+    let mut from = io::BufReader::with_capacity(64 << 10, from);
+    let gz = from
+        .fill_buf()
+        .map(|b| b.starts_with(&[0x1f, 0x8b]))
+        .unwrap_or(false);
+    let inner: Box<dyn Read + '_> = if gz {
+        Box::new(flate2::read::GzDecoder::new(from))
     } else {
-        Box::new(blob)
+        Box::new(from)
     };
+    let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let reader = Bounded {
+        inner,
+        left: limit,
+        exceeded: exceeded.clone(),
+    };
+    let r = unpack_archive(layer, reader, dest);
+    if exceeded.get() {
+        return Err(ImageError::TooLarge {
+            layer: layer.to_owned(),
+            limit,
+        });
+    }
+    r
+}
+
+fn unpack_archive(layer: &str, reader: impl Read, dest: &Path) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(reader);
     let corrupt = |detail: String| ImageError::Corrupt {
         layer: layer.to_owned(),
@@ -645,6 +782,53 @@ pub fn default_layers(agent: &[u8], busybox: Option<&[u8]>) -> io::Result<Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decompression_bomb_is_refused_and_leaves_nothing() {
+        // 4 MiB of zeros gzip to a few KiB; the limit is 1 MiB.
+        let zeros = vec![0u8; 4 << 20];
+        let blob = gzip(&build_layer(&[LayerEntry::File("big", 0o644, &zeros)]).unwrap()).unwrap();
+        assert!(blob.len() < 64 << 10, "{}", blob.len());
+        let dir = tempfile::tempdir().unwrap();
+        let e = unpack_reader("bomb", &blob[..], dir.path(), 1 << 20).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        // Under the limit the same layer unpacks.
+        let ok = tempfile::tempdir().unwrap();
+        unpack_reader("bomb", &blob[..], ok.path(), 8 << 20).unwrap();
+        assert_eq!(
+            std::fs::metadata(ok.path().join("big")).unwrap().len(),
+            4 << 20
+        );
+    }
+
+    #[test]
+    fn a_layer_file_is_imported_streamed_with_the_same_digest() {
+        let layer = build_layer(&[LayerEntry::File("hello", 0o644, b"hi\n")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("layer.tar");
+        std::fs::write(&f, &layer).unwrap();
+        let store = Store::new(&dir.path().join("home"));
+        let digest = store.add_layer_file(&f).unwrap();
+        assert_eq!(digest, hex(&Sha256::digest(&layer)));
+        assert_eq!(
+            store.add_layer(&layer).unwrap(),
+            digest,
+            "same bytes, same layer"
+        );
+        assert_eq!(
+            std::fs::read(store.layer_dir(&digest).join("hello")).unwrap(),
+            b"hi\n"
+        );
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), layer);
+        // No temp file left in the blob store.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("home/blobs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     fn raw_tar(name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) -> Vec<u8> {
         // Build headers by hand so that unsafe names survive (the tar
