@@ -421,3 +421,99 @@ fn hostile_names_and_paths_are_refused() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Ctrl-C on a foreground run reaches the instance; a second one ends it;
+/// either way isolab cleans up instead of dying and leaving state.
+#[test]
+fn ctrl_c_on_a_foreground_run_leaves_nothing() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let child = cmd(&h)
+        .args(["run", "--", "/bin/sh", "-c", "sleep 30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let dir = h.path().join("containers");
+    let running = || {
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("state.json"))
+                    .unwrap_or_default()
+                    .contains("\"running\"")
+            })
+    };
+    let t = Instant::now();
+    while !running() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running(), "the instance never ran");
+    for _ in 0..2 {
+        // SAFETY: kill(2) of the isolab this test started.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = wait_bounded(child, Duration::from_secs(10), "isolab after two Ctrl-C");
+    assert_eq!(o.status.code(), Some(137), "{:?} {}", o.status, stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A killed isolab takes its microVM's monitor with it.
+#[test]
+fn a_killed_isolab_leaves_no_monitor_running() {
+    if !require("root", is_root()) || !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let h = home();
+    let mut child = cmd(&h)
+        .args([
+            "run",
+            "--backend",
+            "microvm",
+            "--scenario",
+            "spin",
+            "--param",
+            "n=4000000001",
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let monitor = || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let is = c.windows(19).any(|w| w == b"isolab.n=4000000001");
+            is.then(|| e.file_name().to_string_lossy().into_owned())
+        })
+    };
+    let t = Instant::now();
+    while monitor().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vmm = monitor().expect("the monitor never started");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{vmm}")).exists()
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A zombie (dead, awaiting its reaper) is gone as far as a VM goes.
+    let state = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "isolab-vmm outlived the isolab that ran it: {state}"
+    );
+}

@@ -342,6 +342,22 @@ pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
+/// A monitor the harness spawns dies with it (PR_SET_PDEATHSIG): a
+/// killed `isolab` must not leave a VM running until its timeout.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; prctl with integer
+    // arguments only.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes a name safe to print in one line: control characters (a
 /// terminal's escape sequences, newlines) become `\u{..}` escapes.
 pub fn printable(s: &str) -> String {

@@ -41,10 +41,61 @@ pub fn run(
     Ok(match attach {
         Attach::Captured => Ran::Report(Box::new(backend.run(home, spec)?.report)),
         Attach::Terminal { tty, interactive } => {
-            Ran::Exited(backend.run_attached(home, spec, tty, interactive)?)
+            let spec = forward_signals(spec);
+            let r = backend.run_attached(home, &spec, tty, interactive);
+            stop_forwarding();
+            Ran::Exited(r?)
         }
         Attach::Detached => Ran::Detached(crate::instances::run_detached(home, backend, spec)?),
     })
+}
+
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static FORWARDED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+extern "C" fn forward(sig: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    let pid = FORWARD_TO.load(Ordering::SeqCst);
+    if pid > 0 {
+        // The first signal is passed on (the instance may stop cleanly);
+        // a second one ends it.
+        let n = FORWARDED.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: kill(2) is async-signal-safe; pid is the instance's.
+        unsafe { libc::kill(pid, if n == 0 { sig } else { libc::SIGKILL }) };
+    }
+}
+
+/// While an instance runs attached to the user's terminal, Ctrl-C,
+/// SIGTERM and SIGHUP go to the instance (as `docker run` proxies them)
+/// instead of killing isolab mid-run, which left the instance's state
+/// behind for `prune`; a second one kills the instance. isolab then
+/// reaps it and cleans up as after any end.
+fn forward_signals(spec: &InstanceSpec) -> InstanceSpec {
+    use std::sync::atomic::Ordering;
+    FORWARD_TO.store(0, Ordering::SeqCst);
+    FORWARDED.store(0, Ordering::SeqCst);
+    let mut spec = spec.clone();
+    let inner = spec.on_spawn.take();
+    spec.on_spawn = Some(std::sync::Arc::new(move |pid| {
+        FORWARD_TO.store(pid, Ordering::SeqCst);
+        if let Some(h) = &inner {
+            h(pid);
+        }
+    }));
+    for sig in FORWARDED_SIGNALS {
+        // SAFETY: installs a handler that only reads atomics and calls kill.
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+    spec
+}
+
+fn stop_forwarding() {
+    FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+    for sig in FORWARDED_SIGNALS {
+        // SAFETY: restores the default disposition.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
 }
 
 /// Removes what dead instances and killed runs left, for every backend,

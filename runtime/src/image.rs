@@ -383,38 +383,119 @@ impl Store {
                 "entrypoint {argv0:?} must be an absolute path inside the image"
             ));
         }
-        let rel = argv0.trim_start_matches('/');
-        for dir in self.lower_dirs(image) {
-            let p = dir.join(rel);
-            // Follow a symlink inside the layer set by resolving it against
-            // the same layers (busybox applets are symlinks).
-            if let Ok(m) = fs::symlink_metadata(&p) {
-                if m.file_type().is_symlink() {
-                    let target = fs::read_link(&p).map_err(|e| e.to_string())?;
-                    let t = if target.is_absolute() {
-                        target
-                    } else {
-                        Path::new(argv0)
-                            .parent()
-                            .unwrap_or(Path::new("/"))
-                            .join(target)
-                    };
-                    return self.check_entrypoint(image, &t.to_string_lossy());
-                }
-                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                    return Ok(());
-                }
-                return Err(format!(
-                    "entrypoint {argv0} in image {} is not an executable file",
-                    image.name
-                ));
+        let (_, m) = resolve_in_layers(&self.lower_dirs(image), argv0).map_err(|e| match e {
+            Resolve::Missing => format!(
+                "entrypoint {argv0} does not exist in image {}: pass a program the image contains",
+                image.name
+            ),
+            Resolve::Loop => format!(
+                "entrypoint {argv0} in image {} is a symlink loop (more than {MAX_SYMLINKS} links): fix the image",
+                image.name
+            ),
+            Resolve::NotDir(at) => format!(
+                "entrypoint {argv0} in image {}: {at} is not a directory",
+                image.name
+            ),
+        })?;
+        if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "entrypoint {argv0} in image {} is not an executable file",
+                image.name
+            ))
+        }
+    }
+}
+
+/// Symlinks followed in one lookup before it is a loop (the kernel's
+/// limit, ELOOP).
+pub const MAX_SYMLINKS: u32 = 40;
+
+/// Why a path does not resolve inside an image.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolve {
+    Missing,
+    Loop,
+    NotDir(String),
+}
+
+/// Finds `rel` (no symlinks above it) in the first layer that has it,
+/// top first; a layer in which a directory above it is not a real
+/// directory is skipped, so nothing is ever resolved on the host's tree.
+fn lookup_in_layers(layers: &[PathBuf], rel: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    'layer: for l in layers {
+        let mut at = l.clone();
+        let comps: Vec<_> = rel.components().collect();
+        for (k, c) in comps.iter().enumerate() {
+            at.push(c);
+            let Ok(m) = fs::symlink_metadata(&at) else {
+                continue 'layer;
+            };
+            if k + 1 == comps.len() {
+                return Some((at, m));
+            }
+            if !m.is_dir() {
+                continue 'layer;
             }
         }
-        Err(format!(
-            "entrypoint {argv0} does not exist in image {}: pass a program the image contains",
-            image.name
-        ))
     }
+    None
+}
+
+/// Resolves an absolute path inside an image's layers as the container
+/// will see it: symlinks are followed within the image (an absolute
+/// target starts again at the image's root), at most [`MAX_SYMLINKS`] of
+/// them, and never through the host's filesystem. Returns the host path
+/// of the file and its metadata.
+pub fn resolve_in_layers(
+    layers: &[PathBuf],
+    path: &str,
+) -> Result<(PathBuf, fs::Metadata), Resolve> {
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut cur = PathBuf::new();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let cand = cur.join(&name);
+        let (host, m) = lookup_in_layers(layers, &cand).ok_or(Resolve::Missing)?;
+        if m.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Resolve::Loop);
+            }
+            let target = fs::read_link(&host).map_err(|_| Resolve::Missing)?;
+            if target.is_absolute() {
+                cur = PathBuf::new();
+            }
+            for c in target.components().rev() {
+                match c {
+                    Component::Normal(n) => todo.push_front(n.to_owned()),
+                    Component::ParentDir => todo.push_front("..".into()),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        if todo.is_empty() {
+            return Ok((host, m));
+        }
+        if !m.is_dir() {
+            return Err(Resolve::NotDir(format!("/{}", cand.display())));
+        }
+        cur = cand;
+    }
+    Err(Resolve::Missing)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -782,6 +863,46 @@ pub fn default_layers(agent: &[u8], busybox: Option<&[u8]>) -> io::Result<Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entrypoints_resolve_inside_the_image_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("l0"), dir.path().join("l1"));
+        for d in [&lower, &upper] {
+            std::fs::create_dir_all(d.join("bin")).unwrap();
+        }
+        let layers = vec![upper.clone(), lower.clone()];
+        // A program in the lower layer, reached through a link in the upper.
+        std::fs::write(lower.join("bin/busybox"), b"x").unwrap();
+        std::fs::set_permissions(lower.join("bin/busybox"), PermissionsExt::from_mode(0o755))
+            .unwrap();
+        symlink("busybox", upper.join("bin/sh")).unwrap();
+        let (host, m) = resolve_in_layers(&layers, "/bin/sh").unwrap();
+        assert_eq!(host, lower.join("bin/busybox"));
+        assert!(m.is_file());
+        // A loop is ELOOP, not a stack overflow.
+        symlink("b", upper.join("bin/a")).unwrap();
+        symlink("a", upper.join("bin/b")).unwrap();
+        assert_eq!(
+            resolve_in_layers(&layers, "/bin/a").unwrap_err(),
+            Resolve::Loop
+        );
+        // A directory link pointing at the host's /etc resolves in the image
+        // (where there is no /etc/passwd), never in the host's tree.
+        symlink("/etc", upper.join("hostetc")).unwrap();
+        assert_eq!(
+            resolve_in_layers(&layers, "/hostetc/passwd").unwrap_err(),
+            Resolve::Missing
+        );
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/passwd"), b"root:x:0:0::/:/bin/sh\n").unwrap();
+        assert_eq!(
+            resolve_in_layers(&layers, "/hostetc/passwd").unwrap().0,
+            lower.join("etc/passwd")
+        );
+        // `..` stays at the image's root.
+        assert!(resolve_in_layers(&layers, "/../../bin/sh").is_ok());
+    }
 
     #[test]
     fn a_decompression_bomb_is_refused_and_leaves_nothing() {

@@ -326,7 +326,9 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     // launch = the spawn of the monitor process, after the harness's own
     // preparation (e.g. a Linux guest's initramfs), as for QEMU.
     let launch = monotonic_ns();
-    let mut child = std::process::Command::new(&vmm)
+    let mut cmd = std::process::Command::new(&vmm);
+    crate::host::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(&args)
         .stdin(if interactive {
             std::process::Stdio::inherit()

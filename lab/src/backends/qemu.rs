@@ -168,7 +168,9 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     let mut args = qemu_args(&guest, &cmdline, opts.vm.mem_mib(), opts.vm.vcpus);
     args.extend(disk_args);
     let launch = monotonic_ns();
-    let mut child = std::process::Command::new(&qemu)
+    let mut cmd = std::process::Command::new(&qemu);
+    crate::host::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
