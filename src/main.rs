@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use isolab_lab::{backend, bench, doctor, images, instances, probes, report, selfprotect};
+use isolab_lab::{backends, bench, doctor, images, instances, probes, report, selfprotect};
 use isolab_lab::{Attach, Guest, Home, InstanceSpec, VmSpec};
 
 #[derive(Parser)]
@@ -150,7 +150,7 @@ enum ImageCommand {
 /// The backends' names, for clap (from the lab's registry).
 fn backend_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(
-        backend::registry()
+        backends::registry()
             .iter()
             .map(|b| clap::builder::PossibleValue::new(b.name()).help(b.about())),
     )
@@ -404,10 +404,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop { container, time } => {
-            instances::stop(&home, &container, time).map(|_| ExitCode::SUCCESS)
+            isolab_lab::run::stop(&home, &container, time).map(|_| ExitCode::SUCCESS)
         }
         Command::Rm { container, force } => {
-            instances::rm(&home, &container, force).map(|_| ExitCode::SUCCESS)
+            isolab_lab::run::rm(&home, &container, force).map(|_| ExitCode::SUCCESS)
         }
         Command::Prune => {
             require_root("prune")?;
@@ -644,7 +644,7 @@ impl RunArgs {
 }
 
 fn run_cmd(home: &Home, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let backend = backend::find(&a.backend)?;
+    let backend = backends::find(&a.backend)?;
     let spec = a.spec()?;
     if backend.runs_in_process() && nix::unistd::geteuid().is_root() {
         // Before anything of the instance exists: a one-time cost per

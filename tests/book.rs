@@ -202,7 +202,7 @@ fn build_fixture_book(tmp: &tempfile::TempDir) -> PathBuf {
     copy_dir(&repo.join("book"), &root.join("book"));
     for f in [
         "runtime/src/seccomp.rs",
-        "runtime/src/container/mod.rs",
+        "runtime/src/container/spec.rs",
         "reports/src/sample.rs",
     ] {
         std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();

@@ -2,7 +2,8 @@
 mod common;
 use common::*;
 
-use isolab_lab::backend::{self, Attach};
+use isolab_lab::backend::Attach;
+use isolab_lab::backends as backend;
 use isolab_lab::{catalog, Home, InstanceSpec};
 
 #[test]

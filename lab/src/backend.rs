@@ -2,13 +2,13 @@
 //!
 //! The lab's own container runtime, the OCI peers (crun, runc), the lab's
 //! own microVM monitor and QEMU's `microvm` machine each implement it in
-//! one file under `backends/`; [`registry`] lists them. `run`, `bench`
-//! and `probes` all dispatch through the registry, so a new backend is
-//! one new file plus one line there.
+//! one file under `backends/`; [`crate::backends::registry`] lists them.
+//! `run`, `bench` and `probes` all dispatch through the registry, so a new
+//! backend is one new file plus one line there.
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use isolab_abi::catalog::{self, Scenario};
 use isolab_reports::InstanceReport;
 use isolab_runtime::cgroups::Limits;
@@ -296,97 +296,24 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// Every backend the lab knows, in the order tables show them.
-pub fn registry() -> &'static [&'static dyn Backend] {
-    use crate::backends::{container, microvm, oci, qemu};
-    static ALL: [&dyn Backend; 5] = [
-        &container::Container,
-        &oci::CRUN,
-        &oci::RUNC,
-        &microvm::MicroVm,
-        &qemu::Qemu,
-    ];
-    &ALL
-}
-
-/// The names of every backend, for messages.
-pub fn names() -> Vec<&'static str> {
-    registry().iter().map(|b| b.name()).collect()
-}
-
-/// The backend called `name`.
-pub fn find(name: &str) -> Result<&'static dyn Backend> {
-    registry()
-        .iter()
-        .copied()
-        .find(|b| b.name() == name)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown backend {name:?}: use one of {}",
-                names().join(", ")
-            )
-        })
-}
-
-/// The baseline of the backend called `name`, if any.
-pub fn baseline_of(name: &str) -> Option<&'static str> {
-    find(name).ok().and_then(|b| b.baseline())
-}
-
-/// Display order of a backend name (unknown names last).
-pub fn order_of(name: &str) -> usize {
-    registry()
-        .iter()
-        .position(|b| b.name() == name)
-        .unwrap_or(usize::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_registry_names_each_backend_once_with_a_known_baseline() {
-        let names = names();
-        assert_eq!(names, ["container", "crun", "runc", "microvm", "qemu"]);
-        for b in registry() {
-            if let Some(base) = b.baseline() {
-                let base = find(base).unwrap();
-                assert_eq!(base.kind(), b.kind(), "{} vs {}", b.name(), base.name());
-                assert!(base.baseline().is_none());
-            }
-        }
-        assert_eq!(baseline_of("crun"), Some("container"));
-        assert_eq!(baseline_of("qemu"), Some("microvm"));
-        assert!(find("docker")
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("container, crun"));
+/// Container backends take no VM options.
+pub(crate) fn refuse_vm_options(backend: &str, spec: &InstanceSpec) -> Result<()> {
+    if spec.vm.pvh {
+        bail!("--pvh picks our monitor's boot entry: use it with --backend microvm, not {backend}");
     }
-
-    #[test]
-    fn scenario_support_follows_the_catalog() {
-        let spec = InstanceSpec::default();
-        let s = |n| catalog::find(n).unwrap();
-        let (c, vm) = (find("container").unwrap(), find("microvm").unwrap());
-        assert!(c.supports(s("idle"), &spec) && !vm.supports(s("idle"), &spec));
-        assert!(vm.supports(s("exit-cost"), &spec) && !c.supports(s("exit-cost"), &spec));
-        assert!(vm.supports(s("disk-read"), &spec) && c.supports(s("disk-read"), &spec));
-        assert!(find("runc").unwrap().supports(s("net-loopback"), &spec));
-        assert!(!vm.supports(s("syscall"), &spec));
-        let mut linux = spec.clone();
-        linux.vm.guest = Some(Guest::Linux);
-        assert!(vm.supports(s("syscall"), &linux));
-        assert!(spec.scenario_entry().is_ok());
-        let bad = InstanceSpec {
-            scenario: "nope".into(),
-            ..Default::default()
-        };
-        assert!(bad
-            .scenario_entry()
-            .unwrap_err()
-            .to_string()
-            .contains("startup"));
+    if !spec.vm.disks.is_empty() {
+        bail!("--disk attaches a virtio disk to our microVM: use it with --backend microvm, not {backend}");
     }
+    Ok(())
+}
+
+/// VM backends take no host paths and no commands.
+pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
+    if !spec.volumes.is_empty() {
+        bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
+    }
+    if !spec.command.is_empty() {
+        bail!("the VM backends run scenarios only: drop the command");
+    }
+    Ok(())
 }

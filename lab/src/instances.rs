@@ -340,17 +340,8 @@ pub fn logs(home: &Home, key: &str, follow: bool, out: &mut dyn Write) -> Result
 /// `isolab stop`: SIGTERM, then SIGKILL after `timeout_s`.
 pub fn stop(home: &Home, key: &str, timeout_s: u64) -> Result<()> {
     let s = find(home, key)?;
-    match s.effective() {
-        Effective::Running => {}
-        Effective::Dead | Effective::Created => {
-            // Its owner is gone: what may still run is found by its
-            // cgroup, not by a remembered pid.
-            if let Ok(b) = crate::backend::find(&s.backend) {
-                b.kill_stale(home, &s.id);
-            }
-            return Ok(());
-        }
-        Effective::Exited(_) => return Ok(()),
+    if s.effective() != Effective::Running {
+        return Ok(());
     }
     let pid = nix::unistd::Pid::from_raw(s.pid);
     let ended = || read_state(home, &s.id).is_none_or(|st| st.status != Status::Running);
@@ -386,8 +377,6 @@ pub fn rm(home: &Home, key: &str, force: bool) -> Result<()> {
             );
         }
         stop(home, &s.id, 0)?;
-    } else if let Ok(b) = crate::backend::find(&s.backend) {
-        b.kill_stale(home, &s.id);
     }
     fs::remove_dir_all(home.instance_dir(&s.id)).with_context(|| format!("removing {}", s.id))
 }

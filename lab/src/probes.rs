@@ -111,7 +111,7 @@ pub fn run_all(home: &Home) -> Vec<Column> {
     };
     let mut cols: Vec<Column> = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    for b in crate::backend::registry() {
+    for b in crate::backends::registry() {
         if b.baseline().is_some() && b.kind() == Kind::Vm {
             continue;
         }

@@ -98,11 +98,37 @@ fn stop_forwarding() {
     }
 }
 
+/// `isolab stop`: SIGTERM, then SIGKILL after `timeout_s`. An instance
+/// whose owner is gone is ended through its backend (a container by its
+/// cgroup, not by a remembered pid: its pid 1 may have outlived it).
+pub fn stop(home: &Home, key: &str, timeout_s: u64) -> Result<()> {
+    let s = crate::instances::find(home, key)?;
+    use crate::instances::Effective;
+    if matches!(s.effective(), Effective::Dead | Effective::Created) {
+        if let Ok(b) = crate::backends::find(&s.backend) {
+            b.kill_stale(home, &s.id);
+        }
+        return Ok(());
+    }
+    crate::instances::stop(home, &s.id, timeout_s)
+}
+
+/// `isolab rm [-f]`; what is left of a dead instance is ended first.
+pub fn rm(home: &Home, key: &str, force: bool) -> Result<()> {
+    let s = crate::instances::find(home, key)?;
+    if s.effective() != crate::instances::Effective::Running {
+        if let Ok(b) = crate::backends::find(&s.backend) {
+            b.kill_stale(home, &s.id);
+        }
+    }
+    crate::instances::rm(home, &s.id, force)
+}
+
 /// Removes what dead instances and killed runs left, for every backend,
 /// and the generated-artefact cache. Returns a line per removed thing.
 pub fn prune(home: &Home) -> Result<Vec<String>> {
     let (mut removed, _running) = crate::instances::prune_records(home)?;
-    for b in crate::backend::registry() {
+    for b in crate::backends::registry() {
         removed.extend(b.prune(home));
     }
     let (files, bytes) = crate::images::prune_cache(home);

@@ -42,7 +42,7 @@ impl Backend for Container {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, _attach: Attach) -> Result<()> {
-        crate::backends::refuse_vm_options(self.name(), spec)?;
+        crate::backend::refuse_vm_options(self.name(), spec)?;
         if let Some(h) = &spec.hostname {
             check_hostname(h)?;
         }

@@ -41,7 +41,7 @@ impl Backend for MicroVm {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, _attach: Attach) -> Result<()> {
-        crate::backends::refuse_container_options(spec)?;
+        crate::backend::refuse_container_options(spec)?;
         if let Some(t) = spec.vm.timeout {
             if !(t.as_secs_f64() > 0.0 && t.as_secs_f64() <= 3600.0) {
                 bail!(

@@ -90,7 +90,7 @@ impl Backend for OciPeer {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backends::refuse_vm_options(self.name, spec)?;
+        crate::backend::refuse_vm_options(self.name, spec)?;
         if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
             bail!("the crun/runc peers run the agent's scenarios only: drop -t and the command");
         }

@@ -44,7 +44,7 @@ impl Backend for Qemu {
         Guest::Bare
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backends::refuse_container_options(spec)?;
+        crate::backend::refuse_container_options(spec)?;
         if spec.vm.guest() != Guest::Bare {
             bail!("the QEMU peer runs the bare guest only in this build: use --guest bare");
         }

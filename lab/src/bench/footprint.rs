@@ -76,7 +76,7 @@ pub fn disk_samples(
     push("container", "agent", "image_unpacked_allocated", allocated);
     // N idle containers side by side: their writable (upper) dirs.
     let mut ids = Vec::new();
-    let container = crate::backend::find("container")?;
+    let container = crate::backends::find("container")?;
     for _ in 0..instances {
         let spec = InstanceSpec {
             image: image.into(),

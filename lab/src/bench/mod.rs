@@ -23,7 +23,7 @@ use isolab_abi::catalog::{self, name as sc, Scenario};
 use isolab_reports::{Manifest, SampleWriter, MANIFEST_SCHEMA_VERSION};
 use isolab_runtime::cgroups::Limits;
 
-use crate::backend::{self, Backend, InstanceSpec, Kind, Outcome};
+use crate::backend::{Backend, InstanceSpec, Kind, Outcome};
 use crate::home::Home;
 
 pub use footprint::{disk_samples, du};
@@ -85,7 +85,7 @@ impl BenchOptions {
             .map_err(|e| anyhow::anyhow!("matrix file {}: {e}", path.display()))?;
         if let Some(b) = m.backends {
             for x in &b {
-                backend::find(x)
+                crate::backends::find(x)
                     .map_err(|e| anyhow::anyhow!("matrix file {}: {e}", path.display()))?;
             }
             self.backends = b;
@@ -194,11 +194,11 @@ fn run_one(
 /// unavailable backend is skipped with one note saying why.
 fn pick_backends(names: &[String], notes: &mut Vec<String>) -> Result<Vec<&'static dyn Backend>> {
     let wanted: Vec<&'static dyn Backend> = if names.is_empty() {
-        backend::registry().to_vec()
+        crate::backends::registry().to_vec()
     } else {
         names
             .iter()
-            .map(|n| backend::find(n))
+            .map(|n| crate::backends::find(n))
             .collect::<Result<_>>()?
     };
     let mut picked: Vec<&'static dyn Backend> = Vec::new();
@@ -522,7 +522,7 @@ mod tests {
             .to_string()
             .contains("for bench"));
         let home = Home::new("/nonexistent");
-        let c = backend::find("container").unwrap();
+        let c = crate::backends::find("container").unwrap();
         let s = bench_spec(&home, c, "default", catalog::find(sc::IDLE).unwrap()).unwrap();
         assert_eq!(s.params, ["hold_ms=200"]);
         assert_eq!(s.limits.memory_bytes, Some(256 << 20));

@@ -78,7 +78,7 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         } else {
             metric.as_str()
         };
-        let ratio = crate::backend::baseline_of(backend)
+        let ratio = crate::backends::baseline_of(backend)
             .and_then(|base| {
                 collected
                     .get(&(scenario.clone(), base_metric.to_owned(), base.to_owned()))

@@ -2,7 +2,7 @@
 use isolab_reports::stats;
 use isolab_reports::Sample;
 
-use super::collect;
+use super::run::collect;
 
 /// One row of `isolab compare`.
 #[derive(Debug, Clone, PartialEq)]

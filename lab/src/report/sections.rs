@@ -4,12 +4,45 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use isolab_abi::catalog::name as sc;
 use isolab_reports::charts::{self, Distribution, Reference, StackedBar, Verdict};
 use isolab_reports::stats;
 
-use super::*;
+use super::run::*;
+
+/// A section of the generated results: writes its files under `out`,
+/// returns the charts it drew.
+pub type Section = fn(&Run, &Collected, &Path) -> Result<Vec<PathBuf>>;
+
+/// The generated results, section by section, in the order written.
+const SECTIONS: &[(&str, Section)] = &[
+    ("host_page", host_page),
+    ("startup", startup),
+    ("phases", phases),
+    ("memory", memory),
+    ("cpu", cpu),
+    ("disk_read", disk_read),
+    ("boundary", boundary),
+    ("disk", disk),
+    ("probes", probes),
+    ("placeholders", placeholders),
+    ("missing_numbers", missing_numbers),
+];
+
+/// Writes every generated file; returns the list of files written.
+pub fn generate(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out.join("numbers"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let c = collect(&run.samples);
+    let mut files = Vec::new();
+    for (name, section) in SECTIONS {
+        files.extend(section(run, &c, out).with_context(|| format!("the {name} section"))?);
+    }
+    files.push(out.to_path_buf());
+    Ok(files)
+}
 
 /// The host page: where and how the run was made.
 pub(super) fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
@@ -101,7 +134,7 @@ pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         let exit = c
             .get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))
             .and_then(|v| stats::summarize(v));
-        let base = crate::backend::baseline_of(&b);
+        let base = crate::backends::baseline_of(&b);
         let ratio = base
             .and_then(|base| {
                 let a = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), base.to_owned()))?;
@@ -173,7 +206,7 @@ pub(super) fn phases(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf
     // Phases: median of each phase per backend that reports phases.
     let mut bars = Vec::new();
     let mut pt = String::from("| backend | phase | median (ms) |\n|---|---|---|\n");
-    for b in crate::backend::names() {
+    for b in crate::backends::names() {
         let bl = shown(run, b);
         let mut segs: Vec<(String, f64, f64)> = Vec::new(); // name, median, order key
         for ((s, metric, be), v) in c {
@@ -216,7 +249,7 @@ pub(super) fn memory(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf
     let mut mt =
         String::from("| backend | figure | median (KiB) | p95 (KiB) |\n|---|---|---|---|\n");
     let mut mbars = Vec::new();
-    for b in crate::backend::names() {
+    for b in crate::backends::names() {
         let bl = shown(run, b);
         let get = |metric: &str| {
             [sc::IDLE, sc::STARTUP]
@@ -501,7 +534,7 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
             }
         }
     }
-    pcols.sort_by_key(|b| crate::backend::order_of(b));
+    pcols.sort_by_key(|b| crate::backends::order_of(b));
     let mut ptab = String::new();
     if !probes.is_empty() {
         let rows: Vec<String> = probes.iter().cloned().collect();

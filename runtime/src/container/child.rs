@@ -5,14 +5,14 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use isolab_abi::stage::Stage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::*;
+use super::spec::*;
 use crate::cgroups::Join;
 use crate::seccomp::Profile;
 

@@ -26,213 +26,20 @@
 //! marks pipe as `!stage: message` and the child `_exit`s with 127.
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use isolab_abi::stage::Stage;
 
-use crate::cgroups::{Cgroup, CgroupError, CgroupLayout, CgroupStats, Join, Limits};
+use crate::cgroups::{Cgroup, CgroupLayout, CgroupStats, Join};
 use crate::seccomp;
 
 mod child;
+mod spec;
 use child::{child_main, ChildPlan};
-
-/// Errors launching or running a container.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerError {
-    #[error("{0}")]
-    Entrypoint(String),
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("instance dir {path}: {source}")]
-    InstanceDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("clone3 failed: {0}: run as root on a kernel with namespaces (see `isolab doctor`)")]
-    Clone(std::io::Error),
-    #[error("container setup failed at stage {stage}: {message}")]
-    Setup { stage: String, message: String },
-    #[error("writing the user namespace maps failed: {0}")]
-    IdMap(std::io::Error),
-    #[error("waiting for the container failed: {0}")]
-    Wait(nix::errno::Errno),
-}
-
-/// Where the container's standard streams go. Only pipes, /dev/null and
-/// a pty the runtime made reach a container: never a host file or the
-/// user's terminal, which a container could reopen through
-/// `/proc/1/fd/N` or type into (TIOCSTI).
-#[derive(Debug)]
-pub enum Stdio {
-    /// Three pipes (or /dev/null for a missing stdin) whose other ends
-    /// the caller relays.
-    Pipes {
-        stdin: Option<OwnedFd>,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    },
-    /// stdout and stderr into this fd (a pipe's write end or a log file);
-    /// stdin from /dev/null.
-    Into(OwnedFd),
-    /// A pty slave: becomes the controlling terminal, fds 0, 1 and 2.
-    Pty(OwnedFd),
-}
-
-/// Everything needed to start one container.
-#[derive(Debug)]
-pub struct Spec {
-    pub id: String,
-    /// Overlay lower dirs, top first.
-    pub lower_dirs: Vec<PathBuf>,
-    /// Holds `upper/`, `work/` and `merged/`.
-    pub instance_dir: PathBuf,
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub hostname: String,
-    pub limits: Limits,
-    /// Map root in the container to an unprivileged host range.
-    pub userns: bool,
-    pub seccomp: bool,
-    pub stdio: Stdio,
-    /// Host files or directories bound into the container (`-v`).
-    pub volumes: Vec<Volume>,
-    /// The name of the container's cgroup under the lab's parent (the
-    /// caller prefixes it with its home's tag, so `prune` in one home
-    /// never touches another's).
-    pub cgroup: String,
-}
-
-/// A host path bound into the container, as `docker run -v` does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    pub source: PathBuf,
-    /// Absolute path inside the container.
-    pub target: String,
-    pub read_only: bool,
-}
-
-impl Volume {
-    /// Parses `HOST:TARGET[:ro|:rw]`. The host path must exist; the
-    /// target must be absolute, without `..`, and not `/`.
-    pub fn parse(s: &str) -> Result<Volume, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let (source, target, read_only) = match parts.as_slice() {
-            [src, dst] => (*src, *dst, false),
-            [src, dst, "ro"] => (*src, *dst, true),
-            [src, dst, "rw"] => (*src, *dst, false),
-            _ => {
-                return Err(format!(
-                    "invalid volume {s:?}: use HOST:TARGET or HOST:TARGET:ro"
-                ))
-            }
-        };
-        let source = Path::new(source);
-        if !source.is_absolute() || !source.exists() {
-            return Err(format!(
-                "volume source {} does not exist: give an absolute path to an existing file or directory",
-                source.display()
-            ));
-        }
-        let t = Path::new(target);
-        let bad = !t.is_absolute()
-            || t.components().count() < 2
-            || t.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
-        if bad {
-            return Err(format!(
-                "volume target {target:?} is not a usable absolute path: use one like /data (no `..`, not /)"
-            ));
-        }
-        // /proc and /sys are the kernel's views that the masked and
-        // read-only paths protect: a volume over them would undo that.
-        if t.starts_with("/proc") || t.starts_with("/sys") || t == Path::new("/dev") {
-            return Err(format!(
-                "volume target {target:?} would cover the kernel's /proc, /sys or /dev and with them the container's masked paths: bind somewhere else, such as /data"
-            ));
-        }
-        Ok(Volume {
-            source: source.to_path_buf(),
-            target: target.to_owned(),
-            read_only,
-        })
-    }
-}
-
-/// A named instant on `CLOCK_MONOTONIC`, ns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mark {
-    pub name: String,
-    pub ns: u64,
-}
-
-/// First host uid/gid of the user-namespace mapping.
-pub const USERNS_BASE: u32 = 100_000;
-/// Size of the user-namespace mapping.
-pub const USERNS_SIZE: u32 = 65_536;
-
-// ANCHOR: default_caps
-/// The capabilities a container keeps: Docker's default set *without*
-/// CAP_MKNOD. Docker pairs CAP_MKNOD with a device cgroup that forbids
-/// opening the nodes; isolab sets no device cgroup, and with CAP_MKNOD a
-/// container could create a node for the host's disk and open it (the
-/// `mknod_block_device` probe checks). Every other capability is dropped
-/// from all sets, the bounding set included.
-pub const DEFAULT_CAPS: &[caps::Capability] = &[
-    caps::Capability::CAP_CHOWN,
-    caps::Capability::CAP_DAC_OVERRIDE,
-    caps::Capability::CAP_FSETID,
-    caps::Capability::CAP_FOWNER,
-    caps::Capability::CAP_NET_RAW,
-    caps::Capability::CAP_SETGID,
-    caps::Capability::CAP_SETUID,
-    caps::Capability::CAP_SETFCAP,
-    caps::Capability::CAP_SETPCAP,
-    caps::Capability::CAP_NET_BIND_SERVICE,
-    caps::Capability::CAP_SYS_CHROOT,
-    caps::Capability::CAP_KILL,
-    caps::Capability::CAP_AUDIT_WRITE,
-];
-// ANCHOR_END: default_caps
-
-// ANCHOR: masked_paths
-/// Paths hidden from the container (OCI defaults): files get /dev/null
-/// bound over them, directories an empty read-only tmpfs.
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Paths made read-only (OCI defaults).
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-// ANCHOR_END: masked_paths
-
-/// Reads `CLOCK_MONOTONIC` in ns.
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
+pub use spec::*;
 
 /// A started container.
 #[derive(Debug)]
@@ -539,17 +346,6 @@ impl Drop for Running {
     }
 }
 
-/// The container's `RLIMIT_NOFILE` (soft, hard): 1024 / 65536 as Docker
-/// gives, capped by what this process may set (raising a hard limit needs
-/// CAP_SYS_RESOURCE, which some hosts do not grant even to root).
-pub fn nofile_limits() -> (u64, u64) {
-    let cur_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(_, h)| h)
-        .unwrap_or(1024);
-    let hard = cur_hard.min(65536);
-    (hard.min(1024), hard)
-}
-
 /// Phases (ns) between consecutive marks, named by the later mark.
 pub fn phases(marks: &[Mark]) -> Vec<(String, u64)> {
     marks
@@ -616,7 +412,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             hostname: "h".into(),
-            limits: Limits {
+            limits: crate::cgroups::Limits {
                 memory_bytes: Some(1 << 20),
                 ..Default::default()
             },

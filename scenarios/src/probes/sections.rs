@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs;
 
-use super::*;
+use super::kit::*;
 
 /// Probes: the instance's processes and its pid 1.
 pub(super) fn processes(_f: &Facts, out: &mut Vec<Probe>) {
