@@ -2,7 +2,15 @@
 //! entry or unpacked to its vmlinux), the command line, the initramfs, the
 //! zero page with its e820 map, and for the PVH entry Xen's
 //! `hvm_start_info`.
-use super::*;
+use std::fs::File;
+use std::path::PathBuf;
+
+use linux_loader::loader::{bootparam, load_cmdline, BzImage, Cmdline, Elf, KernelLoader};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::{layout, regs};
+
+use super::machine::*;
 
 /// Stage 4: kernel, command line, initramfs and zero page. Returns the
 /// 64-bit entry point.

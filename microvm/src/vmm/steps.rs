@@ -1,7 +1,26 @@
 //! The monitor's boot steps after guest memory and the kernel: devices on
 //! their buses, the vCPUs, running them to the guest's end, and reading
 //! what the devices saw.
-use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::regs;
+use crate::devices::legacy::{
+    EventFdTrigger, GuestMark, LabPorts, SerialDevice, SerialSink, I8042,
+};
+use crate::devices::virtio::{Block, MmioTransport};
+use crate::devices::Bus;
+use crate::ports;
+use crate::vcpu::{self, StopReason};
+use isolab_abi::stage::Stage;
+
+use super::machine::*;
 
 /// The VM's devices: the port bus (serial, i8042, the lab's ports), the
 /// MMIO bus (virtio disks) and what reads their state at the end.
