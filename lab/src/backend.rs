@@ -95,6 +95,16 @@ impl std::fmt::Display for Unavailable {
 /// it exists (the detached shim records it for `stop`).
 pub type SpawnHook = Arc<dyn Fn(i32) + Send + Sync>;
 
+/// The limits every benched or probed instance gets (the lab's one set of
+/// default limits): 256 MiB of memory, 1024 processes.
+pub fn bench_limits() -> Limits {
+    Limits {
+        memory_bytes: Some(256 << 20),
+        pids: Some(1024),
+        cpus: None,
+    }
+}
+
 /// Settings that only VM backends read.
 #[derive(Debug, Clone, Default)]
 pub struct VmSpec {

@@ -106,7 +106,7 @@ pub fn run_all(home: &Home) -> Vec<Column> {
     let probe_spec = InstanceSpec {
         scenario: sc::PROBES.into(),
         params: params(),
-        limits: crate::bench::bench_limits(),
+        limits: crate::backend::bench_limits(),
         ..Default::default()
     };
     let mut cols: Vec<Column> = Vec::new();

@@ -82,7 +82,7 @@ pub fn disk_samples(
             image: image.into(),
             scenario: sc::IDLE.into(),
             params: vec!["hold_ms=5000".into()],
-            limits: super::bench_limits(),
+            limits: crate::backend::bench_limits(),
             ..Default::default()
         };
         ids.push(crate::instances::run_detached(home, container, &spec)?);

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context, Result};
 use isolab_abi::catalog::{self, name as sc, Scenario};
 use isolab_reports::{Manifest, SampleWriter, MANIFEST_SCHEMA_VERSION};
-use isolab_runtime::cgroups::Limits;
 
 use crate::backend::{Backend, InstanceSpec, Kind, Outcome};
 use crate::home::Home;
@@ -132,15 +131,6 @@ fn git_revision() -> String {
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
 }
 
-/// The limits every benched instance gets.
-pub fn bench_limits() -> Limits {
-    Limits {
-        memory_bytes: Some(256 << 20),
-        pids: Some(1024),
-        cpus: None,
-    }
-}
-
 /// The instance the bench runs for one scenario on one backend.
 pub fn bench_spec(
     home: &Home,
@@ -155,7 +145,7 @@ pub fn bench_spec(
             .bench_params()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
-        limits: bench_limits(),
+        limits: crate::backend::bench_limits(),
         ..Default::default()
     };
     spec.vm.timeout = Some(std::time::Duration::from_secs(30));
