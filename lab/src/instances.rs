@@ -504,11 +504,13 @@ fn shim(
     }));
     let result = backend.run_attached(home, &spec, false, false);
     if !spawned.load(std::sync::atomic::Ordering::SeqCst) {
-        // Nothing ran: say why, and leave nothing behind (rec's drop).
+        // Nothing ran: leave nothing behind (the record's drop removes its
+        // directory) before saying why, so the caller never sees a rest.
         let msg = match &result {
             Err(e) => format!("{e:#}"),
             Ok(code) => format!("the instance ended before it started (exit code {code})"),
         };
+        drop(rec);
         tell(format!("err {msg}"));
         return Ok(());
     }

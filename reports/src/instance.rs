@@ -3,26 +3,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A named instant (host `CLOCK_MONOTONIC`, ns).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mark {
-    pub name: String,
-    pub ns: u64,
-}
-
-impl Mark {
-    pub fn new(name: &str, ns: u64) -> Mark {
-        Mark {
-            name: name.into(),
-            ns,
-        }
-    }
-
-    /// The instant of the first mark called `name`.
-    pub fn find(marks: &[Mark], name: &str) -> Option<u64> {
-        marks.iter().find(|m| m.name == name).map(|m| m.ns)
-    }
-}
+/// A named instant (host `CLOCK_MONOTONIC`, ns): the lab's one `Mark`.
+pub use isolab_abi::mark::Mark;
 
 /// One instance's run, as reported by `isolab run --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

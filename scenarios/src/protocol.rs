@@ -23,12 +23,9 @@ pub struct Metric {
 }
 
 /// An instant inside the instance, on the clock the instance has
-/// (`CLOCK_MONOTONIC`; in a container that is the host's clock).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mark {
-    pub name: String,
-    pub ns: u64,
-}
+/// (`CLOCK_MONOTONIC`; in a container that is the host's clock): the
+/// lab's one `Mark` type.
+pub use isolab_abi::mark::Mark;
 
 /// One result, as printed by the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

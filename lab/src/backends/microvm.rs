@@ -50,6 +50,9 @@ impl Backend for MicroVm {
                 );
             }
         }
+        if spec.vm.guest() == Guest::Bare {
+            check_bare_scenario(spec)?;
+        }
         if spec.vm.kernel.is_some() && spec.vm.guest() == Guest::Bare {
             bail!("--kernel picks a Linux guest's kernel: add --guest linux, or drop --kernel for the bare guest");
         }

@@ -48,6 +48,7 @@ impl Backend for Qemu {
         if spec.vm.guest() != Guest::Bare {
             bail!("the QEMU peer runs the bare guest only in this build: use --guest bare");
         }
+        super::microvm::check_bare_scenario(spec)?;
         if spec.vm.pvh {
             bail!("--pvh picks our monitor's boot entry: use it with --backend microvm (QEMU's microvm always boots the bare guest through PVH)");
         }

@@ -121,16 +121,8 @@ pub struct LabPorts {
     pub nop_writes: u64,
 }
 
-/// Reads `CLOCK_MONOTONIC` in ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// The lab's one clock read.
+pub use isolab_abi::mark::monotonic_ns;
 
 /// The most marks kept (a guest spamming the port cannot grow us forever).
 pub const MAX_MARKS: usize = 4096;

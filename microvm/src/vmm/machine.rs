@@ -150,12 +150,8 @@ impl Default for VmConfig {
     }
 }
 
-/// A named host instant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Mark {
-    pub name: String,
-    pub ns: u64,
-}
+/// A named host instant: the lab's one `Mark` type.
+pub use isolab_abi::mark::Mark;
 
 /// What happened.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -5,8 +5,6 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::cgroups::{CgroupError, Limits};
 use crate::seccomp;
 
@@ -135,12 +133,8 @@ impl Volume {
     }
 }
 
-/// A named instant on `CLOCK_MONOTONIC`, ns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Mark {
-    pub name: String,
-    pub ns: u64,
-}
+/// Marks and the clock they are read on: the lab's one `Mark` type.
+pub use isolab_abi::mark::{monotonic_ns, Mark};
 
 /// First host uid/gid of the user-namespace mapping.
 pub const USERNS_BASE: u32 = 100_000;
@@ -197,13 +191,6 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 // ANCHOR_END: masked_paths
-
-/// Reads `CLOCK_MONOTONIC` in ns.
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
 
 /// The container's `RLIMIT_NOFILE` (soft, hard): 1024 / 65536 as Docker
 /// gives, capped by what this process may set (raising a hard limit needs

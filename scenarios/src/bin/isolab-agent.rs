@@ -22,15 +22,7 @@ use isolab_scenarios::catalog::{self, name as sc};
 use isolab_scenarios::protocol::{ResultLine, HOLD_LINE};
 use isolab_scenarios::{kernels, workloads};
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use isolab_abi::mark::monotonic_ns;
 
 fn param(params: &BTreeMap<String, String>, key: &str, default: u64) -> u64 {
     params
