@@ -517,3 +517,99 @@ fn a_killed_isolab_leaves_no_monitor_running() {
         "isolab-vmm outlived the isolab that ran it: {state}"
     );
 }
+
+/// `image rm` then `prune` frees the image's layers, but never under a
+/// living instance of it.
+#[test]
+fn prune_frees_the_layers_of_removed_images_but_not_in_use() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let layers = |h: &tempfile::TempDir| {
+        std::fs::read_dir(h.path().join("layers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    };
+    // A second image: the default one's layers plus one of its own.
+    let dir = home();
+    let tar = dir.path().join("extra.tar");
+    let o = std::process::Command::new("tar")
+        .args(["-C", "/etc", "-cf"])
+        .arg(&tar)
+        .arg("hostname")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let default_layers: Vec<String> = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(h.path().join("images/default.json")).unwrap(),
+    )
+    .unwrap()["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            h.path()
+                .join("blobs")
+                .join(l.as_str().unwrap())
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut args = vec!["image".to_owned(), "import".into(), "extra".into()];
+    args.extend(default_layers);
+    args.push(tar.display().to_string());
+    args.extend(["--entrypoint".into(), "/isolab-agent".into()]);
+    let o = cmd(&h).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = layers(&h);
+    // In use: a detached instance of it.
+    let o = cmd(&h)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "user",
+            "--image",
+            "extra",
+            "--scenario",
+            "idle",
+            "--param",
+            "hold_ms=30000",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(cmd(&h)
+        .args(["image", "rm", "extra"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(cmd(&h).arg("prune").status().unwrap().success());
+    assert_eq!(
+        layers(&h),
+        before,
+        "prune freed layers a running instance uses"
+    );
+    assert!(cmd(&h)
+        .args(["rm", "-f", "user"])
+        .status()
+        .unwrap()
+        .success());
+    let o = cmd(&h).arg("prune").output().unwrap();
+    assert!(stdout(&o).contains("layer "), "{}", stdout(&o));
+    assert_eq!(
+        layers(&h),
+        before - 1,
+        "the image's own layer is freed, the shared ones kept"
+    );
+    // The default image still runs.
+    assert!(cmd(&h)
+        .args(["run", "--json"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+}

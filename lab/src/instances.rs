@@ -50,6 +50,10 @@ pub struct State {
     pub created_unix: u64,
     pub exit_code: Option<i32>,
     pub detached: bool,
+    /// The image layers the instance runs on: `prune` keeps them while it
+    /// lives, even if its image was removed.
+    #[serde(default)]
+    pub layers: Vec<String>,
 }
 
 fn container_backend() -> String {
@@ -170,6 +174,7 @@ impl Record {
                 created_unix: crate::clock::unix_now(),
                 exit_code: None,
                 detached,
+                layers: vec![],
             },
             keep: false,
         };
@@ -562,6 +567,7 @@ mod tests {
             created_unix: 0,
             exit_code: Some(3),
             detached: true,
+            layers: vec![],
         }
     }
 

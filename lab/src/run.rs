@@ -131,6 +131,15 @@ pub fn prune(home: &Home) -> Result<Vec<String>> {
     for b in crate::backends::registry() {
         removed.extend(b.prune(home));
     }
+    // Layers no image and no living instance uses (`image rm` leaves them).
+    let store = home.store();
+    let mut keep = store.referenced_layers();
+    for s in crate::instances::list(home) {
+        keep.extend(s.layers);
+    }
+    for d in store.collect_garbage(&keep) {
+        removed.push(format!("layer {}", &d[..12]));
+    }
     let (files, bytes) = crate::images::prune_cache(home);
     if files > 0 {
         removed.push(format!(

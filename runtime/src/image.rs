@@ -365,6 +365,40 @@ impl Store {
         })
     }
 
+    /// The layers every recorded image uses.
+    pub fn referenced_layers(&self) -> std::collections::BTreeSet<String> {
+        self.list()
+            .iter()
+            .filter_map(|n| {
+                let text = fs::read_to_string(self.image_path(n)).ok()?;
+                serde_json::from_str::<Image>(&text).ok()
+            })
+            .flat_map(|i| i.layers)
+            .collect()
+    }
+
+    /// Removes every layer (unpacked dir and blob) not in `keep`: what
+    /// `image rm` left behind. Returns the digests removed.
+    pub fn collect_garbage(&self, keep: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let mut removed = Vec::new();
+        for e in fs::read_dir(self.root.join("layers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_digest || keep.contains(&name) {
+                continue;
+            }
+            if fs::remove_dir_all(e.path()).is_ok() {
+                let _ = fs::remove_file(self.blob_path(&name));
+                removed.push(name);
+            }
+        }
+        removed
+    }
+
     /// The overlay lower dirs of an image, *top first* (overlayfs order).
     pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
         image

@@ -117,6 +117,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         None => Record::create(home, "container", opts, argv.clone(), false)?,
     };
     record.state.command = argv.clone();
+    record.state.layers = img.layers.clone();
     record.save()?;
     let id = record.id().to_owned();
     let hostname = opts.hostname.clone().unwrap_or_else(|| id.clone());
