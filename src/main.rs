@@ -359,7 +359,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("isolab: {e:#}");
+            // Error text can carry bytes from an image (entry names, file
+            // contents): never let them drive the terminal.
+            eprintln!(
+                "isolab: {}",
+                isolab_lab::host::terminal_safe(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -358,6 +358,21 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Makes a message safe for a terminal: control characters other than
+/// newline and tab (escape sequences a hostile layer name or file could
+/// carry) become `\u{..}` escapes.
+pub fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Makes a name safe to print in one line: control characters (a
 /// terminal's escape sequences, newlines) become `\u{..}` escapes.
 pub fn printable(s: &str) -> String {
@@ -415,6 +430,14 @@ mod tests {
             Some([0.52, 0.40, 0.31])
         );
         assert_eq!(parse_loadavg("junk"), None);
+    }
+
+    #[test]
+    fn messages_reach_the_terminal_without_escape_sequences() {
+        assert_eq!(
+            terminal_safe("bad entry \u{1b}]0;pwned\u{7}\nnext"),
+            "bad entry \\u{1b}]0;pwned\\u{7}\nnext"
+        );
     }
 
     #[test]
