@@ -47,6 +47,8 @@ pub(super) fn errname(e: i32) -> String {
         libc::EBADF => "EBADF".into(),
         libc::ENOENT => "ENOENT".into(),
         libc::EROFS => "EROFS".into(),
+        libc::ENOTTY => "ENOTTY".into(),
+        libc::ENXIO => "ENXIO".into(),
         other => format!("errno {other}"),
     }
 }

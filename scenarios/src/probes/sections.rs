@@ -731,6 +731,23 @@ pub(super) fn terminal_and_descriptors(_f: &Facts, out: &mut Vec<Probe>) {
         },
         "no descriptor of the host's (a directory, a file, a socket) is open in the instance",
     ));
+    // Setuid files: with no_new_privs, exec of a setuid or file-capability
+    // binary grants nothing, so one planted in the image or the writable
+    // layer cannot raise the workload's privileges.
+    let nnp = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    out.push(p(
+        "setuid_escalation",
+        format!("NoNewPrivs {nnp}"),
+        if nnp == "1" { Isolated } else { Exposed },
+        "setuid and file-capability binaries grant nothing at exec (no_new_privs)",
+    ));
     // What the standard streams are: pipes or the instance's own pty, not
     // host files the instance could reopen through /proc/1/fd.
     let kinds: Vec<String> = (0..3)
