@@ -33,14 +33,28 @@ impl Home {
     /// layers and writable layers whose setuid files, owned by root, any
     /// local user could otherwise run as root, and logs other users must
     /// not read.
+    ///
+    /// Only a directory that is empty or already an isolab home is made
+    /// private; any other open directory (say, someone's home) is refused
+    /// rather than changed.
     pub fn prepare(&self) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&self.root)?;
         let mode = std::fs::metadata(&self.root)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        if mode & 0o077 == 0 {
+            return Ok(());
         }
-        Ok(())
+        let ours = std::fs::read_dir(&self.root)?.flatten().all(|e| {
+            ["images", "blobs", "layers", "containers", "peers", "cache"]
+                .contains(&e.file_name().to_string_lossy().as_ref())
+        });
+        if !ours {
+            return Err(std::io::Error::other(format!(
+                "it is open to other users (mode {:o}) and holds files that are not isolab's: give isolab a directory of its own, or make this one private with chmod 700",
+                mode & 0o777
+            )));
+        }
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
     }
 
     /// The home's own directory.
@@ -153,6 +167,17 @@ mod tests {
                 .mode()
                 & 0o777,
             0o700
+        );
+        // Someone else's open directory is refused, not changed.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("notes.txt"), b"x").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = Home::new(&shared).prepare().unwrap_err();
+        assert!(e.to_string().contains("not isolab's"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
+            0o755
         );
         assert_ne!(Home::new("/a").cgroup_tag(), Home::new("/b").cgroup_tag());
         assert!(Home::new("/a").cgroup_name("x").ends_with("-x"));
