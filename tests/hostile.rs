@@ -172,8 +172,13 @@ fn setuid_files_and_logs_are_out_of_other_users_reach() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o).trim().to_owned();
-    let mode = std::fs::metadata(h.path()).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "the home is {mode:o}");
+    for sub in ["layers", "blobs", "containers"] {
+        let mode = std::fs::metadata(h.path().join(sub))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{sub} is {mode:o}");
+    }
     let log = h.path().join("containers").join(&id).join("log");
     for _ in 0..100 {
         if std::fs::read_to_string(&log)

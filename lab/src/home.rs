@@ -29,33 +29,39 @@ impl Home {
         Home { root: root.into() }
     }
 
-    /// Makes the home if needed and keeps it private (0700): it holds image
-    /// layers and writable layers whose setuid files, owned by root, any
-    /// local user could otherwise run as root, and logs other users must
-    /// not read.
-    ///
-    /// Only a directory that is empty or already an isolab home is made
-    /// private; any other open directory (say, someone's home) is refused
-    /// rather than changed.
+    /// Makes the home if needed and keeps what isolab stores there
+    /// private: every directory of its own (images, blobs, layers,
+    /// instances, peers' bundles, cache) is 0700, since layers and
+    /// writable layers hold root-owned files — a setuid binary among them
+    /// would be host root for any local user who could reach it — and
+    /// instances hold logs other users must not read. The home itself is
+    /// left as it is (it may be a directory with other uses).
     pub fn prepare(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::create_dir_all(&self.root)?;
-        let mode = std::fs::metadata(&self.root)?.permissions().mode();
-        if mode & 0o077 == 0 {
-            return Ok(());
+        for sub in Self::OWN_DIRS {
+            let d = self.root.join(sub);
+            match std::fs::symlink_metadata(&d) {
+                Ok(m) if m.is_dir() => {
+                    if m.permissions().mode() & 0o077 != 0 {
+                        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+                    }
+                }
+                Ok(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a directory: move it away",
+                        d.display()
+                    )))
+                }
+                Err(_) => std::fs::DirBuilder::new().mode(0o700).create(&d)?,
+            }
         }
-        let ours = std::fs::read_dir(&self.root)?.flatten().all(|e| {
-            ["images", "blobs", "layers", "containers", "peers", "cache"]
-                .contains(&e.file_name().to_string_lossy().as_ref())
-        });
-        if !ours {
-            return Err(std::io::Error::other(format!(
-                "it is open to other users (mode {:o}) and holds files that are not isolab's: give isolab a directory of its own, or make this one private with chmod 700",
-                mode & 0o777
-            )));
-        }
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+        Ok(())
     }
+
+    /// The directories isolab keeps under its home.
+    pub const OWN_DIRS: [&'static str; 6] =
+        ["images", "blobs", "layers", "containers", "peers", "cache"];
 
     /// The home's own directory.
     pub fn root(&self) -> &Path {
@@ -149,36 +155,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_home_is_made_private() {
+    fn what_isolab_stores_is_private_and_the_home_itself_untouched() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("home");
-        std::fs::create_dir(&root).unwrap();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(root.join("layers")).unwrap();
+        std::fs::write(root.join("notes.txt"), b"someone's").unwrap();
+        for p in [&root, &root.join("layers")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Home::new(&root).prepare().unwrap();
-        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-        let fresh = Home::new(dir.path().join("new"));
-        fresh.prepare().unwrap();
-        assert_eq!(
-            std::fs::metadata(fresh.root())
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o700
-        );
-        // Someone else's open directory is refused, not changed.
-        let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::write(shared.join("notes.txt"), b"x").unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = Home::new(&shared).prepare().unwrap_err();
-        assert!(e.to_string().contains("not isolab's"), "{e}");
-        assert_eq!(
-            std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
-            0o755
-        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o755, "the home itself is not changed");
+        for sub in Home::OWN_DIRS {
+            assert_eq!(mode(&root.join(sub)), 0o700, "{sub}");
+        }
         assert_ne!(Home::new("/a").cgroup_tag(), Home::new("/b").cgroup_tag());
         assert!(Home::new("/a").cgroup_name("x").ends_with("-x"));
     }
