@@ -342,6 +342,33 @@ pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
+/// An instance's process the harness spawns starts in the host's mount
+/// namespace, not in the private one this isolab re-executed into (where
+/// its own binary is a read-only bind): a spawned `isolab run` then pays
+/// its own self-protection, as it does when a user types it, and crun,
+/// runc, `isolab-vmm` and QEMU see the host as from a shell.
+pub fn in_host_mount_namespace(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let Some(fd) = std::env::var(crate::selfprotect::HOST_MNTNS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    cmd.env_remove(crate::selfprotect::HOST_MNTNS_ENV);
+    // SAFETY: runs in the forked child before exec; setns on a descriptor
+    // this process holds, integer arguments only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+}
+
 /// A monitor the harness spawns dies with it (PR_SET_PDEATHSIG): a
 /// killed `isolab` must not leave a VM running until its timeout.
 pub fn die_with_parent(cmd: &mut Command) {

@@ -242,7 +242,9 @@ pub fn as_process(
     let program = isolab_program()?;
     let args = cli_args(backend.name(), spec);
     let launch = crate::clock::monotonic_ns();
-    let out = std::process::Command::new(&program)
+    let mut cmd = std::process::Command::new(&program);
+    crate::host::in_host_mount_namespace(&mut cmd);
+    let out = cmd
         .args(&args)
         .env("ISOLAB_HOME", home.root())
         .env(LAUNCH_ENV, launch.to_string())

@@ -23,6 +23,10 @@ use std::io::Write;
 /// The memfd's name; `/proc/self/exe` then reads `/memfd:<name> (deleted)`.
 pub const MEMFD_NAME: &str = "isolab-sealed";
 
+/// Environment variable holding the descriptor of the host's mount
+/// namespace, open in a process that re-executed from its read-only bind.
+pub const HOST_MNTNS_ENV: &str = "ISOLAB_HOST_MNTNS_FD";
+
 /// Environment variable holding the path isolab was started from.
 pub const ORIGINAL_EXE_ENV: &str = "ISOLAB_ORIGINAL_EXE";
 
@@ -74,6 +78,15 @@ fn reexec_read_only() -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     let exe = std::fs::read_link("/proc/self/exe")?;
     let none: Option<&str> = None;
+    // The host's mount namespace, kept open across the exec: instances
+    // the harness spawns start there, as they would from a user's shell
+    // (see `host::in_host_mount_namespace`).
+    let host_ns = nix::fcntl::open(
+        "/proc/self/ns/mnt",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    std::env::set_var(HOST_MNTNS_ENV, host_ns.to_string());
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     // Nothing of this namespace propagates to the host's.
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
@@ -99,6 +112,16 @@ fn reexec_read_only() -> anyhow::Result<()> {
 /// already runs from one. Returns only on failure (or when protected).
 pub fn ensure_sealed() -> anyhow::Result<()> {
     if is_protected() {
+        // The host namespace's descriptor had to survive the re-exec; no
+        // other program needs it (spawned instances enter it before exec).
+        if let Some(fd) = std::env::var(HOST_MNTNS_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+        {
+            // SAFETY: F_SETFD with an integer flag on a descriptor number;
+            // harmless if it is not open.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         return Ok(());
     }
     if let Err(e) = reexec_read_only() {

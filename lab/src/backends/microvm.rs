@@ -330,6 +330,7 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     // preparation (e.g. a Linux guest's initramfs), as for QEMU.
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&vmm);
+    crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
     let mut child = cmd
         .args(&args)

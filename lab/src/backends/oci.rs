@@ -330,6 +330,7 @@ fn peer_command(
         .clone()
         .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"));
     let mut cmd = Command::new(program);
+    crate::host::in_host_mount_namespace(&mut cmd);
     cmd.arg("--root")
         .arg(state_root)
         .arg("run")

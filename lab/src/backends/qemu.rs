@@ -170,6 +170,7 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     args.extend(disk_args);
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&qemu);
+    crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
     let mut child = cmd
         .args(&args)
