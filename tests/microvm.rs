@@ -354,8 +354,10 @@ fn the_bare_guest_drives_a_virtio_disk() {
         .output()
         .unwrap();
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let serial = r["serial"].as_str().unwrap();
-    assert!(serial.contains("the write was refused"), "{serial}");
+    // The result line is in the guest's result page, not on the serial port.
+    let result = r["result"].as_str().unwrap();
+    assert!(result.contains("the write was refused"), "{result}");
+    assert!(!r["serial"].as_str().unwrap().contains("@isolab"));
     assert_eq!(r["disks"][0]["writes"], 0);
     assert_eq!(std::fs::read(&disk).unwrap(), want);
 
@@ -365,7 +367,7 @@ fn the_bare_guest_drives_a_virtio_disk() {
         .output()
         .unwrap();
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(r["serial"]
+    assert!(r["result"]
         .as_str()
         .unwrap()
         .contains("no virtio_mmio.device="));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use isolab_abi::catalog::{self, name as sc};
+use isolab_abi::ports;
 use isolab_abi::stage::Stage;
 use isolab_microvm::vcpu::StopReason;
 use isolab_microvm::vmm;
@@ -296,6 +297,11 @@ fn vmm_args(
             eprintln!("isolab: {w}");
         }
     }
+    if echo && guest == Guest::Bare {
+        // A human watching the console (or a detached instance's log)
+        // sees the result line there too, as the guest writes it.
+        cmdline.push_str(" isolab.console=1");
+    }
     args.extend(["--cmdline".into(), cmdline]);
     args.extend(disk_args(home, opts)?);
     args.extend([
@@ -414,7 +420,16 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
             protocol::tail(&r.serial, 10)
         ),
     };
-    let mut res = protocol::parse_output("microvm", &r.serial).map_err(|e| anyhow!("{e}"))?;
+    // The result line is in the guest's result page; the serial text
+    // only when the guest failed before writing it.
+    let output = match &r.result {
+        Some(text) if !r.serial.contains(text.as_str()) => {
+            let console = r.serial.strip_prefix(char::from(ports::READY_BYTE));
+            format!("{}{text}", console.unwrap_or(&r.serial))
+        }
+        _ => r.serial.clone(),
+    };
+    let mut res = protocol::parse_output("microvm", &output).map_err(|e| anyhow!("{e}"))?;
     res.metrics
         .extend(derive_metrics(&opts.scenario, &marks, &res.data));
     let mut report = InstanceReport::new(
@@ -429,10 +444,7 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     report.result = Some(serde_json::to_value(&res)?);
     report.notes = notes;
     report.derive();
-    Ok(Outcome {
-        report,
-        output: r.serial,
-    })
+    Ok(Outcome { report, output })
 }
 
 #[cfg(test)]

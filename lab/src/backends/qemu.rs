@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use isolab_abi::catalog::name as sc;
+use isolab_abi::ports;
 use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
@@ -168,10 +169,17 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     }
     let mut args = qemu_args(&guest, &cmdline, opts.vm.mem_mib(), opts.vm.vcpus);
     args.extend(disk_args);
+    // Guest RAM is a memfd shared with QEMU (its fd 3), so the harness
+    // reads the guest's result page after QEMU has exited, as our monitor
+    // reads its own guest memory: no serial port in the timed window. A
+    // memfd leaves no file behind, however isolab ends.
+    let ram = guest_ram_memfd()?;
+    args.extend(ram_backend_args(opts.vm.mem_mib()));
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&qemu);
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
+    pass_as_fd3(&mut cmd, &ram);
     let mut child = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
@@ -207,14 +215,13 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        serial.extend_from_slice(&buf[..n]);
-        if ready.is_none()
-            && serial
-                .windows(protocol::RESULT_PREFIX.len())
-                .any(|w| w == protocol::RESULT_PREFIX.as_bytes())
-        {
+        // The guest's one ready byte is its first serial output.
+        if ready.is_none() && buf[..n].contains(&ports::READY_BYTE) {
             ready = Some(monotonic_ns());
             rss_at_ready = rss_of(pid);
+        }
+        if serial.len() < crate::capture::KEEP_BYTES {
+            serial.extend_from_slice(&buf[..n]);
         }
     }
     let status = child.wait()?;
@@ -232,7 +239,17 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             protocol::tail(&serial, 10)
         )
     })?;
-    let mut res = protocol::parse_output("qemu", &serial).map_err(|e| anyhow!("{e}"))?;
+    let output = match read_result_page(&ram) {
+        Some(text) => format!(
+            "{}{text}",
+            serial
+                .strip_prefix(char::from(ports::READY_BYTE))
+                .unwrap_or(&serial)
+        ),
+        None => serial.clone(),
+    };
+    drop(ram);
+    let mut res = protocol::parse_output("qemu", &output).map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
     let mut marks = vec![
         Mark::new(Stage::Launch.name(), launch),
@@ -250,12 +267,60 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     report.marks = marks;
     report.memory_bytes = memory;
     report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's result line on QEMU's serial output (QEMU has no boot-marker port, so no in-guest rates such as disk.read_rate)".into()];
+    report.notes = vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's one ready byte on QEMU's serial output (QEMU has no boot-marker port, so no in-guest rates such as disk.read_rate); the result is read from the guest's RAM (a shared memfd) after QEMU has exited".into()];
     report.derive();
-    Ok(Outcome {
-        report,
-        output: serial,
-    })
+    Ok(Outcome { report, output })
+}
+
+fn guest_ram_memfd() -> Result<std::fs::File> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(c"isolab-qemu-ram", MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| anyhow!("creating the memfd for QEMU's guest RAM: {e}"))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// QEMU's RAM from the file at its fd 3 (see `pass_as_fd3`), shared.
+fn ram_backend_args(mem_mib: u64) -> Vec<String> {
+    vec![
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=isolab-ram,size={mem_mib}M,mem-path=/proc/self/fd/3,share=on"
+        ),
+        "-machine".into(),
+        "memory-backend=isolab-ram".into(),
+    ]
+}
+
+/// Gives the child `file` as its fd 3 (not close-on-exec there).
+fn pass_as_fd3(cmd: &mut std::process::Command, file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = file.as_raw_fd();
+    // SAFETY: runs in the forked child before exec; dup2 of an fd we own
+    // onto 3 (dup2 clears close-on-exec on the copy), or, when the file is
+    // fd 3 already (dup2 is then a no-op), clearing close-on-exec itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The result page's text in QEMU's guest RAM (guest-physical addresses
+/// below 3 GiB are file offsets on `microvm`).
+fn read_result_page(ram: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut page = vec![0u8; ports::RESULT_PAGE_SIZE];
+    ram.read_exact_at(&mut page, ports::RESULT_PAGE).ok()?;
+    ports::result_text(&page).map(|t| String::from_utf8_lossy(t).into_owned())
 }
 
 #[cfg(test)]

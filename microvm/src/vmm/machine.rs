@@ -164,6 +164,9 @@ pub struct VmReport {
     pub exit_code: Option<u8>,
     pub serial: String,
     pub serial_dropped: u64,
+    /// The text the guest left in its result page (`ports::RESULT_PAGE`).
+    #[serde(default)]
+    pub result: Option<String>,
     /// Guest RAM pages resident at exit (touched by guest or monitor).
     pub guest_touched_bytes: u64,
     /// Peak RSS of this process (VmHWM).

@@ -117,6 +117,7 @@ fn report(st: Stamps, run: Ran, seen: Seen) -> VmReport {
         exit_code: seen.exit_code,
         serial: seen.serial_text,
         serial_dropped: seen.serial_dropped,
+        result: seen.result,
         guest_touched_bytes: seen.guest_touched_bytes,
         process_peak_rss_bytes: seen.process_peak_rss_bytes,
         unhandled_pio: seen.unhandled_pio,

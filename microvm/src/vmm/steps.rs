@@ -110,6 +110,8 @@ pub(super) struct Seen {
     pub(super) serial_dropped: u64,
     pub(super) serial_seen: Vec<(String, u64)>,
     pub(super) serial_text: String,
+    /// The guest's result page's text, if it wrote one.
+    pub(super) result: Option<String>,
     pub(super) disk_stats: Vec<crate::devices::virtio::block::BlockStats>,
 }
 
@@ -128,8 +130,10 @@ impl Devices {
             let s = self.serial.lock().unwrap_or_else(|p| p.into_inner());
             (s.0.writer().dropped, s.0.writer().seen.clone())
         };
+        // Resident pages are counted before the result page is read.
+        let guest_touched_bytes = resident_bytes(mem);
         Seen {
-            guest_touched_bytes: resident_bytes(mem),
+            guest_touched_bytes,
             process_peak_rss_bytes: peak_rss(),
             unhandled_pio: self.pio.unhandled().writes + self.pio.unhandled().reads,
             guest_marks,
@@ -141,6 +145,7 @@ impl Devices {
                 &self.captured.lock().unwrap_or_else(|p| p.into_inner()),
             )
             .into_owned(),
+            result: read_result_page(mem),
             disk_stats: self
                 .disks
                 .iter()
@@ -148,6 +153,16 @@ impl Devices {
                 .collect(),
         }
     }
+}
+
+/// The text of the guest's result page (`ports::RESULT_PAGE`), read once
+/// the vCPUs have stopped; `None` when the guest wrote none.
+fn read_result_page(mem: &GuestMemoryMmap) -> Option<String> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut page = vec![0u8; crate::ports::RESULT_PAGE_SIZE];
+    mem.read_slice(&mut page, GuestAddress(crate::ports::RESULT_PAGE))
+        .ok()?;
+    crate::ports::result_text(&page).map(|t| String::from_utf8_lossy(t).into_owned())
 }
 
 pub(super) fn create_vcpus(
