@@ -507,6 +507,36 @@ fn a_killed_isolab_leaves_no_monitor_running() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let vmm = monitor().expect("the monitor never started");
+    // The harness started it in a cgroup of its own, limited to the
+    // guest's RAM (64 MiB) plus the stated overhead.
+    let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    let memory_dir = cgroup
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            match ctl {
+                "memory" => Some(format!("/sys/fs/cgroup/memory{path}")),
+                "" if !cgroup.contains(":memory:") => Some(format!("/sys/fs/cgroup{path}")),
+                _ => None,
+            }
+        })
+        .expect("the monitor is in a memory cgroup");
+    assert!(memory_dir.contains("/isolab/"), "{memory_dir}");
+    let limit_file = ["memory.limit_in_bytes", "memory.max"]
+        .iter()
+        .map(|f| format!("{memory_dir}/{f}"))
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap();
+    let limit: u64 = std::fs::read_to_string(&limit_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        limit,
+        (64 << 20) + isolab_lab::backends::monitor_cgroup::OVERHEAD_BYTES
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let t = Instant::now();
@@ -520,6 +550,13 @@ fn a_killed_isolab_leaves_no_monitor_running() {
     assert!(
         state.is_empty() || state.contains(") Z"),
         "isolab-vmm outlived the isolab that ran it: {state}"
+    );
+    // What the killed isolab could not remove, prune does.
+    let o = cmd(&h).arg("prune").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !std::path::Path::new(&memory_dir).exists(),
+        "prune left {memory_dir}"
     );
 }
 
@@ -617,4 +654,79 @@ fn prune_frees_the_layers_of_removed_images_but_not_in_use() {
         .unwrap()
         .status
         .success());
+}
+
+/// The monitor is jailed before the guest runs (Firecracker's jailer's
+/// way): seen from outside while a guest spins, it is `nobody` with no
+/// capability, no_new_privs and a seccomp filter, in a mount namespace of
+/// its own whose root is empty; `--no-jail` is root, for comparison.
+#[test]
+fn the_monitor_is_jailed_before_the_guest_runs() {
+    if !require("root", is_root()) || !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let vmm = std::path::Path::new(env!("CARGO_BIN_EXE_isolab")).with_file_name("isolab-vmm");
+    let status_of = |extra: &[&str]| {
+        let mut child = std::process::Command::new(&vmm)
+            .args(["--cmdline", "isolab.scenario=hang", "--timeout", "20"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // The jail is entered before the first guest instruction; a
+        // hanging guest means the monitor is past it.
+        let t = Instant::now();
+        let mut status = String::new();
+        while t.elapsed() < Duration::from_secs(10) {
+            status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if threads > 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let root_entries: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let own_mnt_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+            != std::fs::read_link("/proc/self/ns/mnt").ok();
+        child.kill().unwrap();
+        let o = child.wait_with_output().unwrap();
+        (status, root_entries, own_mnt_ns, stderr(&o))
+    };
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let (status, root, own_ns, err) = status_of(&[]);
+    assert_eq!(field(&status, "Uid:"), "65534 65534 65534 65534", "{err}");
+    assert_eq!(field(&status, "Gid:"), "65534 65534 65534 65534");
+    assert_eq!(field(&status, "Groups:"), "");
+    assert_eq!(field(&status, "CapEff:"), "0000000000000000");
+    assert_eq!(field(&status, "CapPrm:"), "0000000000000000");
+    assert_eq!(field(&status, "NoNewPrivs:"), "1");
+    assert_eq!(
+        field(&status, "Seccomp:"),
+        "2",
+        "a seccomp filter is in force"
+    );
+    assert!(own_ns, "the monitor has its own mount namespace");
+    assert!(root.is_empty(), "the monitor's root is empty: {root:?}");
+
+    let (status, _, own_ns, _) = status_of(&["--no-jail"]);
+    assert_eq!(field(&status, "Uid:"), "0 0 0 0");
+    assert_eq!(field(&status, "Seccomp:"), "0");
+    assert!(!own_ns);
 }

@@ -45,6 +45,7 @@ fn bare_guest_startup_marks_in_order() {
         "vm_created",
         "memory",
         "kernel_loaded",
+        "jailed",
         "vcpus_ready",
         "first_entry",
         "kernel_entry",

@@ -25,6 +25,8 @@ pub enum Stage {
     VmCreated,
     Memory,
     KernelLoaded,
+    /// The monitor jailed itself (mount namespace, user, seccomp).
+    Jailed,
     VcpusReady,
     FirstEntry,
     // The guest: the bare guest's marks, a Linux kernel's console lines.
@@ -50,7 +52,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order phases are shown.
-    pub const ALL: [Stage; 28] = [
+    pub const ALL: [Stage; 29] = [
         Stage::Launch,
         Stage::Clone,
         Stage::Rootfs,
@@ -64,6 +66,7 @@ impl Stage {
         Stage::VmCreated,
         Stage::Memory,
         Stage::KernelLoaded,
+        Stage::Jailed,
         Stage::VcpusReady,
         Stage::FirstEntry,
         Stage::KernelEntry,
@@ -97,6 +100,7 @@ impl Stage {
             Stage::VmCreated => "vm_created",
             Stage::Memory => "memory",
             Stage::KernelLoaded => "kernel_loaded",
+            Stage::Jailed => "jailed",
             Stage::VcpusReady => "vcpus_ready",
             Stage::FirstEntry => "first_entry",
             Stage::KernelEntry => "kernel_entry",

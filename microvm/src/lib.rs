@@ -8,6 +8,7 @@
 //! `build.rs` and embedded as [`BARE_GUEST`].
 pub mod arch;
 pub mod devices;
+pub mod jail;
 pub mod kernel;
 pub mod vcpu;
 pub mod vmm;

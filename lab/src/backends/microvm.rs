@@ -13,6 +13,7 @@ use isolab_microvm::vmm;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
 
+use super::monitor_cgroup::{unrecorded_id, MonitorCgroup, OVERHEAD_BYTES};
 use crate::backend::{Attach, Backend, Guest, InstanceSpec, Kind, Outcome, Unavailable};
 use crate::clock::monotonic_ns;
 use crate::home::Home;
@@ -61,6 +62,11 @@ impl Backend for MicroVm {
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         boot(home, spec, false, false)
+    }
+    /// A monitor whose owner is gone is ended through its cgroup.
+    fn kill_stale(&self, home: &Home, id: &str) -> bool {
+        super::container::layout()
+            .is_ok_and(|l| isolab_runtime::cgroups::kill_named(&l, &home.cgroup_name(id)))
     }
     fn run_attached(
         &self,
@@ -332,12 +338,17 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
     })?;
+    // The monitor's own cgroup, named after its record when it has one
+    // (so `stop`/`rm` act on it), made before the launch as QEMU's is.
+    let id = opts.record.clone().unwrap_or_else(|| unrecorded_id("vm"));
+    let cgroup = MonitorCgroup::create(home, &id, opts.vm.mem_mib())?;
     // launch = the spawn of the monitor process, after the harness's own
     // preparation (e.g. a Linux guest's initramfs), as for QEMU.
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&vmm);
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
+    cgroup.join_on_spawn(&mut cmd);
     let mut child = cmd
         .args(&args)
         .stdin(if interactive {
@@ -370,6 +381,15 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
         .unwrap_or_default();
     let status = child.wait()?;
     let reaped = monotonic_ns();
+    let cgroup_peak = cgroup.peak_bytes();
+    if cgroup.oom_killed() {
+        bail!(
+            "the monitor went over its memory limit ({} MiB of guest RAM + {} MiB) and was killed",
+            opts.vm.mem_mib(),
+            OVERHEAD_BYTES >> 20
+        );
+    }
+    drop(cgroup);
     if !status.success() {
         let msg = stderr.trim().trim_start_matches("isolab-vmm: ");
         bail!(
@@ -398,6 +418,9 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     let mut memory = BTreeMap::new();
     memory.insert("guest_touched".to_owned(), r.guest_touched_bytes);
     memory.insert("monitor_peak_rss".to_owned(), r.process_peak_rss_bytes);
+    if let Some(p) = cgroup_peak {
+        memory.insert("instance_cgroup_peak".to_owned(), p);
+    }
     memory.insert(
         "monitor_rss_beyond_guest".to_owned(),
         r.process_peak_rss_bytes

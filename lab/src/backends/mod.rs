@@ -3,9 +3,11 @@
 //! * [`container`]: the lab's own namespace container runtime;
 //! * [`oci`]: crun and runc, from an OCI bundle the lab writes;
 //! * [`microvm`]: the lab's own KVM monitor, `isolab-vmm`;
-//! * [`qemu`]: `qemu-system-x86_64 -M microvm`.
+//! * [`qemu`]: `qemu-system-x86_64 -M microvm`;
+//! * [`monitor_cgroup`]: the cgroup either monitor is started in.
 pub mod container;
 pub mod microvm;
+pub mod monitor_cgroup;
 pub mod oci;
 pub mod qemu;
 

@@ -9,6 +9,7 @@ use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
 
+use super::monitor_cgroup::{unrecorded_id, MonitorCgroup};
 use crate::backend::{Attach, Backend, Guest, InstanceSpec, Kind, Outcome, Unavailable};
 use crate::clock::monotonic_ns;
 use crate::home::Home;
@@ -173,12 +174,14 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     // reads the guest's result page after QEMU has exited, as our monitor
     // reads its own guest memory: no serial port in the timed window. A
     // memfd leaves no file behind, however isolab ends.
+    let cgroup = MonitorCgroup::create(home, &unrecorded_id("qemu"), opts.vm.mem_mib())?;
     let ram = guest_ram_memfd()?;
     args.extend(ram_backend_args(opts.vm.mem_mib()));
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&qemu);
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
+    cgroup.join_on_spawn(&mut cmd);
     pass_as_fd3(&mut cmd, &ram);
     let mut child = cmd
         .args(&args)
@@ -249,6 +252,8 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         None => serial.clone(),
     };
     drop(ram);
+    let cgroup_peak = cgroup.peak_bytes();
+    drop(cgroup);
     let mut res = protocol::parse_output("qemu", &output).map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
     let mut marks = vec![
@@ -261,6 +266,9 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     let mut memory = BTreeMap::new();
     if let Some(r) = rss_at_ready {
         memory.insert("monitor_rss_at_ready".to_owned(), r);
+    }
+    if let Some(p) = cgroup_peak {
+        memory.insert("instance_cgroup_peak".to_owned(), p);
     }
     let mut report = InstanceReport::new("qemu", "bare", &opts.scenario, format!("qemu-{pid}"));
     report.exit_code = code;

@@ -6,9 +6,14 @@
 //! depends on the monitor crate only — no argument-parsing or logging
 //! framework — to stay small.
 //!
+//! Before the guest runs, the monitor jails itself (see
+//! `isolab_microvm::jail`): an empty read-only root in its own mount
+//! namespace, the user `nobody`, a seccomp allow-list. `--no-jail` is for
+//! debugging, and for measuring what the jail costs.
+//!
 //! Usage: `isolab-vmm [--kernel PATH] [--initrd PATH] [--cmdline STR]
 //! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit] [--interactive]
-//! [--disk PATH | --disk-ro PATH]…`; prints one JSON
+//! [--disk PATH | --disk-ro PATH]… [--no-jail]`; prints one JSON
 //! `VmReport` on stdout, or one sentence on stderr and exits 1.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +22,10 @@ use std::time::Duration;
 use isolab_microvm::vmm::{self, KernelImage, VmConfig};
 
 fn parse(args: &[String]) -> Result<VmConfig, String> {
-    let mut cfg = VmConfig::default();
+    let mut cfg = VmConfig {
+        jail: true,
+        ..VmConfig::default()
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -53,6 +61,7 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             "--pvh" => cfg.pvh = true,
             "--no-unpack" => cfg.unpack_bzimage = false,
             "--interactive" => cfg.serial_input = true,
+            "--no-jail" => cfg.jail = false,
             "--kvm-device" => cfg.kvm_device = PathBuf::from(val()?),
             "--disk" | "--disk-ro" => cfg.disks.push(vmm::DiskConfig {
                 path: PathBuf::from(val()?),

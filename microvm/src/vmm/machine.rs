@@ -72,6 +72,8 @@ pub enum VmmError {
     Vcpu(String),
     #[error("vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
 pub(super) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -124,6 +126,10 @@ pub struct VmConfig {
     /// mode, paging off, `hvm_start_info` in rbx) instead of the Linux
     /// 64-bit entry.
     pub pvh: bool,
+    /// Jail the calling process before the guest runs (see `crate::jail`).
+    /// `isolab-vmm` does; a library caller would jail itself, so the
+    /// default is off.
+    pub jail: bool,
 }
 
 impl Default for VmConfig {
@@ -146,6 +152,7 @@ impl Default for VmConfig {
             serial_input: false,
             disks: Vec::new(),
             pvh: false,
+            jail: false,
         }
     }
 }
@@ -167,6 +174,9 @@ pub struct VmReport {
     /// The text the guest left in its result page (`ports::RESULT_PAGE`).
     #[serde(default)]
     pub result: Option<String>,
+    /// How far the monitor jailed itself before the guest ran.
+    #[serde(default)]
+    pub jail: crate::jail::JailLevel,
     /// Guest RAM pages resident at exit (touched by guest or monitor).
     pub guest_touched_bytes: u64,
     /// Peak RSS of this process (VmHWM).
@@ -347,14 +357,14 @@ pub(super) fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
     total
 }
 
+/// Peak RSS of this process (VmHWM), from getrusage: the jailed monitor
+/// can open no file, /proc included.
 pub(super) fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
+    // SAFETY: getrusage fills a plain struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    ru.ru_maxrss as u64 * 1024
 }

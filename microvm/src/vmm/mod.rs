@@ -47,6 +47,14 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     st.mark(Stage::Memory);
     let entry = load_kernel(cfg, &mem)?;
     st.mark(Stage::KernelLoaded);
+    // Every host resource is open; the guest has not run yet.
+    let jail = if cfg.jail {
+        let level = crate::jail::enter()?;
+        st.mark(Stage::Jailed);
+        level
+    } else {
+        crate::jail::JailLevel::None
+    };
     let mut devices = attach_devices(cfg, &vm, &mem, blocks)?;
     let vcpus = create_vcpus(&kvm, &vm, cfg, entry)?;
     st.mark(Stage::VcpusReady);
@@ -61,7 +69,9 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     drop(vm);
     drop(kvm);
     st.mark(Stage::Teardown);
-    Ok(report(st, run, seen))
+    let mut r = report(st, run, seen);
+    r.jail = jail;
+    Ok(r)
 }
 
 fn open_disks(cfg: &VmConfig) -> Result<Vec<Block>, VmmError> {
@@ -118,6 +128,7 @@ fn report(st: Stamps, run: Ran, seen: Seen) -> VmReport {
         serial: seen.serial_text,
         serial_dropped: seen.serial_dropped,
         result: seen.result,
+        jail: crate::jail::JailLevel::None,
         guest_touched_bytes: seen.guest_touched_bytes,
         process_peak_rss_bytes: seen.process_peak_rss_bytes,
         unhandled_pio: seen.unhandled_pio,

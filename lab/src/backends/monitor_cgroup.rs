@@ -1,0 +1,109 @@
+//! The cgroup the harness starts a VM monitor in (`isolab-vmm` or QEMU).
+//!
+//! Firecracker's jailer puts each microVM in a cgroup of its own; so does
+//! the lab, for both monitors alike: the cgroup is made before the spawn,
+//! the monitor joins it between fork and exec (so everything it ever
+//! allocates is charged there, KVM's kernel memory included), its memory
+//! is limited to the guest's RAM plus [`OVERHEAD_BYTES`], and it is
+//! removed once the monitor is reaped — or by `prune`, if isolab itself
+//! was killed first, since it is named like an instance of this home.
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use isolab_runtime::cgroups::{Cgroup, Limits};
+
+use crate::home::Home;
+
+/// What a monitor may use beyond its guest's RAM: its own code and heap,
+/// KVM's page tables and vCPU state, the disk bounce buffer (64 KiB),
+/// QEMU's larger binary. Measured here: `isolab-vmm` ~4 MiB beyond the
+/// guest it touched, QEMU ~30 MiB; the limit leaves room above both.
+pub const OVERHEAD_BYTES: u64 = 96 << 20;
+
+/// A monitor's cgroup: created now, removed on drop (after killing
+/// whatever is left in it).
+pub struct MonitorCgroup {
+    cgroup: Cgroup,
+    /// `tasks` (v1) or `cgroup.procs` (v2) of each hierarchy, opened
+    /// before the spawn.
+    procs: Vec<std::fs::File>,
+}
+
+impl MonitorCgroup {
+    /// Makes the cgroup for instance `id` of `home`, limited to
+    /// `guest_mib` MiB plus the overhead.
+    pub fn create(home: &Home, id: &str, guest_mib: u64) -> Result<MonitorCgroup> {
+        let layout = super::container::layout()?;
+        let limits = Limits {
+            memory_bytes: Some((guest_mib << 20) + OVERHEAD_BYTES),
+            pids: Some(256),
+            cpus: None,
+        };
+        let cgroup = Cgroup::create(&layout, &home.cgroup_name(id), &limits)
+            .context("making the monitor's cgroup")?;
+        let procs = cgroup
+            .paths()
+            .iter()
+            .map(|d| {
+                // v1: the thread's `tasks`, not `cgroup.procs`. The child
+                // is one thread between fork and exec, so it is the whole
+                // process, and a thread move does not take the kernel's
+                // thread-group lock, whose first writer waits out an RCU
+                // grace period (~12 ms a start here).
+                let file = match cgroup.mode() {
+                    isolab_runtime::cgroups::CgroupMode::V2 => "cgroup.procs",
+                    _ => "tasks",
+                };
+                let p = d.join(file);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .with_context(|| format!("opening {}", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MonitorCgroup { cgroup, procs })
+    }
+
+    /// Makes the spawned monitor join the cgroup before it execs.
+    pub fn join_on_spawn(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let fds: Vec<RawFd> = self.procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: runs in the forked child before exec; write(2) of a
+        // constant to fds this process holds open.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The cgroup's peak memory charge so far.
+    pub fn peak_bytes(&self) -> Option<u64> {
+        self.cgroup.stats().memory_peak_bytes
+    }
+
+    /// Whether the kernel's OOM killer acted in the cgroup.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.stats().oom_kills.unwrap_or(0) > 0
+    }
+}
+
+impl Drop for MonitorCgroup {
+    fn drop(&mut self) {
+        self.cgroup.kill_all();
+        self.cgroup.destroy();
+    }
+}
+
+/// A name for a monitor instance that has no record: unique on this host.
+pub fn unrecorded_id(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
