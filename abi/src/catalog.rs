@@ -28,6 +28,7 @@ pub mod name {
     pub const HANG: &str = "hang";
     pub const FLOOD: &str = "flood";
     pub const UNKNOWN_IO: &str = "unknown-io";
+    pub const HOSTILE_IO: &str = "hostile-io";
     pub const FAULT: &str = "fault";
     /// The pseudo-scenario under which disk-footprint samples are filed.
     pub const DISK_FOOTPRINT: &str = "disk";
@@ -288,6 +289,19 @@ pub const CATALOG: &[Scenario] = &[
         bench_default: false,
         benchable: false,
         params: &[],
+        metrics: &[],
+    },
+    Scenario {
+        name: name::HOSTILE_IO,
+        about: "hammer every port and the virtio windows with random values (tests the monitor)",
+        guests: BARE,
+        bench_default: false,
+        benchable: false,
+        params: &[
+            p("seed", "the random generator's seed", None),
+            p("ports", "how many ports from 0 to hammer", None),
+            p("n", "random accesses per virtio window", None),
+        ],
         metrics: &[],
     },
     Scenario {

@@ -469,6 +469,7 @@ extern "C" fn workload(_: u64) -> ! {
             serial_bytes(b"flood flood flood flood flood flood flood flood flood flood\n");
         },
         sc::UNKNOWN_IO => unknown_io_scenario(&params),
+        sc::HOSTILE_IO => hostile_io_scenario(&params),
         sc::FAULT => {
             // Ring 3 with no IDT: the #UD cannot be delivered, the VM shuts
             // down (a triple fault on hardware; under PVM, any fault).
@@ -596,6 +597,137 @@ fn unknown_io_scenario(_params: &Params) {
         put_u64(v as u64);
         put(",");
     }
+}
+
+/// xorshift64*: the hostile scenario's random numbers.
+fn next_random(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A hostile guest, for the monitor's tests: every port from 0 to
+/// `isolab.ports` (but the i8042's reset and the exit port) read and
+/// written with random bytes, then `isolab.n` random accesses to each
+/// virtio window on the command line (and the window after it, where no
+/// device may be). Register offsets favour the ones that matter (status,
+/// queue select/size/ready/notify, ring addresses), values are random or
+/// small, and ring addresses point as often as not into a MiB of random
+/// bytes: descriptor loops, wrapped and jumping indices, aliased buffers,
+/// rings past the end of memory. The monitor must answer or reset the
+/// device, and never panic or grow.
+fn hostile_io_scenario(params: &Params) {
+    let mut x = arg_u64(params.cmdline, b"isolab.seed", 0x9e37_79b9_7f4a_7c15) | 1;
+    let ports = arg_u64(params.cmdline, b"isolab.ports", 0x1000).min(0x1_0000);
+    let n = arg_u64(params.cmdline, b"isolab.n", 2000);
+    mark(ports::MARK_WORK_START);
+    let mut port_accesses = 0u64;
+    for port in 0..ports {
+        let port = port as u16;
+        if port == 0x64 || port == ports::EXIT_PORT {
+            continue;
+        }
+        outb(port, next_random(&mut x) as u8);
+        let _ = inb(port);
+        port_accesses += 2;
+    }
+    // Random rings to point queues at: 1 MiB at 48 MiB (guest RAM is at
+    // least 64 MiB here; the test asks for it).
+    let junk: u64 = 48 << 20;
+    // Each 16 bytes read as a descriptor, as a ring entry or as an index:
+    // mostly inside the junk (so chains are followed: loops, aliases,
+    // indirect tables), sometimes anywhere at all.
+    for off in (0..(1u64 << 20)).step_by(16) {
+        let r = next_random(&mut x);
+        let addr = if r & 7 == 0 { next_random(&mut x) } else { junk + ((r >> 4) & 0xf_fff0) };
+        let len = if r & 0x70 == 0 { r >> 32 } else { (r >> 24) & 0x3fff };
+        let flags = (r >> 44) & 7;
+        let next = (r >> 48) & 0xff;
+        // SAFETY: guest RAM, identity-mapped, used by nothing else.
+        unsafe {
+            core::ptr::write_volatile((junk + off) as *mut u64, addr);
+            core::ptr::write_volatile((junk + off + 8) as *mut u64, len | flags << 32 | next << 48);
+        }
+    }
+    const REGS: [u64; 16] = [
+        0x70, 0x70, 0x30, 0x38, 0x44, 0x50, 0x50, 0x80, 0x84, 0x90, 0x94, 0xa0, 0xa4, 0x14, 0x20,
+        0x24,
+    ];
+    let mut mmio_accesses = 0u64;
+    for base in virtio_bases(params.cmdline) {
+        for window in [base, base + 0x1000] {
+            // SAFETY (both closures): the window is mapped uncached by
+            // guest_main; MMIO exits the monitor answers.
+            let wr = |off: u64, v: u64| unsafe {
+                core::ptr::write_volatile((window + off) as *mut u32, v as u32)
+            };
+            for i in 0..n {
+                // Every 50th access, a driver's handshake done right, with
+                // a random queue size and the rings in the random bytes,
+                // then notifies: the device's request path, fed garbage.
+                if i % 50 == 0 {
+                    let r = next_random(&mut x);
+                    let avail = junk + ((r >> 20) & 0xf_f000);
+                    // A small available index, so the device reads the
+                    // entries (and the descriptors they name).
+                    // SAFETY: inside the junk MiB.
+                    unsafe { core::ptr::write_volatile((avail + 2) as *mut u16, (r >> 56) as u16 & 7) };
+                    for (off, v) in [
+                        (0x70, 0),
+                        (0x70, 1),
+                        (0x70, 3),
+                        (0x24, 1),
+                        (0x20, 1),
+                        (0x70, 11),
+                        (0x30, 0),
+                        (0x38, 1 << (r & 7)),
+                        (0x80, junk + ((r >> 8) & 0xf_f000)),
+                        (0x90, avail),
+                        (0xa0, junk + ((r >> 32) & 0xf_f000)),
+                        (0x44, 1),
+                        (0x70, 15),
+                        (0x50, 0),
+                        (0x50, 0),
+                    ] {
+                        wr(off, v);
+                        mmio_accesses += 1;
+                    }
+                    continue;
+                }
+                let r = next_random(&mut x);
+                let off = if r & 3 != 0 {
+                    REGS[((r >> 2) & 15) as usize]
+                } else {
+                    (r >> 8) & 0x1fc
+                };
+                let v = match (r >> 20) & 3 {
+                    0 => (r >> 32) & 7,
+                    1 => junk + ((r >> 24) & 0xf_fff0),
+                    2 => 1,
+                    _ => r >> 32,
+                };
+                let at = (window + off) as *mut u32;
+                // SAFETY: a device window the command line announced (or
+                // the one after it), mapped uncached by guest_main: MMIO
+                // exits the monitor answers, nothing in guest RAM.
+                unsafe {
+                    if (r >> 40) & 7 == 0 {
+                        let _ = core::ptr::read_volatile(at);
+                    } else {
+                        core::ptr::write_volatile(at, v as u32);
+                    }
+                }
+                mmio_accesses += 1;
+            }
+        }
+    }
+    mark(ports::MARK_WORK_END);
+    put("\"port_accesses\":");
+    put_u64(port_accesses);
+    put(",\"mmio_accesses\":");
+    put_u64(mmio_accesses);
+    put(",");
 }
 
 /// Writes to the no-op port `isolab.exits` times: what one exit costs.

@@ -217,4 +217,44 @@ mod tests {
         }
         assert!(dev.0.writer().seen.iter().any(|s| s.0 == "kernel_start"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any port traffic to the serial port, the i8042 and the lab's
+        /// ports — any offset, width, value, read or write — never panics,
+        /// keeps what the monitor stores bounded, and only the i8042's
+        /// reset command ends the VM.
+        #[test]
+        fn arbitrary_port_traffic_is_answered_and_bounded(
+            accesses in proptest::collection::vec(
+                (0u8..3, 0u64..16, 0usize..5, proptest::prelude::any::<u64>(), proptest::prelude::any::<bool>()),
+                1..400),
+        ) {
+            let captured = Arc::new(Mutex::new(Vec::new()));
+            let sink = SerialSink { echo: None, captured: captured.clone(), limit: 64, dropped: 0, seen: vec![] };
+            let mut serial = SerialDevice(Serial::new(
+                EventFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+                sink,
+            ));
+            let (mut kbd, mut lab) = (I8042, LabPorts::default());
+            for (dev, offset, width, value, is_read) in accesses {
+                let mut buf = value.to_le_bytes();
+                let buf = &mut buf[..width];
+                let d: &mut dyn BusDevice = match dev {
+                    0 => &mut serial,
+                    1 => &mut kbd,
+                    _ => &mut lab,
+                };
+                if is_read {
+                    d.read(offset, buf);
+                } else {
+                    let ev = d.write(offset, buf);
+                    let reset = dev == 1 && offset == 4 && buf.first() == Some(&0xfe);
+                    proptest::prop_assert_eq!(ev == VmEvent::Reset, reset);
+                }
+            }
+            proptest::prop_assert!(captured.lock().unwrap().len() <= 64);
+            proptest::prop_assert!(lab.marks.len() <= MAX_MARKS);
+        }
+    }
 }
