@@ -11,7 +11,9 @@
 //! 2. no supplementary groups, then the unprivileged user `nobody`
 //!    (65534): every capability goes, and the process stops being
 //!    dumpable (no other process of that user can ptrace it); `/dev/kvm`
-//!    needs no permission then, the open fd is what the monitor keeps;
+//!    needs no permission then, the open fd is what the monitor keeps.
+//!    The change of user clears the parent-death signal, so it is armed
+//!    again: a killed harness still takes its monitor with it;
 //! 3. `no_new_privs`, then a seccomp allow-list: only the system calls
 //!    the run loop and the devices make, `ioctl` only with KVM's request
 //!    type (and the terminal's), `clone` only for threads (`clone3`
@@ -68,8 +70,24 @@ fn step(step: &'static str) -> impl FnOnce(nix::Error) -> JailError {
 pub fn enter() -> Result<JailLevel, JailError> {
     let root = nix::unistd::geteuid().is_root();
     if root {
+        // A change of user clears the parent-death signal (the kernel's
+        // rule): the harness's "die with me" would be lost, and a killed
+        // isolab would leave its monitor running. Re-arm it, then check
+        // the parent did not die in between.
+        let mut pdeath: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int.
+        unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeath as *mut libc::c_int) };
+        let parent = nix::unistd::getppid();
         private_root()?;
         drop_user(NOBODY, NOBODY)?;
+        if pdeath != 0 {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeath as libc::c_ulong) };
+            if nix::unistd::getppid() != parent {
+                // SAFETY: _exit ends this process only.
+                unsafe { libc::_exit(1) };
+            }
+        }
     }
     install_sigsys_handler();
     let programs = filters().map_err(|e| JailError {
