@@ -116,3 +116,100 @@ fn two_hundred_microvms_leave_nothing() {
     }
     soak("microvm", 200, &InstanceSpec::default());
 }
+
+/// Processes on the host that belong to `home`: a container's (its root
+/// is under the home) or a monitor's (its command line carries `marker`).
+fn processes_of(home: &std::path::Path, marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            if stat.contains(") Z") {
+                return false;
+            }
+            let root = std::fs::read_link(e.path().join("root")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            root.starts_with(home)
+                || cmdline
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+        })
+        .count()
+}
+
+/// `isolab run` SIGKILLed at random moments during 100 starts —
+/// containers and microVMs in turn — then `prune`: no instance dir,
+/// cgroup, mount or process of the home is left.
+#[test]
+fn sigkill_during_a_hundred_starts_then_prune_leaves_nothing() {
+    if !require("root", is_root()) || !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = home();
+    let home = Home::new(dir.path());
+    let isolab = || {
+        let mut c = isolab();
+        c.env("ISOLAB_HOME", dir.path());
+        c.stdout(std::process::Stdio::null());
+        c.stderr(std::process::Stdio::null());
+        c
+    };
+    // Build the image first, so kills land in starts, not in a build.
+    assert!(isolab()
+        .args(["image", "build"])
+        .status()
+        .unwrap()
+        .success());
+    let marker = "isolab.n=4000000007";
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut finished = 0;
+    let t = Instant::now();
+    for i in 0..100 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = std::time::Duration::from_micros(x % 60_000);
+        let mut c = isolab();
+        c.arg("run");
+        if i % 2 == 0 {
+            c.args(["--scenario", "idle", "--param", "hold_ms=5000"]);
+        } else {
+            c.args(["--backend", "microvm", "--scenario", "spin"]);
+            c.args(["--param", "n=4000000007", "--timeout", "60"]);
+        }
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_some() {
+            finished += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    // What a SIGKILLed isolab could not clean up, prune does; give dying
+    // processes a moment to be reaped first.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = isolab().arg("prune").output().unwrap();
+    assert!(o.status.success(), "prune: {}", stderr(&o));
+    let left = (
+        std::fs::read_dir(home.instances_dir())
+            .map(|r| r.count())
+            .unwrap_or(0),
+        cgroups_of(&home),
+        mounts_under(dir.path()),
+        processes_of(dir.path(), marker),
+    );
+    let line = format!(
+        "sigkill: 100 starts killed at random moments (0-60 ms; {finished} had already ended) in {secs:.1} s, then prune; left: {} instance dirs, {} cgroups, {} mounts, {} processes\n",
+        left.0, left.1, left.2, left.3
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    assert_eq!(
+        left,
+        (0, 0, 0, 0),
+        "leftovers (dirs, cgroups, mounts, processes)"
+    );
+}
