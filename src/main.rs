@@ -90,15 +90,15 @@ enum Command {
     Report {
         /// Run directory (default: the newest under --results).
         run: Option<PathBuf>,
-        #[arg(long, default_value = "results")]
+        #[arg(long, default_value_os_t = project_dir("results"))]
         results: PathBuf,
         /// The book's directory; output goes to <book-dir>/src/generated.
-        #[arg(long, default_value = "book")]
+        #[arg(long, default_value_os_t = project_dir("book"))]
         book_dir: PathBuf,
     },
     /// Build the HTML book (after `isolab report`).
     Book {
-        #[arg(long, default_value = "book")]
+        #[arg(long, default_value_os_t = project_dir("book"))]
         book_dir: PathBuf,
     },
     /// Compare two runs (directories or run ids) and flag significant changes.
@@ -106,14 +106,14 @@ enum Command {
         run_a: PathBuf,
         run_b: PathBuf,
         /// Where run ids are looked up.
-        #[arg(long, default_value = "results")]
+        #[arg(long, default_value_os_t = project_dir("results"))]
         results: PathBuf,
     },
     /// The lab's main job: doctor, bench, report and book, in one go.
     Lab {
         #[command(flatten)]
         bench: BenchArgs,
-        #[arg(long, default_value = "book")]
+        #[arg(long, default_value_os_t = project_dir("book"))]
         book_dir: PathBuf,
     },
     /// Write the embedded static isolab-agent to a file.
@@ -309,7 +309,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     warmup: u32,
     /// Where run directories go.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value_os_t = project_dir("results"))]
     results: PathBuf,
     /// Image to run.
     #[arg(long, default_value = images::DEFAULT_IMAGE)]
@@ -486,8 +486,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `isolab lab`: bench, probes, report and book in one go.
+/// Where `results/` and `book/` are by default: the current directory when
+/// it is an isolab checkout, else the checkout this binary was built from
+/// (the book includes the project's own sources, so it is built there).
+fn project_dir(name: &str) -> PathBuf {
+    let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !std::path::Path::new("book/book.toml").is_file()
+        && built_from.join("book/book.toml").is_file()
+    {
+        built_from.join(name)
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 fn lab_cmd(home: &Home, bench: BenchArgs, book_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     require_root("the lab")?;
+    // Before a bench run that the book could then not show.
+    report::check_book_sources(book_dir)?;
     selfprotect::ensure_sealed()?;
     let (ok, dir) = bench::run(home, bench.options()?)?;
     // The probe matrix joins the run's samples.

@@ -10,7 +10,7 @@ pub mod compare;
 mod run;
 mod sections;
 
-pub use book::build_book;
+pub use book::{build_book, check_book_sources};
 pub use compare::{compare, Change};
 pub use run::{host_note, latest_run, load_run, Run, FIRECRACKER_OVERHEAD_KIB, REFERENCES};
 pub use sections::generate;
