@@ -632,3 +632,23 @@ fn detached_microvm_lifecycle() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The monitor's peak RSS is its own, not its parent's: getrusage's
+/// `ru_maxrss` would carry the high-water mark of the image before
+/// `execve` (here a parent holding 256 MiB).
+#[test]
+fn the_monitors_peak_rss_is_not_its_parents() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let ballast = vec![1u8; 256 << 20];
+    let o = vmm()
+        .args(["--cmdline", "isolab.scenario=startup"])
+        .output()
+        .unwrap();
+    std::hint::black_box(&ballast);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rss = r["process_peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 0 && rss < 64 << 20, "peak RSS {rss}");
+}

@@ -49,6 +49,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     st.mark(Stage::KernelLoaded);
     // Every host resource is open; the guest has not run yet.
     let jail = if cfg.jail {
+        machine::open_proc_status();
         let level = crate::jail::enter()?;
         st.mark(Stage::Jailed);
         level
