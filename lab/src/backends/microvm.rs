@@ -13,7 +13,7 @@ use isolab_microvm::vmm;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
 
-use super::monitor_cgroup::{unrecorded_id, MonitorCgroup, OVERHEAD_BYTES};
+use super::monitor_cgroup::{unrecorded_id, MonitorCgroup};
 use crate::backend::{Attach, Backend, Guest, InstanceSpec, Kind, Outcome, Unavailable};
 use crate::clock::monotonic_ns;
 use crate::home::Home;
@@ -381,15 +381,7 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
         .unwrap_or_default();
     let status = child.wait()?;
     let reaped = monotonic_ns();
-    let cgroup_peak = cgroup.peak_bytes();
-    if cgroup.oom_killed() {
-        bail!(
-            "the monitor went over its memory limit ({} MiB of guest RAM + {} MiB) and was killed",
-            opts.vm.mem_mib(),
-            OVERHEAD_BYTES >> 20
-        );
-    }
-    drop(cgroup);
+    let cgroup_peak = cgroup.finish(opts.vm.mem_mib())?;
     if !status.success() {
         let msg = stderr.trim().trim_start_matches("isolab-vmm: ");
         bail!(

@@ -11,22 +11,22 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use isolab_runtime::cgroups::{Cgroup, Limits};
+use isolab_runtime::cgroups::{Cgroup, Join, Limits};
 
 use crate::home::Home;
 
 /// What a monitor may use beyond its guest's RAM: its own code and heap,
 /// KVM's page tables and vCPU state, the disk bounce buffer (64 KiB),
-/// QEMU's larger binary. Measured here: `isolab-vmm` ~4 MiB beyond the
-/// guest it touched, QEMU ~30 MiB; the limit leaves room above both.
+/// QEMU's larger binary. Measured here (run 20261205T075004Z-0b93ac):
+/// `isolab-vmm` ~2.5 MiB beyond the guest it touched, QEMU ~37 MiB in
+/// all; the limit leaves room above both.
 pub const OVERHEAD_BYTES: u64 = 96 << 20;
 
 /// A monitor's cgroup: created now, removed on drop (after killing
 /// whatever is left in it).
 pub struct MonitorCgroup {
     cgroup: Cgroup,
-    /// `tasks` (v1) or `cgroup.procs` (v2) of each hierarchy, opened
-    /// before the spawn.
+    /// `tasks` (v1) or `cgroup.procs` (v2), opened before the spawn.
     procs: Vec<std::fs::File>,
 }
 
@@ -42,26 +42,26 @@ impl MonitorCgroup {
         };
         let cgroup = Cgroup::create(&layout, &home.cgroup_name(id), &limits)
             .context("making the monitor's cgroup")?;
-        let procs = cgroup
-            .paths()
-            .iter()
-            .map(|d| {
-                // v1: the thread's `tasks`, not `cgroup.procs`. The child
-                // is one thread between fork and exec, so it is the whole
-                // process, and a thread move does not take the kernel's
-                // thread-group lock, whose first writer waits out an RCU
-                // grace period (~12 ms a start here).
-                let file = match cgroup.mode() {
-                    isolab_runtime::cgroups::CgroupMode::V2 => "cgroup.procs",
-                    _ => "tasks",
-                };
-                let p = d.join(file);
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .with_context(|| format!("opening {}", p.display()))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // v1: the thread's `tasks` files, as the container runtime joins.
+        // The child is one thread between fork and exec, so it is the whole
+        // process, and a thread move does not take the kernel's
+        // thread-group lock, whose first writer waits out an RCU grace
+        // period (~12 ms a start here, through `cgroup.procs`). v2: its
+        // `cgroup.procs` (the runtime's clone3 way does not fit a Command).
+        let procs = match cgroup.join_handle()? {
+            Join::SelfTasks(fds) => fds.into_iter().map(std::fs::File::from).collect(),
+            Join::IntoCgroup(_) => cgroup
+                .paths()
+                .iter()
+                .map(|d| {
+                    let p = d.join("cgroup.procs");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .with_context(|| format!("opening {}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
         Ok(MonitorCgroup { cgroup, procs })
     }
 
@@ -83,14 +83,19 @@ impl MonitorCgroup {
         }
     }
 
-    /// The cgroup's peak memory charge so far.
-    pub fn peak_bytes(&self) -> Option<u64> {
-        self.cgroup.stats().memory_peak_bytes
-    }
-
-    /// Whether the kernel's OOM killer acted in the cgroup.
-    pub fn oom_killed(&self) -> bool {
-        self.cgroup.stats().oom_kills.unwrap_or(0) > 0
+    /// Once the monitor is reaped: reads the cgroup once, removes it, and
+    /// returns its peak memory charge — or the one sentence saying the
+    /// monitor went over its limit, if the kernel's OOM killer acted.
+    pub fn finish(self, guest_mib: u64) -> Result<Option<u64>> {
+        let stats = self.cgroup.stats();
+        drop(self);
+        if stats.oom_kills.unwrap_or(0) > 0 {
+            anyhow::bail!(
+                "the monitor went over its memory limit ({guest_mib} MiB of guest RAM + {} MiB) and was killed",
+                OVERHEAD_BYTES >> 20
+            );
+        }
+        Ok(stats.memory_peak_bytes)
     }
 }
 

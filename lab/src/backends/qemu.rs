@@ -234,14 +234,6 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         .and_then(|t| t.join().ok())
         .unwrap_or_default();
     let serial = String::from_utf8_lossy(&serial).into_owned();
-    let code = qemu_guest_code(status.code()).ok_or_else(|| {
-        anyhow!(
-            "qemu ended without the guest's exit code ({status}; killed at the {:?} timeout?): {}\nlast serial output:\n{}",
-            opts.vm.timeout(),
-            stderr.trim(),
-            protocol::tail(&serial, 10)
-        )
-    })?;
     let output = match read_result_page(&ram) {
         Some(text) => format!(
             "{}{text}",
@@ -251,9 +243,18 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         ),
         None => serial.clone(),
     };
+    // The memfd's pages are charged to the cgroup: released first. An
+    // OOM kill is said before the missing exit code it causes.
     drop(ram);
-    let cgroup_peak = cgroup.peak_bytes();
-    drop(cgroup);
+    let cgroup_peak = cgroup.finish(opts.vm.mem_mib())?;
+    let code = qemu_guest_code(status.code()).ok_or_else(|| {
+        anyhow!(
+            "qemu ended without the guest's exit code ({status}; killed at the {:?} timeout?): {}\nlast serial output:\n{}",
+            opts.vm.timeout(),
+            stderr.trim(),
+            protocol::tail(&serial, 10)
+        )
+    })?;
     let mut res = protocol::parse_output("qemu", &output).map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
     let mut marks = vec![
