@@ -728,6 +728,20 @@ fn the_monitor_is_jailed_before_the_guest_runs() {
     assert!(own_ns, "the monitor has its own mount namespace");
     assert!(root.is_empty(), "the monitor's root is empty: {root:?}");
 
+    // A call outside the allow-list ends the monitor, in one sentence
+    // naming it (getuid is 102 on x86-64).
+    let o = std::process::Command::new(&vmm)
+        .args(["--cmdline", "isolab.scenario=startup"])
+        .env("ISOLAB_VMM_JAIL_SELFTEST", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "isolab-vmm: the jail refused system call 102; this is a monitor bug: report it (--no-jail confirms)\n"
+    );
+    assert!(o.stdout.is_empty(), "no report after a refused call");
+
     let (status, _, own_ns, _) = status_of(&["--no-jail"]);
     assert_eq!(field(&status, "Uid:"), "0 0 0 0");
     assert_eq!(field(&status, "Seccomp:"), "0");
