@@ -469,7 +469,7 @@ extern "C" fn workload(_: u64) -> ! {
             serial_bytes(b"flood flood flood flood flood flood flood flood flood flood\n");
         },
         sc::UNKNOWN_IO => unknown_io_scenario(&params),
-        sc::HOSTILE_IO => hostile_io_scenario(&params),
+        sc::HOSTILE_IO => ok = hostile_io_scenario(&params),
         sc::FAULT => {
             // Ring 3 with no IDT: the #UD cannot be delivered, the VM shuts
             // down (a triple fault on hardware; under PVM, any fault).
@@ -617,7 +617,13 @@ fn next_random(x: &mut u64) -> u64 {
 /// bytes: descriptor loops, wrapped and jumping indices, aliased buffers,
 /// rings past the end of memory. The monitor must answer or reset the
 /// device, and never panic or grow.
-fn hostile_io_scenario(params: &Params) {
+fn hostile_io_scenario(params: &Params) -> bool {
+    // The random rings live at 48 MiB: refuse a smaller guest rather
+    // than write past its RAM.
+    if params.ram_bytes < 49 << 20 {
+        put("\"error_detail\":\"hostile-io needs --mem 64 or more\",");
+        return false;
+    }
     let mut x = arg_u64(params.cmdline, b"isolab.seed", 0x9e37_79b9_7f4a_7c15) | 1;
     let ports = arg_u64(params.cmdline, b"isolab.ports", 0x1000).min(0x1_0000);
     let n = arg_u64(params.cmdline, b"isolab.n", 2000);
@@ -728,6 +734,7 @@ fn hostile_io_scenario(params: &Params) {
     put(",\"mmio_accesses\":");
     put_u64(mmio_accesses);
     put(",");
+    true
 }
 
 /// Writes to the no-op port `isolab.exits` times: what one exit costs.
