@@ -118,8 +118,9 @@ fn two_hundred_microvms_leave_nothing() {
 }
 
 /// Processes on the host that belong to `home`: a container's (its root
-/// is under the home) or a monitor's (its command line carries `marker`).
-fn processes_of(home: &std::path::Path, marker: &str) -> usize {
+/// is under the home) or any whose command line carries one of `markers`
+/// (an `isolab run`, its forked child before exec, the agent, a monitor).
+fn processes_of(home: &std::path::Path, markers: &[&str]) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -132,9 +133,9 @@ fn processes_of(home: &std::path::Path, marker: &str) -> usize {
             let root = std::fs::read_link(e.path().join("root")).unwrap_or_default();
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             root.starts_with(home)
-                || cmdline
-                    .windows(marker.len())
-                    .any(|w| w == marker.as_bytes())
+                || markers
+                    .iter()
+                    .any(|m| cmdline.windows(m.len()).any(|w| w == m.as_bytes()))
         })
         .count()
 }
@@ -163,7 +164,8 @@ fn sigkill_during_a_hundred_starts_then_prune_leaves_nothing() {
         .status()
         .unwrap()
         .success());
-    let marker = "isolab.n=4000000007";
+    // Values no other test uses, to find what these runs started.
+    let markers = ["hold_ms=5007", "n=4000000007"];
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut finished = 0;
     let t = Instant::now();
@@ -175,7 +177,7 @@ fn sigkill_during_a_hundred_starts_then_prune_leaves_nothing() {
         let mut c = isolab();
         c.arg("run");
         if i % 2 == 0 {
-            c.args(["--scenario", "idle", "--param", "hold_ms=5000"]);
+            c.args(["--scenario", "idle", "--param", "hold_ms=5007"]);
         } else {
             c.args(["--backend", "microvm", "--scenario", "spin"]);
             c.args(["--param", "n=4000000007", "--timeout", "60"]);
@@ -200,7 +202,7 @@ fn sigkill_during_a_hundred_starts_then_prune_leaves_nothing() {
             .unwrap_or(0),
         cgroups_of(&home),
         mounts_under(dir.path()),
-        processes_of(dir.path(), marker),
+        processes_of(dir.path(), &markers),
     );
     let line = format!(
         "sigkill: 100 starts killed at random moments (0-60 ms; {finished} had already ended) in {secs:.1} s, then prune; left: {} instance dirs, {} cgroups, {} mounts, {} processes\n",
