@@ -80,8 +80,29 @@ impl Backend for MicroVm {
         if tty && spec.vm.timeout.is_none() {
             spec.vm.timeout = Some(std::time::Duration::from_secs(3600));
         }
-        Ok(boot(home, &spec, true, keys)?.report.exit_code)
+        let o = boot(home, &spec, true, keys)?;
+        if spec.vm.guest() == Guest::Bare && !console_tee(&spec, keys) {
+            // As QEMU's attached run does: the result line once it is in.
+            if let Some(line) = o
+                .output
+                .lines()
+                .rev()
+                .find(|l| l.starts_with(protocol::RESULT_PREFIX))
+            {
+                println!("{line}");
+            }
+        }
+        Ok(o.report.exit_code)
     }
+}
+
+/// Whether a no-OS guest copies its result line to the console as it
+/// writes it (`isolab.console=1`): for a detached instance's log, and for
+/// someone typing into the guest. A plain foreground run gets the line
+/// printed at the end instead, so `isolab run --backend microvm` and
+/// `--backend qemu` pay the same guest work when timed as whole commands.
+fn console_tee(spec: &InstanceSpec, interactive: bool) -> bool {
+    spec.record.is_some() || interactive
 }
 
 /// Whether `/dev/kvm` can be opened here.
@@ -303,9 +324,7 @@ fn vmm_args(
             eprintln!("isolab: {w}");
         }
     }
-    if echo && guest == Guest::Bare {
-        // A human watching the console (or a detached instance's log)
-        // sees the result line there too, as the guest writes it.
+    if echo && guest == Guest::Bare && console_tee(opts, interactive) {
         cmdline.push_str(" isolab.console=1");
     }
     args.extend(["--cmdline".into(), cmdline]);
