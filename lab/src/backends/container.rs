@@ -64,7 +64,7 @@ impl Backend for Container {
         run_terminal(home, spec, tty, interactive)
     }
     fn kill_stale(&self, home: &Home, id: &str) -> bool {
-        layout().is_ok_and(|l| isolab_runtime::cgroups::kill_named(&l, &home.cgroup_name(id)))
+        kill_instance_cgroup(home, id)
     }
     fn prune(&self, home: &Home) -> Vec<String> {
         let keep: Vec<String> = crate::instances::list(home)
@@ -165,6 +165,13 @@ fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<(container::R
     // writable layer, until `rm`.
     running.keep_instance_dir(opts.record.is_some());
     Ok((running, record))
+}
+
+/// Ends whatever is left in instance `id`'s cgroup and removes it: how
+/// `stop` and `rm` reach an instance whose owner is gone (a container, or
+/// a VM monitor in its harness-made cgroup).
+pub fn kill_instance_cgroup(home: &Home, id: &str) -> bool {
+    layout().is_ok_and(|l| isolab_runtime::cgroups::kill_named(&l, &home.cgroup_name(id)))
 }
 
 /// This host's cgroup layout, read once per process.

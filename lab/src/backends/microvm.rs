@@ -65,8 +65,7 @@ impl Backend for MicroVm {
     }
     /// A monitor whose owner is gone is ended through its cgroup.
     fn kill_stale(&self, home: &Home, id: &str) -> bool {
-        super::container::layout()
-            .is_ok_and(|l| isolab_runtime::cgroups::kill_named(&l, &home.cgroup_name(id)))
+        super::container::kill_instance_cgroup(home, id)
     }
     fn run_attached(
         &self,

@@ -106,9 +106,14 @@ impl Drop for MonitorCgroup {
     }
 }
 
-/// A name for a monitor instance that has no record: unique on this host.
+/// A name for a monitor instance that has no record: unique on this host,
+/// even where a killed isolab left a cgroup behind and its pid came back.
 pub fn unrecorded_id(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
+    format!(
+        "{prefix}-{}-{:x}-{n}",
+        std::process::id(),
+        crate::clock::monotonic_ns()
+    )
 }
