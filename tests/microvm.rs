@@ -196,7 +196,7 @@ fn bad_input_is_one_sentence() {
     let o = vmm().args(["--frob"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let o = isolab()
-        .args(["run", "--backend", "microvm", "--scenario", "idle"])
+        .args(["run", "--backend", "microvm", "--scenario", "file-io"])
         .output()
         .unwrap();
     assert!(stderr(&o).contains("needs --guest linux"), "{}", stderr(&o));
@@ -624,7 +624,7 @@ fn detached_microvm_lifecycle() {
     assert!(cmd(&["rm", "vm1"]).status.success());
     assert!(!stdout(&cmd(&["ps", "-a"])).contains("vm1"));
     // Refused before anything runs: one sentence, no record left.
-    let o = cmd(&["run", "-d", "--backend", "microvm", "--scenario", "idle"]);
+    let o = cmd(&["run", "-d", "--backend", "microvm", "--scenario", "file-io"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs --guest linux"), "{}", stderr(&o));
     let left: Vec<_> = std::fs::read_dir(h.path().join("containers"))
@@ -651,4 +651,42 @@ fn the_monitors_peak_rss_is_not_its_parents() {
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     let rss = r["process_peak_rss_bytes"].as_u64().unwrap();
     assert!(rss > 0 && rss < 64 << 20, "peak RSS {rss}");
+}
+
+/// `idle` holds both monitors at the same point: the guest says it holds
+/// on the serial port, the harness reads the monitor's cgroup charge (the
+/// one memory headline every backend has) and lets the guest go on.
+#[test]
+fn idle_vms_report_their_cgroup_charge_at_the_hold_point() {
+    if !require("/dev/kvm", has_kvm()) {
+        return;
+    }
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !require("qemu-system-x86_64", qemu) {
+        return;
+    }
+    let home = home();
+    for backend in ["microvm", "qemu"] {
+        let o = isolab()
+            .env("ISOLAB_HOME", home.path())
+            .args(["run", "--backend", backend, "--scenario", "idle", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            v["result"]["data"]["released"], true,
+            "{backend}: the harness let the guest go on"
+        );
+        let charge = v["memory_bytes"]["hold_cgroup_charged"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            charge > 64 << 10 && charge < 256 << 20,
+            "{backend}: charge {charge}"
+        );
+    }
 }

@@ -122,7 +122,7 @@ pub const CATALOG: &[Scenario] = &[
     Scenario {
         name: name::IDLE,
         about: "start and hold, idle: the host memory one instance is charged",
-        guests: AGENT,
+        guests: BOTH,
         bench_default: true,
         benchable: true,
         params: &[p("hold_ms", "how long to hold, idle", Some("200"))],

@@ -37,6 +37,12 @@ pub fn mark_name(label: u8) -> &'static str {
     }
 }
 
+/// Printed alone on a line when a holding scenario (`idle`) has its
+/// workload in place: the harness reads the instance's memory then. The
+/// agent prints it on stdout; a no-OS guest on the serial port, and then
+/// waits for one byte on it (`isolab.hold_wait=1`), the harness's go-on.
+pub const HOLD_LINE: &str = "@isolab-hold";
+
 /// The result page. A bare guest writes its `@isolab` result line here
 /// instead of through the serial port, where every byte is a VM exit
 /// (~150 of them, ~9 ms under PVM — half of the microVM's launch→exit).

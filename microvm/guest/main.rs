@@ -470,6 +470,7 @@ extern "C" fn workload(_: u64) -> ! {
         },
         sc::UNKNOWN_IO => unknown_io_scenario(&params),
         sc::HOSTILE_IO => ok = hostile_io_scenario(&params),
+        sc::IDLE => idle_scenario(&params),
         sc::FAULT => {
             // Ring 3 with no IDT: the #UD cannot be delivered, the VM shuts
             // down (a triple fault on hardware; under PVM, any fault).
@@ -509,6 +510,30 @@ extern "C" fn workload(_: u64) -> ! {
     put("}\n");
     seal_page();
     finish(if ok { arg_u64(params.cmdline, b"isolab.exit", 0) as u8 } else { 2 })
+}
+
+/// Idle: says it holds, on the serial port, so the harness reads the
+/// instance's memory with the workload in place; with `isolab.hold_wait=1`
+/// it then waits (bounded) for the harness's go-on byte on the serial
+/// port, as the agent idles while the harness reads a container's.
+fn idle_scenario(params: &Params) {
+    serial_bytes(ports::HOLD_LINE.as_bytes());
+    serial_bytes(b"\n");
+    let mut released = false;
+    if arg(params.cmdline, b"isolab.hold_wait") == Some(b"1") {
+        // Every poll is a VM exit (~40 us under PVM, ~1 us on hardware).
+        let mut spins = 0u32;
+        while inb(0x3fd) & 1 == 0 && spins < 250_000 {
+            spins += 1;
+        }
+        released = inb(0x3fd) & 1 != 0;
+        if released {
+            let _ = inb(0x3f8);
+        }
+    }
+    put("\"released\":");
+    put(if released { "true" } else { "false" });
+    put(",");
 }
 
 /// Touches `isolab.mib` MiB above 32 MiB, a page at a time.

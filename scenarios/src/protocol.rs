@@ -12,7 +12,7 @@ pub const RESULT_PREFIX: &str = "@isolab ";
 
 /// Printed alone on a line when a holding scenario has its workload in
 /// place: the harness reads the instance's memory then.
-pub const HOLD_LINE: &str = "@isolab-hold";
+pub use isolab_abi::ports::HOLD_LINE;
 
 /// A named number with its unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -95,6 +95,12 @@ impl Backend for MicroVm {
     }
 }
 
+/// Whether this run holds at the `idle` scenario's hold line while the
+/// harness reads the monitor's cgroup (captured runs of the no-OS guest).
+fn holds(spec: &InstanceSpec, echo: bool) -> bool {
+    spec.scenario == sc::IDLE && spec.vm.guest() == Guest::Bare && !echo
+}
+
 /// Whether a no-OS guest copies its result line to the console as it
 /// writes it (`isolab.console=1`): for a detached instance's log, and for
 /// someone typing into the guest. A plain foreground run gets the line
@@ -326,6 +332,12 @@ fn vmm_args(
     if echo && guest == Guest::Bare && console_tee(opts, interactive) {
         cmdline.push_str(" isolab.console=1");
     }
+    if holds(opts, echo) {
+        // The guest's serial output reaches the harness live (on the
+        // monitor's stderr) and the harness's go-on byte reaches it.
+        cmdline.push_str(" isolab.hold_wait=1");
+        args.extend(["--echo".into(), "--interactive".into()]);
+    }
     args.extend(["--cmdline".into(), cmdline]);
     args.extend(disk_args(home, opts)?);
     args.extend([
@@ -367,10 +379,13 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
     cgroup.join_on_spawn(&mut cmd);
+    let hold = holds(opts, echo);
     let mut child = cmd
         .args(&args)
         .stdin(if interactive {
             std::process::Stdio::inherit()
+        } else if hold {
+            std::process::Stdio::piped()
         } else {
             std::process::Stdio::null()
         })
@@ -385,18 +400,34 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     if let Some(hook) = &opts.on_spawn {
         hook(child.id() as i32);
     }
-    let stderr_reader = child
-        .stderr
-        .take()
-        .map(|e| std::thread::spawn(move || crate::capture::read_all(e)));
-    let stdout = child
-        .stdout
-        .take()
-        .map(crate::capture::read_all)
-        .unwrap_or_default();
-    let stderr = stderr_reader
-        .and_then(|t| t.join().ok())
-        .unwrap_or_default();
+    // stderr on its own thread (neither pipe can fill up); at the guest's
+    // hold line the monitor's cgroup is read, then the guest let go.
+    let (err, mut input) = (child.stderr.take(), child.stdin.take());
+    let (stdout, (stderr, hold_charge)) = std::thread::scope(|s| {
+        let cgroup = &cgroup;
+        let reader = s.spawn(move || {
+            let mut charge = None;
+            let text = err
+                .map(|e| {
+                    crate::capture::read_lines(e, |line| {
+                        if hold && charge.is_none() && line == protocol::HOLD_LINE {
+                            charge = cgroup.charged_bytes();
+                            if let Some(i) = input.as_mut() {
+                                let _ = std::io::Write::write_all(i, b"\n");
+                            }
+                        }
+                    })
+                })
+                .unwrap_or_default();
+            (text, charge)
+        });
+        let out = child
+            .stdout
+            .take()
+            .map(crate::capture::read_all)
+            .unwrap_or_default();
+        (out, reader.join().unwrap_or_default())
+    });
     let status = child.wait()?;
     let reaped = monotonic_ns();
     let cgroup_peak = cgroup.finish(opts.vm.mem_mib())?;
@@ -428,6 +459,9 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     let mut memory = BTreeMap::new();
     memory.insert("guest_touched".to_owned(), r.guest_touched_bytes);
     memory.insert("monitor_peak_rss".to_owned(), r.process_peak_rss_bytes);
+    if let Some(c) = hold_charge {
+        memory.insert("hold_cgroup_charged".to_owned(), c);
+    }
     if let Some(p) = cgroup_peak {
         memory.insert("instance_cgroup_peak".to_owned(), p);
     }

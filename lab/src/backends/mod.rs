@@ -90,7 +90,8 @@ mod tests {
         let spec = InstanceSpec::default();
         let s = |n| catalog::find(n).unwrap();
         let (c, vm) = (find("container").unwrap(), find("microvm").unwrap());
-        assert!(c.supports(s("idle"), &spec) && !vm.supports(s("idle"), &spec));
+        assert!(c.supports(s("file-io"), &spec) && !vm.supports(s("file-io"), &spec));
+        assert!(c.supports(s("idle"), &spec) && vm.supports(s("idle"), &spec));
         assert!(vm.supports(s("exit-cost"), &spec) && !c.supports(s("exit-cost"), &spec));
         assert!(vm.supports(s("disk-read"), &spec) && c.supports(s("disk-read"), &spec));
         assert!(find("runc").unwrap().supports(s("net-loopback"), &spec));

@@ -83,6 +83,13 @@ impl MonitorCgroup {
         }
     }
 
+    /// The exact memory charged to the cgroup now (`memory.stat`, kernel
+    /// memory included): read at a holding scenario's hold line, as a
+    /// container's cgroup is.
+    pub fn charged_bytes(&self) -> Option<u64> {
+        self.cgroup.stats().memory_charged_bytes
+    }
+
     /// Once the monitor is reaped: reads the cgroup once, removes it, and
     /// returns its peak memory charge — or the one sentence saying the
     /// monitor went over its limit, if the kernel's OOM killer acted.

@@ -168,6 +168,12 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             ));
         }
     }
+    // `idle` holds until the harness has read the cgroup, as under our
+    // monitor (see `microvm::holds`).
+    let hold = opts.scenario == sc::IDLE;
+    if hold {
+        cmdline.push_str(" isolab.hold_wait=1");
+    }
     let mut args = qemu_args(&guest, &cmdline, opts.vm.mem_mib(), opts.vm.vcpus);
     args.extend(disk_args);
     // Guest RAM is a memfd shared with QEMU (its fd 3), so the harness
@@ -185,7 +191,11 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     pass_as_fd3(&mut cmd, &ram);
     let mut child = cmd
         .args(&args)
-        .stdin(std::process::Stdio::null())
+        .stdin(if hold {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -209,6 +219,8 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         // SAFETY: kill(2) on the pid of our own child; harmless if it is gone.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
+    let mut input = child.stdin.take();
+    let mut hold_charge = None;
     let mut serial = Vec::new();
     let mut ready = None;
     let mut rss_at_ready = None;
@@ -226,7 +238,19 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         if serial.len() < crate::capture::KEEP_BYTES {
             serial.extend_from_slice(&buf[..n]);
         }
+        if hold
+            && hold_charge.is_none()
+            && serial
+                .windows(protocol::HOLD_LINE.len())
+                .any(|w| w == protocol::HOLD_LINE.as_bytes())
+        {
+            hold_charge = cgroup.charged_bytes();
+            if let Some(i) = input.as_mut() {
+                let _ = std::io::Write::write_all(i, b"\n");
+            }
+        }
     }
+    drop(input);
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
     drop(watchdog);
@@ -270,6 +294,9 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     }
     if let Some(p) = cgroup_peak {
         memory.insert("instance_cgroup_peak".to_owned(), p);
+    }
+    if let Some(c) = hold_charge {
+        memory.insert("hold_cgroup_charged".to_owned(), c);
     }
     let mut report = InstanceReport::new("qemu", "bare", &opts.scenario, format!("qemu-{pid}"));
     report.exit_code = code;

@@ -71,13 +71,8 @@ pub fn summary(collected: &BTreeMap<(String, String, String), Vec<f64>>) -> Stri
         let Some(s) = stats::summarize(values) else {
             continue;
         };
-        // QEMU's memory figure is its RSS at ready; it is compared with our
-        // monitor's RSS beyond the guest's pages.
-        let base_metric = if metric == "memory.monitor_rss_at_ready" {
-            "memory.monitor_rss_beyond_guest"
-        } else {
-            metric.as_str()
-        };
+        // A ratio only of the same figure on both sides.
+        let base_metric = metric.as_str();
         let ratio = crate::backends::baseline_of(backend)
             .and_then(|base| {
                 collected
