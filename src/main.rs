@@ -424,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image_cmd(&home, cmd),
         Command::Bench(args) => {
             if nix::unistd::geteuid().is_root() {
-                selfprotect::ensure_sealed()?;
+                selfprotect::ensure_protected()?;
             }
             let (ok, _) = bench::run(&home, args.options()?)?;
             Ok(if ok {
@@ -435,7 +435,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Probes { json } => {
             require_root("the probes")?;
-            selfprotect::ensure_sealed()?;
+            selfprotect::ensure_protected()?;
             let cols = probes::run_all(&home);
             if json {
                 println!("{}", serde_json::to_string_pretty(&probes::to_json(&cols))?);
@@ -491,9 +491,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// (the book includes the project's own sources, so it is built there).
 fn project_dir(name: &str) -> PathBuf {
     let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    if !std::path::Path::new("book/book.toml").is_file()
-        && built_from.join("book/book.toml").is_file()
-    {
+    // Clap asks for every subcommand's defaults: look once.
+    static ELSEWHERE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ELSEWHERE.get_or_init(|| {
+        !std::path::Path::new("book/book.toml").is_file()
+            && built_from.join("book/book.toml").is_file()
+    }) {
         built_from.join(name)
     } else {
         PathBuf::from(name)
@@ -504,7 +507,7 @@ fn lab_cmd(home: &Home, bench: BenchArgs, book_dir: &std::path::Path) -> anyhow:
     require_root("the lab")?;
     // Before a bench run that the book could then not show.
     report::check_book_sources(book_dir)?;
-    selfprotect::ensure_sealed()?;
+    selfprotect::ensure_protected()?;
     let (ok, dir) = bench::run(home, bench.options()?)?;
     // The probe matrix joins the run's samples.
     probes::append_to_run(&dir, &probes::run_all(home))?;
@@ -670,7 +673,7 @@ fn run_cmd(home: &Home, a: RunArgs) -> anyhow::Result<ExitCode> {
     if backend.runs_in_process() && nix::unistd::geteuid().is_root() {
         // Before anything of the instance exists: a one-time cost per
         // isolab process (CVE-2019-5736).
-        selfprotect::ensure_sealed()?;
+        selfprotect::ensure_protected()?;
     }
     match isolab_lab::run::run(home, backend, &spec, a.attach())? {
         isolab_lab::run::Ran::Report(r) => {

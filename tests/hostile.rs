@@ -563,6 +563,56 @@ fn a_killed_isolab_leaves_no_monitor_running() {
     );
 }
 
+/// CVE-2019-5736: an entrypoint that leads back to `/proc/self/exe` (here
+/// through a `#!` line) finds isolab's sealed launcher there, not the
+/// host's isolab binary, and the launcher refuses to run again.
+#[test]
+fn an_entrypoint_leading_back_to_proc_self_exe_cannot_reach_isolab() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let h = ready_home();
+    let dir = home();
+    let layer = dir.path().join("evil");
+    std::fs::create_dir(&layer).unwrap();
+    std::fs::write(layer.join("evil"), "#!/proc/self/exe\n").unwrap();
+    std::fs::set_permissions(
+        layer.join("evil"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tar = dir.path().join("evil.tar");
+    let o = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layer)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("evil")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = cmd(&h)
+        .args(["image", "import", "evil"])
+        .arg(&tar)
+        .args(["--entrypoint", "/evil"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_isolab"));
+    let before = std::fs::read(&exe).unwrap();
+    let o = cmd(&h).args(["run", "--image", "evil"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the launcher was started without isolab's report pipe: refusing"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read(&exe).unwrap() == before,
+        "isolab's binary changed"
+    );
+}
+
 /// `image rm` then `prune` frees the image's layers, but never under a
 /// living instance of it.
 #[test]

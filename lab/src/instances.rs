@@ -150,6 +150,21 @@ impl Record {
         command: Vec<String>,
         detached: bool,
     ) -> Result<Record> {
+        let rec = Record::unsaved(home, backend, spec, command, detached)?;
+        rec.save()?;
+        Ok(rec)
+    }
+
+    /// Makes a new instance directory and its record, for the caller to
+    /// complete and [`save`](Record::save) once (every save is a file
+    /// replaced on the launch path).
+    pub fn unsaved(
+        home: &Home,
+        backend: &str,
+        spec: &InstanceSpec,
+        command: Vec<String>,
+        detached: bool,
+    ) -> Result<Record> {
         let id = new_id();
         let name = spec.name.clone().unwrap_or_else(|| id.clone());
         check_name(&name)?;
@@ -178,7 +193,6 @@ impl Record {
             },
             keep: false,
         };
-        rec.save()?;
         Ok(rec)
     }
 

@@ -2,21 +2,25 @@
 //!
 //! Until it calls `execve`, a container's init *is* this binary: its
 //! `/proc/self/exe` is a magic link to the host's `isolab` file that no
-//! mount or pivot_root hides. An image whose entrypoint leads back to
-//! `/proc/self/exe` (directly, by a `#!` line or as an ELF interpreter)
-//! would run with that link in hand and could rewrite the host's isolab.
-//! isolab therefore re-executes itself, before it creates any container,
-//! from a file no container can write, as runc does:
+//! mount or pivot_root hides. The runtime closes that door itself: the
+//! init execs its program through a tiny sealed launcher
+//! (`isolab_runtime::launcher`), so nothing a container can reach ever
+//! has the host's `isolab` as its exe.
+//!
+//! This module is the fallback for hosts where that launcher cannot be
+//! made (an executable memfd refused, `vm.memfd_noexec=2`): isolab then
+//! re-executes itself, before it creates any container, from a file no
+//! container can write, as runc does:
 //!
 //! * first choice (runc ≥ 1.2's approach): in a private mount namespace,
 //!   its own binary bind-mounted read-only over itself, then `execve` of
 //!   that path — `/proc/self/exe` now names a file on a read-only mount,
 //!   and nothing is copied;
-//! * fallback (runc 1.1's): a sealed in-memory copy (`memfd_create` +
+//! * then (runc 1.1's): a sealed in-memory copy (`memfd_create` +
 //!   `F_SEAL_*`), 17 MB copied at every start.
 //!
-//! Either is a per-process cost paid inside every measured start of `isolab
-//! run`, as runc's is inside its own.
+//! Whichever applies is a per-process cost paid inside every measured
+//! start of `isolab run`, as runc's is inside its own.
 use std::ffi::CString;
 use std::io::Write;
 
@@ -51,9 +55,7 @@ pub fn is_sealed_copy() -> bool {
 /// `/proc/self/exe`: it lies on a read-only mount (the bind, or a
 /// read-only /usr), or it is the sealed copy.
 pub fn is_protected() -> bool {
-    is_sealed_copy()
-        || nix::sys::statvfs::statvfs("/proc/self/exe")
-            .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    isolab_runtime::launcher::exe_is_protected()
 }
 
 /// This process's arguments and environment, for a re-exec.
@@ -106,6 +108,16 @@ fn reexec_read_only() -> anyhow::Result<()> {
     let path = CString::new(exe.into_os_string().into_encoded_bytes())?;
     let e = nix::unistd::execve(&path, &args, &env).unwrap_err();
     anyhow::bail!("re-executing isolab from its read-only bind failed: {e}")
+}
+
+/// Makes sure no container this process starts can reach a writable
+/// isolab binary: nothing to do where the runtime's sealed launcher can be
+/// made (the usual case); otherwise [`ensure_sealed`].
+pub fn ensure_protected() -> anyhow::Result<()> {
+    if isolab_runtime::launcher::get().is_ok() {
+        return Ok(());
+    }
+    ensure_sealed()
 }
 
 /// Re-executes isolab from a binary no container can write unless it

@@ -4,4 +4,5 @@ pub mod container;
 pub mod diskimage;
 pub mod image;
 pub mod initramfs;
+pub mod launcher;
 pub mod seccomp;

@@ -114,7 +114,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
     }
     let mut record = match &opts.record {
         Some(id) => Record::open(home, id)?,
-        None => Record::create(home, "container", opts, argv.clone(), false)?,
+        None => Record::unsaved(home, "container", opts, argv.clone(), false)?,
     };
     record.state.command = argv.clone();
     record.state.layers = img.layers.clone();

@@ -27,6 +27,9 @@ pub(super) struct ChildPlan {
     /// Signals this process ignores: an ignored signal survives execve,
     /// so the child puts these back to their default.
     ignored: Vec<i32>,
+    /// The sealed launcher the init execs through (see `launcher`), or
+    /// none when isolab's own binary is already protected.
+    launcher: Option<RawFd>,
 }
 
 pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
@@ -36,7 +39,7 @@ pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
 }
 
 impl ChildPlan {
-    pub(super) fn new(spec: &Spec) -> Result<ChildPlan, ContainerError> {
+    pub(super) fn new(spec: &Spec, launcher: Option<RawFd>) -> Result<ChildPlan, ContainerError> {
         let lowers: Vec<String> = spec
             .lower_dirs
             .iter()
@@ -55,6 +58,7 @@ impl ChildPlan {
             argv: spec.argv.iter().map(cstr).collect::<Result<_, _>>()?,
             env: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
             ignored: ignored_signals(),
+            launcher,
         })
     }
 }
@@ -198,12 +202,47 @@ pub(super) fn child_main(
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
-    // NUL-terminated strings that outlive the call (execve only returns on
-    // failure).
-    unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) };
+    let Some(launcher) = plan.launcher else {
+        // SAFETY: argv and envp are NULL-terminated arrays of pointers to
+        // NUL-terminated strings that outlive the call (execve only
+        // returns on failure).
+        unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) };
+        let e = std::io::Error::last_os_error();
+        rep.fail(Stage::Exec, &format!("execve {}: {e}", spec.argv[0]))
+    };
+    // The report pipe moves to the launcher's REPORT_FD, open across this
+    // exec: the launcher closes it at its own exec, or reports there why
+    // that failed.
+    let report = rep.out.as_raw_fd();
+    // SAFETY: dup2/fcntl on descriptors this process owns.
+    let moved = unsafe {
+        if report == crate::launcher::REPORT_FD {
+            libc::fcntl(report, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(report, crate::launcher::REPORT_FD)
+        }
+    };
+    if moved < 0 {
+        let e = std::io::Error::last_os_error();
+        rep.fail(Stage::Exec, &format!("handing the report pipe on: {e}"));
+    }
+    // SAFETY: as for execve above; "" with AT_EMPTY_PATH names the
+    // launcher's descriptor itself.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            launcher,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
     let e = std::io::Error::last_os_error();
-    rep.fail(Stage::Exec, &format!("execve {}: {e}", spec.argv[0]))
+    rep.fail(
+        Stage::Exec,
+        &format!("running isolab's sealed launcher: {e}"),
+    )
 }
 
 pub(super) fn m(

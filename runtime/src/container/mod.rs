@@ -17,7 +17,8 @@
 //!                                         [--userns: unshare(NEWUSER), ask for maps]
 //! [write uid/gid maps] ────────────────▶  uid_map    setresuid(0) inside
 //!                                         seccomp    caps dropped, no_new_privs, filter
-//!                                         exec       marks sent, execve(entrypoint)
+//!                                         exec       marks sent, execveat(sealed launcher)
+//!                                                    launcher: execve(entrypoint)
 //! marks pipe hits EOF (CLOEXEC) ◀──────── (agent) ready
 //! wait → exit mark, cgroup stats, cleanup
 //! ```
@@ -122,9 +123,17 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     } else {
         None
     };
+    // The container's init execs its program through the sealed launcher
+    // (CVE-2019-5736; see `launcher`), unless isolab itself already runs
+    // from a file no one can write.
+    let launcher = match crate::launcher::get() {
+        Ok(fd) => Some(fd),
+        Err(_) if crate::launcher::exe_is_protected() => None,
+        Err(e) => return Err(ContainerError::Launcher(e)),
+    };
     let (marks_r, marks_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let plan = ChildPlan::new(&spec)?;
+    let plan = ChildPlan::new(&spec, launcher)?;
 
     let (req_r, req_w) = pipe()?;
     let flags = (libc::CLONE_NEWPID
@@ -186,6 +195,7 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     let _ = fs::File::from(marks_r).read_to_string(&mut text);
     let (marks, error) = parse_marks(&text);
     if let Some((stage, message)) = error {
+        let message = crate::launcher::failure_message(&spec.argv[0], &message).unwrap_or(message);
         return Err(ContainerError::Setup { stage, message });
     }
     if !marks.iter().any(|m| m.name == Stage::Exec.name()) {

@@ -28,6 +28,8 @@ pub enum ContainerError {
     Setup { stage: String, message: String },
     #[error("writing the user namespace maps failed: {0}")]
     IdMap(std::io::Error),
+    #[error(transparent)]
+    Launcher(&'static crate::launcher::LauncherError),
     #[error("waiting for the container failed: {0}")]
     Wait(nix::errno::Errno),
 }
