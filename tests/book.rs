@@ -92,7 +92,23 @@ fn fixture_run(dir: &Path) {
         );
         push(
             "microvm",
-            "startup",
+            "idle",
+            "memory.hold_cgroup_charged",
+            "bytes",
+            1250.0 * 1024.0,
+            i,
+        );
+        push(
+            "qemu",
+            "idle",
+            "memory.hold_cgroup_charged",
+            "bytes",
+            14300.0 * 1024.0,
+            i,
+        );
+        push(
+            "microvm",
+            "idle",
             "memory.monitor_rss_beyond_guest",
             "bytes",
             2500.0 * 1024.0,
@@ -100,7 +116,7 @@ fn fixture_run(dir: &Path) {
         );
         push(
             "qemu",
-            "startup",
+            "idle",
             "memory.monitor_rss_at_ready",
             "bytes",
             38000.0 * 1024.0,
@@ -234,8 +250,8 @@ fn report_writes_tables_charts_and_numbers() {
     let gen = html.parent().unwrap().join("src/generated");
     let startup = std::fs::read_to_string(gen.join("startup.md")).unwrap();
     assert!(startup.contains("| container | 8 |"), "{startup}");
-    assert!(startup.contains("container/crun = "), "{startup}");
-    assert!(startup.contains("microvm/qemu = "), "{startup}");
+    assert!(startup.contains("container/crun 0."), "{startup}");
+    assert!(startup.contains("microvm/qemu 0."), "{startup}");
     for chart in ["startup", "phases", "memory", "cpu", "probes"] {
         assert!(gen.join(format!("{chart}.svg")).is_file(), "{chart}.svg");
         assert!(gen.join(format!("{chart}.png")).is_file(), "{chart}.png");
@@ -291,6 +307,60 @@ fn chromium() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// Takes a screenshot of a page with charts (kept under
+/// `target/book-screenshots/` for a human to look at) and checks that it
+/// is a picture, not a blank or near-blank page: charts draw in several
+/// colours over a wide area.
+fn screenshot_shows_the_charts(browser: &Path, page: &Path) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("book-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join(page.with_extension("png").file_name().unwrap());
+    let _ = std::fs::remove_file(&png);
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+            "--window-size=1200,3000",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let img = image::open(&png)
+        .unwrap_or_else(|e| panic!("{}: no screenshot ({e}): {}", page.display(), stderr(&out)))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    assert!(w >= 1000 && h >= 2000, "{}: {w}x{h}", page.display());
+    let mut colours = std::collections::HashSet::new();
+    let mut inked = 0u64;
+    for p in img.pixels() {
+        // Quantised, so anti-aliasing does not count as colour.
+        colours.insert([p[0] >> 4, p[1] >> 4, p[2] >> 4]);
+        if p.0.iter().any(|&c| c < 200) {
+            inked += 1;
+        }
+    }
+    let share = inked as f64 / f64::from(w * h);
+    assert!(
+        colours.len() >= 8 && share > 0.01,
+        "{}: the screenshot looks blank ({} colours, {:.1}% inked): {}",
+        page.display(),
+        colours.len(),
+        share * 100.0,
+        png.display()
+    );
+}
+
 #[test]
 fn every_page_renders_in_a_real_browser() {
     let Some(browser) = chromium() else {
@@ -325,6 +395,7 @@ fn every_page_renders_in_a_real_browser() {
                 "--disable-component-update",
                 "--disable-sync",
                 "--virtual-time-budget=3000",
+                "--window-size=1200,900",
                 "--dump-dom",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -356,7 +427,17 @@ fn every_page_renders_in_a_real_browser() {
             "{}: script errors",
             page.display()
         );
-        images += v["images"].as_u64().unwrap();
+        assert_eq!(
+            v["wide"],
+            serde_json::json!([]),
+            "{}: tables wider than the page (first header of each)",
+            page.display()
+        );
+        let shown = v["images"].as_u64().unwrap();
+        images += shown;
+        if shown > 0 {
+            screenshot_shows_the_charts(&browser, page);
+        }
     }
     assert!(
         images >= 6,

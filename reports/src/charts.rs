@@ -445,6 +445,20 @@ pub fn stacked_bars(
                 }
             })
             .x_desc(unit)
+            // Six labelled ticks and no minor grid: the bars, not a
+            // screen of hairlines, are what the reader looks at.
+            .x_labels(6)
+            .x_label_formatter(&|x| {
+                let digits = if max >= 100.0 {
+                    0
+                } else if max >= 10.0 {
+                    1
+                } else {
+                    2
+                };
+                format!("{x:.digits$}")
+            })
+            .light_line_style(WHITE)
             .disable_y_mesh()
             .draw()
             .map_err(|e| e.to_string())?;

@@ -124,7 +124,7 @@ pub(super) fn host_page(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<Pat
 pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     // Startup table + chart + numbers.
-    let mut t = String::from("| backend | n | launch→ready median (ms) | p95 | 95% CI of median | launch→exit median (ms) | ratio of medians to baseline (launch→exit) | instances/s |\n|---|---|---|---|---|---|---|---|\n");
+    let mut t = String::from("| backend | n | →ready median (ms) | p95 | 95% CI | →exit median (ms) | ratio, →exit [95% CI] | starts/s |\n|---|---|---|---|---|---|---|---|\n");
     let mut dists = Vec::new();
     for b in backends_in(c, sc::STARTUP, "launch_to_exit") {
         let bl = shown(run, &b);
@@ -141,7 +141,7 @@ pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
                 let x = c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone()))?;
                 stats::ratio_of_medians(a, x).map(|r| (base, r))
             })
-            .map(|(base, (r, (lo, hi)))| format!("{base}/{b} = {r:.2} [{lo:.2}, {hi:.2}]"))
+            .map(|(base, (r, (lo, hi)))| format!("{base}/{b} {r:.2} [{lo:.2}, {hi:.2}]"))
             .unwrap_or_else(|| "—".into());
         if let (Some(r), Some(e)) = (&ready, &exit) {
             writeln!(
