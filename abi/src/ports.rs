@@ -56,6 +56,13 @@ pub const HOLD_LINE: &str = "@isolab-hold";
 pub const RESULT_PAGE: u64 = 0x1f_0000;
 /// The page's size, header included.
 pub const RESULT_PAGE_SIZE: usize = 16 * 1024;
+/// The Linux agent's result page (same header and size). A Linux kernel
+/// owns the RAM around [`RESULT_PAGE`] (its decompressor runs there), so
+/// the agent, as the VM's init, writes through `/dev/mem` into the legacy
+/// area below 1 MiB instead: guest RAM under our monitor that the e820 map
+/// marks reserved, which the kernel never uses and `STRICT_DEVMEM` lets
+/// root write. Zeros until the agent writes its line.
+pub const LINUX_RESULT_PAGE: u64 = 0xa_0000;
 /// The header: this magic (little-endian), then the text's length (u32
 /// little-endian), then the text. Written last, after the text.
 pub const RESULT_MAGIC: u32 = u32::from_le_bytes(*b"ISLR");

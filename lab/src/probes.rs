@@ -139,8 +139,38 @@ pub fn run_all(home: &Home) -> Vec<Column> {
             guest,
             probes,
         });
+        // Where KVM boots a stock kernel, the lab's monitor also runs the
+        // probes in a Linux guest: the agent asks them from inside a VM.
+        if b.kind() == Kind::Vm
+            && b.available().is_ok()
+            && crate::host::kvm_flavour_here().boots_stock_linux()
+        {
+            let mut spec = probe_spec.clone();
+            spec.vm.guest = Some(Guest::Linux);
+            let probes = b
+                .run(home, &spec)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|o| from_report(&o.report));
+            cols.push(Column {
+                backend: b.name().into(),
+                guest: Guest::Linux,
+                probes,
+            });
+        }
     }
     cols
+}
+
+impl Column {
+    /// The column's name in the JSON and the text matrix: the backend, or
+    /// `backend-linux` for a VM backend's Linux-guest column.
+    pub fn key(&self) -> String {
+        if self.guest == Guest::Linux {
+            format!("{}-linux", self.backend)
+        } else {
+            self.backend.clone()
+        }
+    }
 }
 
 /// The matrix as text: probes down, backends across.
@@ -157,7 +187,7 @@ pub fn render(cols: &[Column]) -> String {
     }
     let mut out = format!("{:<26}", "probe");
     for c in cols {
-        out.push_str(&format!(" {:<12}", c.backend));
+        out.push_str(&format!(" {:<14}", c.key()));
     }
     out.push('\n');
     for n in &names {
@@ -172,13 +202,13 @@ pub fn render(cols: &[Column]) -> String {
                 },
                 Err(_) => "skipped",
             };
-            out.push_str(&format!(" {cell:<12}"));
+            out.push_str(&format!(" {cell:<14}"));
         }
         out.push('\n');
     }
     for c in cols {
         if let Err(e) = &c.probes {
-            out.push_str(&format!("\n{}: {e}", c.backend));
+            out.push_str(&format!("\n{}: {e}", c.key()));
         }
     }
     out.push('\n');
@@ -190,7 +220,7 @@ pub fn to_json(cols: &[Column]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for c in cols {
         m.insert(
-            c.backend.clone(),
+            c.key(),
             match &c.probes {
                 Ok(ps) => serde_json::json!(ps.iter().map(|p| (p.name.clone(), serde_json::json!({"value": p.value, "verdict": p.verdict, "reason": p.reason}))).collect::<BTreeMap<_, _>>()),
                 Err(e) => serde_json::json!({ "skipped": e }),

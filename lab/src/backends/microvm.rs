@@ -80,7 +80,7 @@ impl Backend for MicroVm {
             spec.vm.timeout = Some(std::time::Duration::from_secs(3600));
         }
         let o = boot(home, &spec, true, keys)?;
-        if spec.vm.guest() == Guest::Bare && !console_tee(&spec, keys) {
+        if !console_tee(&spec, keys) {
             // As QEMU's attached run does: the result line once it is in.
             if let Some(line) = o
                 .output
@@ -101,7 +101,7 @@ fn holds(spec: &InstanceSpec, echo: bool) -> bool {
     spec.scenario == sc::IDLE && spec.vm.guest() == Guest::Bare && !echo
 }
 
-/// Whether a no-OS guest copies its result line to the console as it
+/// Whether the guest copies its result line to the console as it
 /// writes it (`isolab.console=1`): for a detached instance's log, and for
 /// someone typing into the guest. A plain foreground run gets the line
 /// printed at the end instead, so `isolab run --backend microvm` and
@@ -177,7 +177,13 @@ fn linux_report(
     r: &vmm::VmReport,
     pid: u32,
 ) -> Result<Outcome> {
-    let result = protocol::parse_output("microvm", &r.serial).ok();
+    // The agent's line is in its result page (the serial text only when
+    // it could not write there, or for a human watching).
+    let result = r
+        .result
+        .as_deref()
+        .and_then(|t| protocol::parse_output("microvm", t).ok())
+        .or_else(|| protocol::parse_output("microvm", &r.serial).ok());
     let reached: Vec<&str> = [Stage::KernelStart, Stage::KernelInit, Stage::AgentReady]
         .into_iter()
         .map(Stage::name)
@@ -211,10 +217,11 @@ fn linux_report(
     report.notes = notes;
     report.console_head = Some(r.serial.chars().take(8192).collect());
     report.derive();
-    Ok(Outcome {
-        report,
-        output: r.serial.clone(),
-    })
+    let output = match &r.result {
+        Some(text) if !r.serial.contains(text.as_str()) => format!("{}\n{text}\n", r.serial),
+        _ => r.serial.clone(),
+    };
+    Ok(Outcome { report, output })
 }
 
 /// `key=value` scenario parameters → `isolab.key=value` command-line words.
@@ -329,7 +336,7 @@ fn vmm_args(
             eprintln!("isolab: {w}");
         }
     }
-    if echo && guest == Guest::Bare && console_tee(opts, interactive) {
+    if echo && console_tee(opts, interactive) {
         cmdline.push_str(" isolab.console=1");
     }
     if holds(opts, echo) {

@@ -535,16 +535,26 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
     let mut files = Vec::new();
     // Probes: samples with metric probe.<name>, value 1 isolated / 0 exposed / -1 n/a.
     let mut probes: BTreeSet<String> = BTreeSet::new();
-    let mut pcols: Vec<String> = Vec::new();
+    // Columns are (backend, guest): a VM backend can have a no-OS guest
+    // column and, where KVM boots a stock kernel, a Linux-guest one.
+    let mut pcols: Vec<(String, String)> = Vec::new();
     for s in &run.samples {
         if s.scenario == sc::PROBES {
             probes.insert(s.metric.trim_start_matches("probe.").to_owned());
-            if !pcols.contains(&s.backend) {
-                pcols.push(s.backend.clone());
+            let col = (s.backend.clone(), s.guest.clone());
+            if !pcols.contains(&col) {
+                pcols.push(col);
             }
         }
     }
-    pcols.sort_by_key(|b| crate::backends::order_of(b));
+    pcols.sort_by_key(|(b, g)| (crate::backends::order_of(b), g == "linux"));
+    let label = |(b, g): &(String, String)| {
+        if g == "linux" {
+            format!("{b} (Linux guest)")
+        } else {
+            shown(run, b)
+        }
+    };
     let mut ptab = String::new();
     if !probes.is_empty() {
         let rows: Vec<String> = probes.iter().cloned().collect();
@@ -552,23 +562,20 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
         writeln!(
             ptab,
             "| probe | {} |\n|---|{}",
-            pcols
-                .iter()
-                .map(|b| shown(run, b))
-                .collect::<Vec<_>>()
-                .join(" | "),
+            pcols.iter().map(label).collect::<Vec<_>>().join(" | "),
             "---|".repeat(pcols.len())
         )?;
         for r in &rows {
             let mut row = Vec::new();
             let mut line = format!("| {r} |");
-            for b in &pcols {
+            for (b, g) in &pcols {
                 let v = run
                     .samples
                     .iter()
                     .find(|s| {
                         s.scenario == sc::PROBES
                             && s.backend == *b
+                            && s.guest == *g
                             && s.metric == format!("probe.{r}")
                     })
                     .map(|s| s.value);
@@ -593,7 +600,7 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
             &out.join(sc::PROBES),
             "Isolation probes (green isolated, red exposed, grey n/a)",
             &rows,
-            &pcols.iter().map(|b| shown(run, b)).collect::<Vec<_>>(),
+            &pcols.iter().map(label).collect::<Vec<_>>(),
             &cells,
         )?);
     } else {

@@ -65,6 +65,15 @@ pub(super) fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, 
     params.e820_entries = e820.len() as u8;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|e| VmmError::Boot(e.to_string()))?;
+    // The interrupt topology: CPUs, the I/O APIC, which IRQ reaches which
+    // pin (see `mptable`).
+    let mp = crate::arch::x86_64::mptable::mptable(cfg.vcpus)
+        .map_err(|e| VmmError::Boot(e.to_string()))?;
+    mem.write_slice(
+        &mp,
+        GuestAddress(crate::arch::x86_64::mptable::MPTABLE_START),
+    )
+    .map_err(|e| VmmError::Boot(e.to_string()))?;
     if cfg.pvh {
         write_pvh_start_info(mem, &e820, &params)?;
     }

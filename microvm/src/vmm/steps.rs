@@ -157,12 +157,18 @@ impl Devices {
 
 /// The text of the guest's result page (`ports::RESULT_PAGE`), read once
 /// the vCPUs have stopped; `None` when the guest wrote none.
+/// A Linux agent's page ([`crate::ports::LINUX_RESULT_PAGE`]) is looked
+/// at first: a bare guest leaves it zero, while a Linux kernel may have
+/// used the bare guest's page for anything.
 fn read_result_page(mem: &GuestMemoryMmap) -> Option<String> {
     use vm_memory::{Bytes, GuestAddress};
-    let mut page = vec![0u8; crate::ports::RESULT_PAGE_SIZE];
-    mem.read_slice(&mut page, GuestAddress(crate::ports::RESULT_PAGE))
-        .ok()?;
-    crate::ports::result_text(&page).map(|t| String::from_utf8_lossy(t).into_owned())
+    [crate::ports::LINUX_RESULT_PAGE, crate::ports::RESULT_PAGE]
+        .into_iter()
+        .find_map(|at| {
+            let mut page = vec![0u8; crate::ports::RESULT_PAGE_SIZE];
+            mem.read_slice(&mut page, GuestAddress(at)).ok()?;
+            crate::ports::result_text(&page).map(|t| String::from_utf8_lossy(t).into_owned())
+        })
 }
 
 pub(super) fn create_vcpus(

@@ -164,11 +164,21 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
-/// Gives each vCPU its APIC id in CPUID leaf 1 and leaf 0xb.
+/// CPUID leaf 1, ECX bit 31: "running under a hypervisor". KVM's
+/// supported CPUID leaves it clear; a guest that does not see it never
+/// looks at the hypervisor leaves (0x4000_0000: "KVMKVMKVM", 0x4000_0001:
+/// kvm-clock, PV EOI, …), says "Booting paravirtualized kernel on bare
+/// hardware" and calibrates its TSC against a timer tick instead of
+/// reading kvm-clock. QEMU and Firecracker set it; so does the monitor.
+pub const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// Gives each vCPU its APIC id in CPUID leaf 1 and leaf 0xb, and tells the
+/// guest it runs under a hypervisor (leaf 1, ECX bit 31).
 pub fn patch_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpus: u8) {
     for e in cpuid.as_mut_slice().iter_mut() {
         match e.function {
             1 => {
+                e.ecx |= CPUID_1_ECX_HYPERVISOR;
                 e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(cpu_index) << 24);
                 // Logical processor count in bits 23:16, HTT (edx bit 28).
                 e.ebx = (e.ebx & 0xff00_ffff) | (u32::from(cpus) << 16);
@@ -317,6 +327,7 @@ mod tests {
         assert_eq!(c.as_slice()[0].ebx >> 24, 3);
         assert_eq!((c.as_slice()[0].ebx >> 16) & 0xff, 4);
         assert_ne!(c.as_slice()[0].edx & (1 << 28), 0);
+        assert_ne!(c.as_slice()[0].ecx & CPUID_1_ECX_HYPERVISOR, 0);
         assert_eq!(c.as_slice()[1].edx, 3);
     }
 }
