@@ -307,6 +307,23 @@ fn chromium() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// Headless Chromium with this machine's closed network in mind: nothing
+/// in the background that would reach out.
+fn headless(browser: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(browser);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]);
+    c
+}
+
 /// Takes a screenshot of a page with charts (kept under
 /// `target/book-screenshots/` for a human to look at) and checks that it
 /// is a picture, not a blank or near-blank page: charts draw in several
@@ -317,16 +334,8 @@ fn screenshot_shows_the_charts(browser: &Path, page: &Path) {
     let png = dir.join(page.with_extension("png").file_name().unwrap());
     let _ = std::fs::remove_file(&png);
     let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(browser)
+    let out = headless(browser)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--hide-scrollbars",
             "--virtual-time-budget=3000",
             "--window-size=1200,3000",
@@ -384,16 +393,8 @@ fn every_page_renders_in_a_real_browser() {
     let mut images = 0;
     for page in &pages {
         let profile = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(&browser)
+        let out = headless(&browser)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--virtual-time-budget=3000",
                 "--window-size=1200,900",
                 "--dump-dom",
