@@ -63,6 +63,7 @@ pub(super) fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, 
         };
     }
     params.e820_entries = e820.len() as u8;
+    params.acpi_rsdp_addr = crate::arch::x86_64::acpi::ACPI_START;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|e| VmmError::Boot(e.to_string()))?;
     // The interrupt topology: CPUs, the I/O APIC, which IRQ reaches which
@@ -74,6 +75,16 @@ pub(super) fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, 
         GuestAddress(crate::arch::x86_64::mptable::MPTABLE_START),
     )
     .map_err(|e| VmmError::Boot(e.to_string()))?;
+    // ACPI, for kernels that cannot learn of a virtio device from their
+    // command line (see `acpi`).
+    let devices = crate::arch::x86_64::acpi::virtio_devices(
+        cfg.disks.len(),
+        crate::devices::virtio::MMIO_WINDOW,
+    );
+    let acpi = crate::arch::x86_64::acpi::acpi_tables(cfg.vcpus, &devices)
+        .map_err(|e| VmmError::Boot(e.to_string()))?;
+    mem.write_slice(&acpi, GuestAddress(crate::arch::x86_64::acpi::ACPI_START))
+        .map_err(|e| VmmError::Boot(e.to_string()))?;
     if cfg.pvh {
         write_pvh_start_info(mem, &e820, &params)?;
     }
@@ -242,6 +253,7 @@ fn write_pvh_start_info(
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: params.acpi_rsdp_addr,
         ..Default::default()
     };
     if params.hdr.ramdisk_size != 0 {

@@ -278,6 +278,28 @@ mod vm_init {
         mem.write_all_at(&header, LINUX_RESULT_PAGE)
     }
 
+    /// Brings `lo` up: the guest kernel, unlike a container runtime,
+    /// leaves it down, and `net-loopback` needs it.
+    fn loopback_up() -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: socket() with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket we own.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn run(ready: u64) -> ExitCode {
         // SAFETY: ioperm for our three lab ports, as root in the guest.
         let ports = unsafe { libc::ioperm(u64::from(MARK_PORT), 3, 1) } == 0;
@@ -313,7 +335,14 @@ mod vm_init {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
+        let lo = loopback_up();
         let mut r = super::run_scenario(&scenario, &params, ready);
+        if let (Err(e), false) = (&lo, r.ok) {
+            r.error = Some(format!(
+                "{} (bringing up lo failed: {e})",
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
         r.data = match std::mem::take(&mut r.data) {
             serde_json::Value::Object(mut m) => {
                 m.insert("modules_loaded".into(), serde_json::json!(modules));

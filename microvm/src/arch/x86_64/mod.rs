@@ -1,4 +1,5 @@
 //! x86-64 specifics: memory map, GDT, page tables, vCPU registers.
+pub mod acpi;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
