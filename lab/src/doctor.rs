@@ -38,6 +38,11 @@ pub struct KvmReport {
     pub nested: bool,
     pub boots_stock_linux: bool,
     pub meaning: String,
+    /// KVM's hypervisor CPUID leaves, as the monitor passes them on.
+    pub hypervisor_signature: Option<String>,
+    pub hypervisor_max_leaf: Option<u32>,
+    /// Would a `CONFIG_PVM_GUEST` kernel recognise this hypervisor?
+    pub pvm_guest_detects: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +210,8 @@ fn kvm_check(checks: &mut Vec<Check>, opts: &Options, cpuinfo: &str) -> KvmRepor
         )
     };
     let flavour = host::kvm_flavour(present, cpuinfo, Path::new("/sys/module/kvm_pvm").exists());
+    let leaves =
+        api_version.and_then(|_| isolab_microvm::vmm::hypervisor_leaves(&opts.kvm_device).ok());
     let kvm = KvmReport {
         device: opts.kvm_device.clone(),
         present,
@@ -214,6 +221,9 @@ fn kvm_check(checks: &mut Vec<Check>, opts: &Options, cpuinfo: &str) -> KvmRepor
         nested: host::is_nested(cpuinfo),
         boots_stock_linux: flavour.boots_stock_linux() && api_version.is_some(),
         meaning: flavour.meaning().to_owned(),
+        hypervisor_signature: leaves.as_ref().map(|l| l.signature.clone()),
+        hypervisor_max_leaf: leaves.as_ref().map(|l| l.max_leaf),
+        pvm_guest_detects: leaves.as_ref().map(|l| l.pvm()),
     };
     match (&kvm_error, api_version) {
         (None, Some(v)) => add(checks, "kvm",
@@ -230,6 +240,21 @@ fn kvm_check(checks: &mut Vec<Check>, opts: &Options, cpuinfo: &str) -> KvmRepor
                 "enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)"
             }),
         ),
+    }
+    if let (KvmFlavour::Pvm, Some(l)) = (flavour, &leaves) {
+        let (status, detail) = if l.pvm() {
+            (Status::Ok, format!(
+                "KVM announces the PVM vendor leaf (0x40000002, \"{}\"), which the monitor passes on: a kernel built with CONFIG_PVM_GUEST recognises its hypervisor",
+                l.vendor.as_deref().unwrap_or("")
+            ))
+        } else {
+            (Status::Warn, format!(
+                "KVM's hypervisor leaves stop at {:#x} ({:?}) with no PVM vendor leaf 0x40000002: a kernel built from virt-pvm/linux's CONFIG_PVM_GUEST looks for that leaf, so it may not recognise this host's PVM and would run as an ordinary guest",
+                l.max_leaf, l.signature
+            ))
+        };
+        add(checks, "pvm-guest", status, detail,
+            Some("build a guest from github.com/virt-pvm/linux (branch pvm or an LTS branch) with CONFIG_PVM_GUEST=y and CONFIG_X86_PIE=y (its kernel runs in ring 3 at an address PVM allows, hence position-independent) and pass its vmlinux with --kernel PATH; `isolab run --backend microvm --guest linux --kernel PATH --json` reports how far it got"));
     }
     kvm
 }

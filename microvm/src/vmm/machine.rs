@@ -384,3 +384,62 @@ pub(super) fn peak_rss() -> u64 {
         .map(|kib| kib * 1024)
         .unwrap_or(0)
 }
+
+/// What KVM's hypervisor CPUID leaves tell a guest, as the monitor passes
+/// them on unchanged: the signature at 0x4000_0000 and, on a PVM host,
+/// the vendor leaf 0x4000_0002 with its "pvm" signature — which is how a
+/// PVM guest kernel (`CONFIG_PVM_GUEST`) recognises its hypervisor. QEMU
+/// overwrites the signature leaf, so a PVM guest needs a patch there; the
+/// monitor does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HypervisorLeaves {
+    /// "KVMKVMKVM" on any KVM.
+    pub signature: String,
+    /// The highest hypervisor leaf (≥ 0x4000_0002 on PVM).
+    pub max_leaf: u32,
+    /// The vendor leaf's signature (EBX of 0x4000_0002), e.g. "pvm".
+    pub vendor: Option<String>,
+}
+
+impl HypervisorLeaves {
+    /// From the leaves KVM reports (function, eax, ebx, ecx, edx).
+    pub fn from_leaves(leaves: &[(u32, u32, u32, u32, u32)]) -> Self {
+        let text = |regs: &[u32]| {
+            let b: Vec<u8> = regs.iter().flat_map(|r| r.to_le_bytes()).collect();
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\0')
+                .to_owned()
+        };
+        let sig = leaves.iter().find(|l| l.0 == 0x4000_0000);
+        let max_leaf = sig.map_or(0, |l| l.1);
+        let vendor = leaves
+            .iter()
+            .find(|l| l.0 == 0x4000_0002 && max_leaf >= 0x4000_0002)
+            .map(|l| text(&[l.2]));
+        Self {
+            signature: sig.map(|l| text(&[l.2, l.3, l.4])).unwrap_or_default(),
+            max_leaf,
+            vendor,
+        }
+    }
+
+    /// Would a PVM guest kernel find its hypervisor?
+    pub fn pvm(&self) -> bool {
+        self.signature == "KVMKVMKVM" && self.vendor.as_deref() == Some("pvm")
+    }
+}
+
+/// The hypervisor leaves of `/dev/kvm`'s supported CPUID.
+pub fn hypervisor_leaves(device: &std::path::Path) -> Result<HypervisorLeaves, VmmError> {
+    let kvm = open_kvm(device)?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report its CPUID"))?;
+    let leaves: Vec<_> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| e.function >= 0x4000_0000 && e.function < 0x4000_0100)
+        .map(|e| (e.function, e.eax, e.ebx, e.ecx, e.edx))
+        .collect();
+    Ok(HypervisorLeaves::from_leaves(&leaves))
+}

@@ -28,8 +28,8 @@ mod steps;
 use loader::load_kernel;
 use machine::{create_memory, kvm_err, Stamps};
 pub use machine::{
-    kernel_cmdline, open_kvm, virtio_slot, DiskConfig, KernelImage, Mark, VmConfig, VmReport,
-    VmmError,
+    hypervisor_leaves, kernel_cmdline, open_kvm, virtio_slot, DiskConfig, HypervisorLeaves,
+    KernelImage, Mark, VmConfig, VmReport, VmmError,
 };
 use steps::{attach_devices, create_vcpus, run_vcpus, Ran, Seen};
 
@@ -306,5 +306,40 @@ mod tests {
         // The GDT's code segment is the 32-bit one the entry runs in.
         let code: u64 = m.read_obj(GuestAddress(layout::GDT_START + 8)).unwrap();
         assert_eq!(code, crate::arch::x86_64::gdt::CODE32);
+    }
+}
+
+#[cfg(test)]
+mod leaves_tests {
+    use super::*;
+
+    #[test]
+    fn a_pvm_host_is_recognised_from_its_leaves() {
+        let kvm = u32::from_le_bytes(*b"KVMK");
+        let vmk = u32::from_le_bytes(*b"VMKV");
+        let m = u32::from_le_bytes(*b"M\0\0\0");
+        let plain = [
+            (0x4000_0000, 0x4000_0001, kvm, vmk, m),
+            (0x4000_0001, 0, 0, 0, 0),
+        ];
+        let h = HypervisorLeaves::from_leaves(&plain);
+        assert_eq!(h.signature, "KVMKVMKVM");
+        assert!(!h.pvm());
+        let pvm = [
+            (0x4000_0000, 0x4000_0002, kvm, vmk, m),
+            (0x4000_0002, 0, 0x6d_7670, 0, 0),
+        ];
+        let h = HypervisorLeaves::from_leaves(&pvm);
+        assert_eq!(h.vendor.as_deref(), Some("pvm"));
+        assert!(h.pvm());
+        // A vendor leaf the signature leaf does not announce is not read.
+        let hidden = [(0x4000_0000, 0x4000_0001, kvm, vmk, m), pvm[1]];
+        assert!(!HypervisorLeaves::from_leaves(&hidden).pvm());
+    }
+
+    #[test]
+    #[ignore = "prints this host's leaves; needs /dev/kvm"]
+    fn print_this_hosts_leaves() {
+        println!("{:?}", hypervisor_leaves(std::path::Path::new("/dev/kvm")));
     }
 }
