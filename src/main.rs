@@ -218,9 +218,9 @@ struct RunArgs {
     /// Do not install the default seccomp filter.
     #[arg(long)]
     no_seccomp: bool,
-    /// Guest for the VM backends.
-    #[arg(long, value_enum, default_value = "bare")]
-    guest: GuestArg,
+    /// Guest for the VM backends (default: bare; qemu-tcg boots linux).
+    #[arg(long, value_enum)]
+    guest: Option<GuestArg>,
     /// Guest memory for the VM backends, in MiB (default 64 bare, 256 Linux).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1048576))]
     mem: Option<u64>,
@@ -628,7 +628,7 @@ impl RunArgs {
             seccomp: !self.no_seccomp,
             volumes,
             vm: VmSpec {
-                guest: Some(match self.guest {
+                guest: self.guest.map(|g| match g {
                     GuestArg::Bare => Guest::Bare,
                     GuestArg::Linux => Guest::Linux,
                 }),

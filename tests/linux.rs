@@ -227,3 +227,86 @@ fn lean_kernel_starts_with_its_devices_built_in() {
         assert_eq!(data["modules_loaded"], serde_json::json!([]));
     }
 }
+
+/// Issue 14.4: where KVM cannot boot Linux (PVM, or no KVM), QEMU's
+/// software emulation boots the same kernel and initramfs, so the lab can
+/// still say what a Linux VM isolates. Never timed, never benched.
+#[test]
+fn software_emulation_runs_the_linux_guest_and_answers_the_probes() {
+    if !require(
+        "qemu-system-x86_64 (apt-get install qemu-system-x86)",
+        std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file(),
+    ) {
+        return;
+    }
+    let kernel = isolab_microvm::kernel::find_in(std::path::Path::new("/boot"));
+    if !require(
+        "a distro kernel in /boot (apt-get install linux-image-cloud-amd64)",
+        kernel.is_ok(),
+    ) {
+        return;
+    }
+    let home = home();
+    let run = |args: &[&str]| {
+        isolab()
+            .args(args)
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    // A functional scenario: the agent computes and reports it.
+    let out = run(&[
+        "run",
+        "--backend",
+        "qemu-tcg",
+        "--scenario",
+        "cpu",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["guest"], "linux");
+    assert_eq!(v["result"]["ok"], true, "{v}");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("software emulation"),
+        "{v}"
+    );
+    // The bench refuses it by name, in one sentence.
+    let out = run(&["bench", "--backends", "qemu-tcg", "--scenarios", "cpu"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("never timed"), "{}", stderr(&out));
+    // The bare guest is not its guest.
+    let out = run(&["run", "--backend", "qemu-tcg", "--guest", "bare"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Linux guest only"),
+        "{}",
+        stderr(&out)
+    );
+    // The probe matrix has a Linux-VM column: from our monitor where KVM
+    // boots Linux, from software emulation where it does not.
+    let out = run(&["probes", "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+    let col = if m.get("qemu-tcg").is_some() {
+        &m["qemu-tcg"]
+    } else {
+        &m["microvm-linux"]
+    };
+    let probes = col
+        .as_object()
+        .unwrap_or_else(|| panic!("no Linux-VM column: {m}"));
+    assert!(probes.len() >= 30, "{col}");
+    // In its own kernel only the shared CPU is an exposure.
+    let exposed: Vec<&String> = probes
+        .iter()
+        .filter(|(_, p)| p["verdict"] == "exposed")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(exposed, ["cpu_vulnerabilities"], "{col}");
+    assert_eq!(col["mount"]["verdict"], "isolated");
+}

@@ -257,6 +257,12 @@ pub trait Backend: Send + Sync {
     fn baseline(&self) -> Option<&'static str> {
         None
     }
+    /// Whether its times and memory may be measured and compared (false
+    /// for software emulation: `isolab bench` leaves it out, and its
+    /// reports say why).
+    fn timed(&self) -> bool {
+        true
+    }
     /// Whether it can run on this host, and if not, why and how to fix it.
     fn available(&self) -> Result<(), Unavailable>;
     /// What runs inside for this spec.

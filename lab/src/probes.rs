@@ -101,7 +101,9 @@ pub fn bare_guest_column(
 /// from inside where it runs; a VM with the bare guest gets the column
 /// derived from what its monitor gave it. A backend that cannot run here
 /// is a column with the reason. (QEMU boots the same bare guest as our
-/// monitor, so it would repeat that column.)
+/// monitor, so it would repeat that column.) The Linux guest answers from
+/// our monitor where KVM boots a stock kernel, and from QEMU's software
+/// emulation (`qemu-tcg`) where it cannot.
 pub fn run_all(home: &Home) -> Vec<Column> {
     let probe_spec = InstanceSpec {
         scenario: sc::PROBES.into(),
@@ -113,6 +115,12 @@ pub fn run_all(home: &Home) -> Vec<Column> {
     let mut names: Vec<String> = Vec::new();
     for b in crate::backends::registry() {
         if b.baseline().is_some() && b.kind() == Kind::Vm {
+            continue;
+        }
+        // Software emulation's Linux column, only where KVM cannot give
+        // one (on a host with hardware KVM our monitor's is that column).
+        let kvm_boots_linux = crate::host::kvm_flavour_here().boots_stock_linux();
+        if !b.timed() && kvm_boots_linux {
             continue;
         }
         let guest = b.guest(&probe_spec);
@@ -141,10 +149,7 @@ pub fn run_all(home: &Home) -> Vec<Column> {
         });
         // Where KVM boots a stock kernel, the lab's monitor also runs the
         // probes in a Linux guest: the agent asks them from inside a VM.
-        if b.kind() == Kind::Vm
-            && b.available().is_ok()
-            && crate::host::kvm_flavour_here().boots_stock_linux()
-        {
+        if b.kind() == Kind::Vm && b.timed() && b.available().is_ok() && kvm_boots_linux {
             let mut spec = probe_spec.clone();
             spec.vm.guest = Some(Guest::Linux);
             let probes = b
@@ -165,7 +170,10 @@ impl Column {
     /// The column's name in the JSON and the text matrix: the backend, or
     /// `backend-linux` for a VM backend's Linux-guest column.
     pub fn key(&self) -> String {
-        if self.guest == Guest::Linux {
+        let usual = crate::backends::find(&self.backend)
+            .map(|b| b.guest(&InstanceSpec::default()))
+            .ok();
+        if self.guest == Guest::Linux && usual != Some(Guest::Linux) {
             format!("{}-linux", self.backend)
         } else {
             self.backend.clone()

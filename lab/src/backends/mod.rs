@@ -4,12 +4,15 @@
 //! * [`oci`]: crun and runc, from an OCI bundle the lab writes;
 //! * [`microvm`]: the lab's own KVM monitor, `isolab-vmm`;
 //! * [`qemu`]: `qemu-system-x86_64 -M microvm`;
+//! * [`qemu_tcg`]: the Linux guest under QEMU's software emulation, never
+//!   timed (probes and functional runs where KVM cannot boot Linux);
 //! * [`monitor_cgroup`]: the cgroup either monitor is started in.
 pub mod container;
 pub mod microvm;
 pub mod monitor_cgroup;
 pub mod oci;
 pub mod qemu;
+pub mod qemu_tcg;
 
 use anyhow::Result;
 
@@ -17,12 +20,13 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 5] = [
+    static ALL: [&dyn Backend; 6] = [
         &container::Container,
         &oci::CRUN,
         &oci::RUNC,
         &microvm::MicroVm,
         &qemu::Qemu,
+        &qemu_tcg::QemuTcg,
     ];
     &ALL
 }
@@ -68,7 +72,17 @@ mod tests {
     #[test]
     fn the_registry_names_each_backend_once_with_a_known_baseline() {
         let names = names();
-        assert_eq!(names, ["container", "crun", "runc", "microvm", "qemu"]);
+        assert_eq!(
+            names,
+            ["container", "crun", "runc", "microvm", "qemu", "qemu-tcg"]
+        );
+        // Only software emulation is left out of timing.
+        let untimed: Vec<_> = registry()
+            .iter()
+            .filter(|b| !b.timed())
+            .map(|b| b.name())
+            .collect();
+        assert_eq!(untimed, ["qemu-tcg"]);
         for b in registry() {
             if let Some(base) = b.baseline() {
                 let base = find(base).unwrap();
@@ -96,6 +110,8 @@ mod tests {
         assert!(vm.supports(s("disk-read"), &spec) && c.supports(s("disk-read"), &spec));
         assert!(find("runc").unwrap().supports(s("net-loopback"), &spec));
         assert!(!vm.supports(s("syscall"), &spec));
+        // qemu-tcg's guest is Linux whatever the spec's default.
+        assert!(find("qemu-tcg").unwrap().supports(s("syscall"), &spec));
         let mut linux = spec.clone();
         linux.vm.guest = Some(Guest::Linux);
         assert!(vm.supports(s("syscall"), &linux));

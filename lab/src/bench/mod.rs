@@ -184,13 +184,23 @@ fn run_one(
 /// unavailable backend is skipped with one note saying why.
 fn pick_backends(names: &[String], notes: &mut Vec<String>) -> Result<Vec<&'static dyn Backend>> {
     let wanted: Vec<&'static dyn Backend> = if names.is_empty() {
-        crate::backends::registry().to_vec()
+        crate::backends::registry()
+            .iter()
+            .copied()
+            .filter(|b| b.timed())
+            .collect()
     } else {
         names
             .iter()
             .map(|n| crate::backends::find(n))
             .collect::<Result<_>>()?
     };
+    if let Some(b) = wanted.iter().find(|b| !b.timed()) {
+        anyhow::bail!(
+            "{} is software emulation and is never timed: bench the other backends, and use `isolab run --backend {0}` or `isolab probes` for what it shows",
+            b.name()
+        );
+    }
     let mut picked: Vec<&'static dyn Backend> = Vec::new();
     for b in wanted {
         if picked.iter().any(|p| p.name() == b.name()) {

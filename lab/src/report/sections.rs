@@ -549,7 +549,9 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
     }
     pcols.sort_by_key(|(b, g)| (crate::backends::order_of(b), g == "linux"));
     let label = |(b, g): &(String, String)| {
-        if g == "linux" {
+        if g == "linux" && crate::backends::find(b).is_ok_and(|x| !x.timed()) {
+            format!("{b} (Linux guest, software emulation)")
+        } else if g == "linux" {
             format!("{b} (Linux guest)")
         } else {
             shown(run, b)

@@ -47,7 +47,26 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
     for section in SECTIONS {
         section(&f, &mut out);
     }
+    if host.contains_key("host_boot_id") && !f.shared_kernel {
+        judge_in_own_kernel(&mut out);
+    }
     out
+}
+
+/// Probes whose answer is the hardware's, whatever kernel asks.
+const HARDWARE: &[&str] = &["cpu_vulnerabilities"];
+
+/// In a VM the agent asks its own kernel: a mount, a module, a key, a
+/// device node or a process list it reaches belongs to that kernel, not
+/// the host's. What it could do there is no exposure of the host; only
+/// what the hardware answers (the shared CPU) still is.
+fn judge_in_own_kernel(probes: &mut [Probe]) {
+    for p in probes.iter_mut() {
+        if p.verdict == Verdict::Exposed && !HARDWARE.contains(&p.name.as_str()) {
+            p.verdict = Verdict::Isolated;
+            p.reason = format!("the VM's own kernel answers, not the host's ({})", p.reason);
+        }
+    }
 }
 
 /// The host facts the harness passes as `host_*` parameters.
@@ -80,6 +99,28 @@ pub fn host_facts() -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_its_own_kernel_only_the_hardware_stays_exposed() {
+        let mut ps = vec![
+            Probe {
+                name: "mount".into(),
+                value: "would be allowed".into(),
+                verdict: Verdict::Exposed,
+                reason: "r".into(),
+            },
+            Probe {
+                name: "cpu_vulnerabilities".into(),
+                value: "v".into(),
+                verdict: Verdict::Exposed,
+                reason: "r".into(),
+            },
+        ];
+        judge_in_own_kernel(&mut ps);
+        assert_eq!(ps[0].verdict, Verdict::Isolated);
+        assert!(ps[0].reason.contains("own kernel"));
+        assert_eq!(ps[1].verdict, Verdict::Exposed);
+    }
 
     #[test]
     fn verdict_helpers() {
