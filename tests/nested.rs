@@ -279,6 +279,11 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
             put(&root, &mods.join(m), &format!("/lib/modules/{release}/{m}"));
         }
     }
+    put(
+        &root,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/linux-boot-times.sh"),
+        "/usr/local/share/isolab/linux-boot-times.sh",
+    );
     let lean = lean_kernel();
     if let Some(l) = &lean {
         put(&root, l, "/boot/lean/bzImage");
@@ -331,6 +336,10 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
         "distro-pvh".into(),
         "isolab run --backend microvm --guest linux --scenario startup --pvh --timeout 300 --json"
             .into(),
+    ));
+    cases.push((
+        "boot-times".into(),
+        "env ISOLAB=/usr/local/bin/isolab ISOLAB_NESTED_TCG=1 sh /usr/local/share/isolab/linux-boot-times.sh --runs 2".into(),
     ));
     cases.push(("probes".into(), "isolab probes --json".into()));
     // cgroup v2: limits, accounting, OOM, pids, detach/stop/prune.
@@ -485,6 +494,14 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
                 c.stdout.chars().take(3000).collect::<String>(),
                 c.stderr
             ),
+        );
+    }
+    if let Some(c) = case("boot-times") {
+        check(
+            c.rc == Some(0)
+                && c.stdout.contains("nested-TCG")
+                && c.stdout.contains("launch -> agent ready       : median"),
+            format!("boot-times: scripts/linux-boot-times.sh runs and labels its figures: {c:?}"),
         );
     }
     if let Some(c) = case("probes") {
