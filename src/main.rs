@@ -141,6 +141,31 @@ enum ImageCommand {
     /// Write the default image's layers as an ext4 disk (cached; what
     /// `run --backend microvm --disk image` attaches) and print its path.
     Disk,
+    /// Load images from a `docker save` archive or an OCI image layout
+    /// (directory, or tar as skopeo's oci-archive writes it).
+    Load {
+        /// The archive or layout directory.
+        #[arg(short, long)]
+        input: PathBuf,
+        /// Name for the image (needed when the archive names none).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Save images to an archive `docker load` or skopeo reads.
+    Save {
+        /// Destination file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// docker-archive (as `docker save`) or oci (an OCI layout in a tar).
+        #[arg(long, value_enum, default_value = "docker-archive")]
+        format: ArchiveFormat,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give an image another name (NAME[:TAG]).
+    Tag { source: String, target: String },
+    /// An image's layers and config, as JSON.
+    Inspect { name: String },
     /// List images.
     Ls,
     /// Remove an image (its layers go at the next prune).
@@ -154,6 +179,13 @@ fn backend_names() -> clap::builder::PossibleValuesParser {
             .iter()
             .map(|b| clap::builder::PossibleValue::new(b.name()).help(b.about())),
     )
+}
+
+/// The archive `image save` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ArchiveFormat {
+    DockerArchive,
+    Oci,
 }
 
 /// Which guest a VM backend boots.
@@ -203,6 +235,9 @@ struct RunArgs {
     /// Working directory inside.
     #[arg(short, long)]
     workdir: Option<String>,
+    /// User inside: NAME|UID[:GROUP|GID] (default: the image's USER, else root).
+    #[arg(short, long)]
+    user: Option<String>,
     /// Memory limit, e.g. 64M or 1G.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
@@ -591,11 +626,30 @@ fn image_cmd(home: &Home, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             println!("imported image {} ({} layers)", img.name, img.layers.len());
         }
         ImageCommand::Disk => println!("{}", images::image_disk(home)?.display()),
-        ImageCommand::Ls => {
-            for n in home.store().list() {
-                println!("{n}");
+        ImageCommand::Load { input, tag } => {
+            for img in isolab_runtime::archive::load(&home.store(), &input, tag.as_deref())? {
+                println!("loaded image {} ({} layers)", img.name, img.layers.len());
             }
         }
+        ImageCommand::Save {
+            output,
+            format,
+            names,
+        } => {
+            let f = match format {
+                ArchiveFormat::DockerArchive => isolab_runtime::archive::Format::DockerArchive,
+                ArchiveFormat::Oci => isolab_runtime::archive::Format::Oci,
+            };
+            isolab_runtime::archive::save(&home.store(), &names, &output, f)?;
+        }
+        ImageCommand::Tag { source, target } => {
+            home.store().tag(&source, &target)?;
+        }
+        ImageCommand::Inspect { name } => {
+            let img = images::open(home, &name)?;
+            println!("{}", serde_json::to_string_pretty(&img)?);
+        }
+        ImageCommand::Ls => print!("{}", images::list_table(home)),
         ImageCommand::Rm { name } => home.store().remove(&name)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -619,6 +673,7 @@ impl RunArgs {
             hostname: self.hostname.clone(),
             env: self.env.clone(),
             workdir: self.workdir.clone(),
+            user: self.user.clone(),
             limits: isolab_runtime::cgroups::Limits {
                 memory_bytes: self.memory,
                 pids: self.pids,

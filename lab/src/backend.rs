@@ -151,6 +151,8 @@ pub struct InstanceSpec {
     pub hostname: Option<String>,
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// `-u NAME|UID[:GROUP|GID]`, over the image's `USER`.
+    pub user: Option<String>,
     pub limits: Limits,
     pub userns: bool,
     pub seccomp: bool,
@@ -176,6 +178,7 @@ impl Default for InstanceSpec {
             hostname: None,
             env: vec![],
             workdir: None,
+            user: None,
             limits: Limits::default(),
             userns: false,
             seccomp: true,
@@ -330,6 +333,9 @@ pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
     }
     if !spec.command.is_empty() {
         bail!("the VM backends run scenarios only: drop the command");
+    }
+    if spec.user.is_some() || spec.workdir.is_some() {
+        bail!("-u and -w set a container's process: a VM backend runs the agent as its init, drop them");
     }
     Ok(())
 }

@@ -47,12 +47,14 @@ pub fn build_default(home: &Home) -> Result<Image> {
         DEFAULT_IMAGE,
         &layers,
         ImageConfig {
-            entrypoint: vec![AGENT_PATH.into()],
+            // The agent is the image's command, so `run -- CMD` replaces
+            // it, as `docker run IMAGE CMD` replaces an image's CMD.
+            cmd: vec![AGENT_PATH.into()],
             env: vec![DEFAULT_PATH.into()],
-            cwd: "/".into(),
             labels: [("isolab.agent".to_owned(), AGENT_FINGERPRINT.to_owned())]
                 .into_iter()
                 .collect(),
+            ..Default::default()
         },
     )?;
     Ok(img)
@@ -64,8 +66,9 @@ pub fn open(home: &Home, name: &str) -> Result<Image> {
     match home.store().open(name) {
         Ok(img)
             if name == DEFAULT_IMAGE
-                && img.config.labels.get("isolab.agent").map(String::as_str)
-                    != Some(AGENT_FINGERPRINT) =>
+                && (img.config.labels.get("isolab.agent").map(String::as_str)
+                    != Some(AGENT_FINGERPRINT)
+                    || img.config.cmd != [AGENT_PATH]) =>
         {
             build_default(home)
         }
@@ -75,16 +78,16 @@ pub fn open(home: &Home, name: &str) -> Result<Image> {
     }
 }
 
-/// Imports tar layers as an image whose entrypoint is `entrypoint`.
-pub fn import(home: &Home, name: &str, layers: &[PathBuf], entrypoint: &str) -> Result<Image> {
+/// Imports tar layers as an image whose command is `command` (replaced by
+/// a command given to `run`).
+pub fn import(home: &Home, name: &str, layers: &[PathBuf], command: &str) -> Result<Image> {
     Ok(home.store().import(
         name,
         layers,
         ImageConfig {
-            entrypoint: vec![entrypoint.into()],
+            cmd: vec![command.into()],
             env: vec![DEFAULT_PATH.into()],
-            cwd: "/".into(),
-            labels: Default::default(),
+            ..Default::default()
         },
     )?)
 }
@@ -166,6 +169,114 @@ pub fn fnv(b: &[u8]) -> u32 {
     b.iter().fold(0x811c_9dc5u32, |h, x| {
         (h ^ u32::from(*x)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// The uid and gid `user` (an image's `USER` or `run -u`) names in
+/// `img`: numbers as they are, names through the image's own
+/// `/etc/passwd` and `/etc/group` (never the host's). Empty: root.
+pub fn resolve_user(home: &Home, img: &Image, user: &str) -> Result<Option<(u32, u32)>> {
+    if user.is_empty() {
+        return Ok(None);
+    }
+    let store = home.store();
+    let layers = store.lower_dirs(img);
+    let read = |path: &str| -> String {
+        image::resolve_in_layers(&layers, path)
+            .ok()
+            .filter(|(_, m)| m.is_file() && m.len() <= 1 << 20)
+            .and_then(|(p, _)| fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read("/etc/passwd");
+    // name:x:uid:gid:…
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && (f[0] == u || f[2] == u))
+            .then(|| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
+            .flatten()
+    });
+    let (uid, primary) = match (u.parse::<u32>(), entry) {
+        (_, Some((uid, gid))) => (uid, gid),
+        (Ok(uid), None) => (uid, 0),
+        (Err(_), None) => anyhow::bail!(
+            "user {u:?} is not in image {}'s /etc/passwd: use a numeric uid or add the user to the image",
+            img.name
+        ),
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => read("/etc/group")
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok()).flatten()
+                })
+                .ok_or_else(|| anyhow::anyhow!(
+                    "group {g:?} is not in image {}'s /etc/group: use a numeric gid or add the group to the image",
+                    img.name
+                ))?,
+        },
+    };
+    Ok(Some((uid, gid)))
+}
+
+/// `isolab image ls`: repository, tag, id, layers, size on disk, and the
+/// part of that size held in layers another image uses too (what sharing
+/// layers saves).
+pub fn list_table(home: &Home) -> String {
+    use sha2::Digest;
+    let store = home.store();
+    let images: Vec<Image> = store
+        .list()
+        .iter()
+        .filter_map(|n| store.open(n).ok())
+        .collect();
+    let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+    for img in &images {
+        for l in img.layers.iter().collect::<std::collections::BTreeSet<_>>() {
+            *users.entry(l.as_str()).or_default() += 1;
+        }
+    }
+    let size = |d: &str| {
+        fs::metadata(store.blob_path(d))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    let mut out = format!(
+        "{:<32} {:<12} {:<12} {:>6} {:>10} {:>10}\n",
+        "REPOSITORY", "TAG", "IMAGE ID", "LAYERS", "SIZE", "SHARED"
+    );
+    for img in &images {
+        let (repo, tag) = image::split_tag(&img.name);
+        let id = sha2::Sha256::digest(
+            serde_json::to_vec(&(&img.layers, &img.config)).unwrap_or_default(),
+        );
+        let id: String = id.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let total: u64 = img.layers.iter().map(|l| size(l)).sum();
+        let shared: u64 = img
+            .layers
+            .iter()
+            .filter(|l| users.get(l.as_str()).copied().unwrap_or(0) > 1)
+            .map(|l| size(l))
+            .sum();
+        out.push_str(&format!(
+            "{:<32} {:<12} {:<12} {:>6} {:>10} {:>10}\n",
+            repo,
+            tag.unwrap_or("<none>"),
+            id,
+            img.layers.len(),
+            mib(total),
+            mib(shared)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

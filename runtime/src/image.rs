@@ -37,12 +37,20 @@ pub enum ImageError {
     },
     #[error("image store {path}: {source}")]
     Store { path: PathBuf, source: io::Error },
-    #[error("no image named {name:?} in {store}: build it with `isolab image build` or import one with `isolab image import`")]
+    #[error("no image named {name:?} in {store}: build the default with `isolab image build`, load one with `isolab image load -i ARCHIVE`, or import layers with `isolab image import`")]
     NotFound { name: String, store: PathBuf },
     #[error("image {name:?} is damaged ({detail}): remove it with `isolab image rm {name}` and import it again")]
     Damaged { name: String, detail: String },
-    #[error("invalid image name {0:?}: use letters, digits, '-', '_' and '.' only")]
+    #[error("invalid image name {0:?}: use NAME[:TAG], with letters, digits, '-', '_', '.' and '/' between path parts")]
     BadName(String),
+    #[error("{what}: sha256 {got} does not match its digest {want}: the image is corrupt or was tampered with; fetch or save it again")]
+    Digest {
+        what: String,
+        want: String,
+        got: String,
+    },
+    #[error("{path}: {detail}")]
+    Archive { path: PathBuf, detail: String },
     #[error("layer {layer} unpacks to more than {limit} bytes: refused (a decompression bomb?); split the layer or raise the limit")]
     TooLarge { layer: String, limit: u64 },
 }
@@ -87,17 +95,56 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
-/// How an image starts.
+/// How an image starts: the OCI image config's `Entrypoint`, `Cmd`,
+/// `Env`, `WorkingDir`, `User`, `ExposedPorts` and `Labels`, with
+/// Docker's meaning (a command given to `run` replaces `cmd` and is
+/// appended to `entrypoint`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
+    #[serde(default)]
     pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
     #[serde(default)]
     pub env: Vec<String>,
     #[serde(default = "root_dir")]
     pub cwd: String,
+    /// `USER`: a name or uid, optionally `:group` (empty: root).
+    #[serde(default)]
+    pub user: String,
+    /// `EXPOSE`: e.g. `80/tcp`.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     /// Free-form labels (the default image records which agent it holds).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            env: Vec::new(),
+            cwd: root_dir(),
+            user: String::new(),
+            exposed_ports: Vec::new(),
+            labels: Default::default(),
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The program and arguments a run starts: the entrypoint, then the
+    /// command given to `run` or else the image's `cmd`.
+    pub fn argv(&self, command: &[String]) -> Vec<String> {
+        let tail = if command.is_empty() {
+            &self.cmd
+        } else {
+            command
+        };
+        self.entrypoint.iter().chain(tail).cloned().collect()
+    }
 }
 
 fn root_dir() -> String {
@@ -126,18 +173,62 @@ fn store_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     }
 }
 
-fn check_name(name: &str) -> Result<(), ImageError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+/// An image reference as Docker writes one, `[HOST[:PORT]/]PATH[:TAG]`:
+/// path components of letters, digits, `-`, `_` and `.` (never `.` or
+/// `..` alone), a tag of the same characters.
+pub fn check_name(name: &str) -> Result<(), ImageError> {
+    let bad = || ImageError::BadName(name.to_owned());
+    if name.is_empty() || name.len() > 255 {
+        return Err(bad());
+    }
+    let (path, tag) = split_tag(name);
+    let word = |w: &str| {
+        !w.is_empty()
+            && w != "."
+            && w != ".."
+            && !w.starts_with('.')
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let host_port = |w: &str| match w.split_once(':') {
+        Some((h, p)) => word(h) && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
+        None => word(w),
+    };
+    let comps: Vec<&str> = path.split('/').collect();
+    let ok = comps.iter().enumerate().all(|(i, c)| {
+        if i == 0 && comps.len() > 1 {
+            host_port(c)
+        } else {
+            word(c)
+        }
+    }) && tag.is_none_or(|t| word(t) && t.len() <= 128);
     if ok {
         Ok(())
     } else {
-        Err(ImageError::BadName(name.to_owned()))
+        Err(bad())
     }
+}
+
+/// `repo:tag` → (`repo`, Some(`tag`)); a `:` in a registry's host:port
+/// is not a tag.
+pub fn split_tag(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (name, None),
+    }
+}
+
+/// The file name an image's record has: `/` and `:` escaped.
+fn escape_name(name: &str) -> String {
+    name.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+}
+
+fn unescape_name(file: &str) -> String {
+    file.replace("%3A", ":")
+        .replace("%2F", "/")
+        .replace("%25", "%")
 }
 
 impl Store {
@@ -156,7 +247,14 @@ impl Store {
     }
 
     fn image_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!("{name}.json"))
+        self.root
+            .join("images")
+            .join(format!("{}.json", escape_name(name)))
+    }
+
+    /// The store's root (the lab's home).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Adds one layer blob (tar or tar.gz bytes) and returns its digest.
@@ -166,6 +264,11 @@ impl Store {
         let dir = self.layer_dir(&digest);
         if dir.is_dir() {
             return Ok(digest);
+        }
+        // (A corrupt stream has no diff_id: the unpack below says why.)
+        let diff_id = reader_sha256(blob, true).ok().map(|(d, _)| d);
+        if let Some(existing) = diff_id.as_deref().and_then(|d| self.layer_with_diff_id(d)) {
+            return Ok(existing);
         }
         for sub in ["layers", "blobs"] {
             let p = self.root.join(sub);
@@ -200,12 +303,25 @@ impl Store {
                 source: e,
             }
         })?;
+        if let Some(d) = &diff_id {
+            self.record_diff_id(d, &digest);
+        }
         Ok(digest)
     }
 
     /// Adds one layer from a file, streamed: copied into the blob store
     /// while hashed, then unpacked from the copy, never whole in memory.
     pub fn add_layer_file(&self, path: &Path) -> Result<String, ImageError> {
+        self.add_layer_file_checked(path, None)
+    }
+
+    /// As [`Store::add_layer_file`], refusing a blob whose sha256 is not
+    /// `expected` (hex) before anything of it is unpacked.
+    pub fn add_layer_file_checked(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<String, ImageError> {
         let read_err = |source| ImageError::ReadLayer {
             path: path.to_path_buf(),
             source,
@@ -234,9 +350,25 @@ impl Store {
         }
         drop(dst);
         let digest = hex(&hasher.finalize());
+        if let Some(want) = expected {
+            if want != digest {
+                return Err(ImageError::Digest {
+                    what: path.display().to_string(),
+                    want: want.to_owned(),
+                    got: digest,
+                });
+            }
+        }
         let dir = self.layer_dir(&digest);
         if dir.is_dir() {
             return Ok(digest);
+        }
+        // The same content stored already, compressed another way: one
+        // copy (layers are shared by their uncompressed digest, as in
+        // Docker).
+        let diff_id = content_sha256(&blob_tmp, true).ok().map(|(d, _)| d);
+        if let Some(existing) = diff_id.as_deref().and_then(|d| self.layer_with_diff_id(d)) {
+            return Ok(existing);
         }
         let tmp = self
             .root
@@ -257,7 +389,34 @@ impl Store {
                 source: e,
             });
         }
+        if let Some(d) = &diff_id {
+            self.record_diff_id(d, &digest);
+        }
         Ok(digest)
+    }
+
+    fn diff_id_path(&self, diff_id: &str) -> PathBuf {
+        self.root.join("diffids").join(diff_id)
+    }
+
+    /// The stored layer whose uncompressed content has sha256 `diff_id`.
+    pub fn layer_with_diff_id(&self, diff_id: &str) -> Option<String> {
+        let d = fs::read_to_string(self.diff_id_path(diff_id)).ok()?;
+        let d = d.trim();
+        let ok = d.len() == 64
+            && d.bytes().all(|b| b.is_ascii_hexdigit())
+            && self.layer_dir(d).is_dir()
+            && self.blob_path(d).is_file();
+        ok.then(|| d.to_owned())
+    }
+
+    fn record_diff_id(&self, diff_id: &str, digest: &str) {
+        let dir = self.root.join("diffids");
+        if fs::create_dir_all(&dir).is_ok() {
+            let p = self.diff_id_path(diff_id);
+            let tmp = p.with_extension("tmp");
+            let _ = fs::write(&tmp, digest).and_then(|_| fs::rename(&tmp, &p));
+        }
     }
 
     /// Imports an image from layer files (bottom first), each streamed.
@@ -290,8 +449,15 @@ impl Store {
         self.save_image(name, layers, config)
     }
 
+    /// Gives image `src` a second name, `dst` (Docker's `tag`).
+    pub fn tag(&self, src: &str, dst: &str) -> Result<Image, ImageError> {
+        check_name(dst)?;
+        let img = self.open(src)?;
+        self.save_image(dst, img.layers, img.config)
+    }
+
     /// Records image `name` over layers already in the store.
-    fn save_image(
+    pub fn save_image(
         &self,
         name: &str,
         layers: Vec<String>,
@@ -319,7 +485,13 @@ impl Store {
     /// Opens a named image and checks its layers are present.
     pub fn open(&self, name: &str) -> Result<Image, ImageError> {
         check_name(name)?;
-        let p = self.image_path(name);
+        // `alpine` means `alpine:latest`, as in Docker.
+        let p = match self.image_path(name) {
+            p if !p.exists() && split_tag(name).1.is_none() => {
+                self.image_path(&format!("{name}:latest"))
+            }
+            p => p,
+        };
         let text = fs::read_to_string(&p).map_err(|_| ImageError::NotFound {
             name: name.to_owned(),
             store: self.root.join("images"),
@@ -349,7 +521,7 @@ impl Store {
                 e.file_name()
                     .to_str()?
                     .strip_suffix(".json")
-                    .map(str::to_owned)
+                    .map(unescape_name)
             })
             .collect();
         v.sort();
@@ -394,6 +566,17 @@ impl Store {
             if fs::remove_dir_all(e.path()).is_ok() {
                 let _ = fs::remove_file(self.blob_path(&name));
                 removed.push(name);
+            }
+        }
+        // Index entries of layers that are gone.
+        for e in fs::read_dir(self.root.join("diffids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if self.layer_with_diff_id(&name).is_none() {
+                let _ = fs::remove_file(e.path());
             }
         }
         removed
@@ -530,6 +713,35 @@ pub fn resolve_in_layers(
         cur = cand;
     }
     Err(Resolve::Missing)
+}
+
+/// sha256 (hex) and length of what `r` yields; with `gunzip`, of its
+/// gzip-decompressed content when it is gzip (a layer's diff_id).
+pub fn reader_sha256(r: impl Read, gunzip: bool) -> io::Result<(String, u64)> {
+    let mut r = io::BufReader::with_capacity(64 << 10, r);
+    let gz = gunzip && io::BufRead::fill_buf(&mut r)?.starts_with(&[0x1f, 0x8b]);
+    let mut r: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else {
+        Box::new(r)
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    Ok((hex(&h.finalize()), n))
+}
+
+/// [`reader_sha256`] of a file, streamed.
+pub fn content_sha256(path: &Path, gunzip: bool) -> io::Result<(String, u64)> {
+    reader_sha256(fs::File::open(path)?, gunzip)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1035,9 +1247,7 @@ mod tests {
                 &layers,
                 ImageConfig {
                     entrypoint: vec!["/isolab-agent".into()],
-                    env: vec![],
-                    cwd: "/".into(),
-                    labels: Default::default(),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -1140,6 +1350,23 @@ mod tests {
         let err = s.add_layer(&blob).unwrap_err().to_string();
         assert!(err.contains("non-directory"), "{err}");
         assert_store_clean(&d);
+    }
+
+    #[test]
+    fn one_content_is_stored_once_however_compressed() {
+        let plain = build_layer(&[LayerEntry::File("f", 0o644, &[7u8; 4000])]).unwrap();
+        let (_d, s) = store();
+        let a = s.add_layer(&gzip(&plain).unwrap()).unwrap();
+        let b = s.add_layer(&plain).unwrap();
+        assert_eq!(a, b, "the same tar, gzip or not, is one layer");
+        let diff_id = hex(&Sha256::digest(&plain));
+        assert_eq!(s.layer_with_diff_id(&diff_id), Some(a.clone()));
+        // Gone with its layer at garbage collection, and then not reused.
+        s.collect_garbage(&Default::default());
+        assert!(s.layer_with_diff_id(&diff_id).is_none());
+        let c = s.add_layer(&plain).unwrap();
+        assert_ne!(c, a);
+        assert!(s.layer_dir(&c).is_dir());
     }
 
     #[test]

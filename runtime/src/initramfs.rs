@@ -251,9 +251,7 @@ mod tests {
                 &layers,
                 ImageConfig {
                     entrypoint: vec!["/isolab-agent".into()],
-                    env: vec![],
-                    cwd: "/".into(),
-                    labels: Default::default(),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -321,9 +319,7 @@ mod tests {
                 &[lower, upper],
                 ImageConfig {
                     entrypoint: vec!["/x".into()],
-                    env: vec![],
-                    cwd: "/".into(),
-                    labels: Default::default(),
+                    ..Default::default()
                 },
             )
             .unwrap();

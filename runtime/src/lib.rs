@@ -1,4 +1,5 @@
 //! isolab's namespace container runtime.
+pub mod archive;
 pub mod cgroups;
 pub mod container;
 pub mod diskimage;

@@ -12,6 +12,7 @@ use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::CgroupLayout;
 use isolab_runtime::container::{self, Spec, Stdio};
+use isolab_runtime::image::ImageConfig;
 use isolab_scenarios::protocol::{self, HOLD_LINE};
 
 use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
@@ -84,13 +85,12 @@ impl Backend for Container {
 }
 
 /// The argv a spec runs: its command, or the agent with the scenario.
-fn argv_of(spec: &InstanceSpec, entrypoint: &[String]) -> Vec<String> {
-    if !spec.command.is_empty() {
-        spec.command.clone()
-    } else if entrypoint == [images::AGENT_PATH] {
+fn argv_of(spec: &InstanceSpec, config: &ImageConfig) -> Vec<String> {
+    let argv = config.argv(&spec.command);
+    if argv == [images::AGENT_PATH] {
         crate::instances::describe(spec)
     } else {
-        entrypoint.to_vec()
+        argv
     }
 }
 
@@ -103,7 +103,7 @@ struct Prepared {
 fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
     let store = home.store();
     let img = images::open(home, &opts.image)?;
-    let argv = argv_of(opts, &img.config.entrypoint);
+    let argv = argv_of(opts, &img.config);
     store
         .check_entrypoint(&img, &argv[0])
         .map_err(|e| anyhow!(e))?;
@@ -121,9 +121,12 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
     record.save()?;
     let id = record.id().to_owned();
     let hostname = opts.hostname.clone().unwrap_or_else(|| id.clone());
+    let user = images::resolve_user(home, &img, opts.user.as_deref().unwrap_or(&img.config.user))?;
     let mut env = img.config.env.clone();
     env.push(format!("HOSTNAME={hostname}"));
-    env.push("HOME=/".into());
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push("HOME=/".into());
+    }
     if matches!(stdio, Stdio::Pty(_)) {
         env.push(format!(
             "TERM={}",
@@ -140,7 +143,9 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         cwd: opts
             .workdir
             .clone()
-            .unwrap_or_else(|| img.config.cwd.clone()),
+            .or_else(|| Some(img.config.cwd.clone()).filter(|c| !c.is_empty()))
+            .unwrap_or_else(|| "/".into()),
+        user,
         hostname,
         limits: opts.limits.clone(),
         userns: opts.userns,

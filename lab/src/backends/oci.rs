@@ -94,6 +94,9 @@ impl Backend for OciPeer {
         if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
             bail!("the crun/runc peers run the agent's scenarios only: drop -t and the command");
         }
+        if spec.user.is_some() || spec.workdir.is_some() {
+            bail!("-u and -w apply to --backend container in this build: drop them for the crun/runc peers");
+        }
         Ok(())
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {

@@ -178,7 +178,7 @@ pub(super) fn child_main(
     }
     drop(go_r);
     drop(req_w);
-    if let Err(e) = drop_privileges(profile) {
+    if let Err(e) = drop_privileges(profile, spec.user) {
         rep.fail(Stage::Seccomp, &e);
     }
     rep.mark(Stage::Seccomp);
@@ -599,7 +599,14 @@ pub(super) fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
-pub(super) fn drop_privileges(profile: Option<&Profile>) -> Result<(), String> {
+/// Drops to the runtime's capability set and, for an image's `USER` (or
+/// `--user`), to that uid and gid: leaving uid 0 clears the permitted and
+/// effective sets, as for a non-root user under Docker. Then
+/// no_new_privs and the seccomp filter.
+pub(super) fn drop_privileges(
+    profile: Option<&Profile>,
+    user: Option<(u32, u32)>,
+) -> Result<(), String> {
     use caps::{CapSet, CapsHashSet};
     let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
     for c in caps::all() {
@@ -610,8 +617,22 @@ pub(super) fn drop_privileges(profile: Option<&Profile>) -> Result<(), String> {
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;
     caps::set(None, CapSet::Inheritable, &keep).map_err(|e| format!("inheritable caps: {e}"))?;
-    caps::set(None, CapSet::Effective, &keep).map_err(|e| format!("effective caps: {e}"))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(|e| format!("permitted caps: {e}"))?;
+    if let Some((uid, gid)) = user {
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        let g = Gid::from_raw(gid);
+        setgroups(&[g]).map_err(|e| format!("setgroups([{gid}]): {e}"))?;
+        setresgid(g, g, g).map_err(|e| format!("becoming gid {gid}: {e}"))?;
+        if uid != 0 {
+            let u = Uid::from_raw(uid);
+            setresuid(u, u, u).map_err(|e| format!("becoming uid {uid}: {e}"))?;
+        }
+    }
+    if user.is_none_or(|(uid, _)| uid == 0) {
+        caps::set(None, CapSet::Effective, &keep).map_err(|e| format!("effective caps: {e}"))?;
+        caps::set(None, CapSet::Permitted, &keep).map_err(|e| format!("permitted caps: {e}"))?;
+    } else {
+        caps::clear(None, CapSet::Inheritable).map_err(|e| format!("inheritable caps: {e}"))?;
+    }
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));

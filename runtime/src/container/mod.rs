@@ -421,6 +421,7 @@ mod tests {
             argv: vec!["/bin/true".into()],
             env: vec![],
             cwd: "/".into(),
+            user: None,
             hostname: "h".into(),
             limits: crate::cgroups::Limits {
                 memory_bytes: Some(1 << 20),

@@ -65,6 +65,8 @@ pub struct Spec {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
+    /// The uid and gid the program runs as (None: root).
+    pub user: Option<(u32, u32)>,
     pub hostname: String,
     pub limits: Limits,
     /// Map root in the container to an unprivileged host range.
