@@ -78,6 +78,32 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Pull an image from a registry (HOST[:PORT]/REPO[:TAG|@DIGEST]).
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        reg: RegistryArgs,
+    },
+    /// Push an image to a registry: NAME, or LOCAL and the REFERENCE to push it as.
+    Push {
+        name: String,
+        reference: Option<String>,
+        #[command(flatten)]
+        reg: RegistryArgs,
+    },
+    /// Store credentials for a registry (checked against it first; kept 0600 in the home).
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from standard input (the only way: never on a command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[command(flatten)]
+        reg: RegistryArgs,
+    },
+    /// Forget a registry's credentials.
+    Logout { registry: String },
     /// Measure backends side by side (interleaved) and write a run directory.
     Bench(BenchArgs),
     /// Run the isolation probes on every available backend, side by side.
@@ -179,6 +205,17 @@ fn backend_names() -> clap::builder::PossibleValuesParser {
             .iter()
             .map(|b| clap::builder::PossibleValue::new(b.name()).help(b.about())),
     )
+}
+
+/// How to reach a registry.
+#[derive(clap::Args, Debug, Clone)]
+struct RegistryArgs {
+    /// Plain HTTP (a registry without TLS, e.g. on 127.0.0.1).
+    #[arg(long)]
+    insecure: bool,
+    /// A PEM CA certificate to trust for this registry.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// The archive `image save` writes.
@@ -415,6 +452,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.command,
         Command::Run(_)
             | Command::Image(_)
+            | Command::Pull { .. }
+            | Command::Push { .. }
+            | Command::Login { .. }
+            | Command::Logout { .. }
             | Command::Bench(_)
             | Command::Lab { .. }
             | Command::Probes { .. }
@@ -457,6 +498,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image_cmd(&home, cmd),
+        Command::Pull { reference, reg } => {
+            let r = isolab_runtime::registry::Reference::parse(&reference)?;
+            let opts = images::registry_options(&home, &r.registry, reg.insecure, reg.tls_ca);
+            let mut progress = images::layer_progress();
+            let img =
+                isolab_runtime::registry::pull(&home.store(), &r, &opts, None, &mut progress)?;
+            println!("pulled {} ({} layers)", img.name, img.layers.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Push {
+            name,
+            reference,
+            reg,
+        } => {
+            let r =
+                isolab_runtime::registry::Reference::parse(reference.as_deref().unwrap_or(&name))?;
+            let opts = images::registry_options(&home, &r.registry, reg.insecure, reg.tls_ca);
+            let mut progress = images::layer_progress();
+            let digest =
+                isolab_runtime::registry::push(&home.store(), &name, &r, &opts, &mut progress)?;
+            println!(
+                "pushed {} as {}/{}:{} ({digest})",
+                name, r.registry, r.repo, r.reference
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Login {
+            registry,
+            username,
+            password_stdin: _,
+            reg,
+        } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                anyhow::bail!("no password on standard input: pipe it in, e.g. `cat pw | isolab login {registry} -u {username} --password-stdin`");
+            }
+            images::login(
+                &home,
+                &registry,
+                &username,
+                password,
+                reg.insecure,
+                reg.tls_ca,
+            )?;
+            println!(
+                "login to {registry} succeeded; credentials kept in {}",
+                home.root().join("auth.json").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logout { registry } => {
+            if images::logout(&home, &registry)? {
+                println!("removed the credentials for {registry}");
+            } else {
+                println!("no credentials for {registry}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) => {
             if nix::unistd::geteuid().is_root() {
                 selfprotect::ensure_protected()?;

@@ -279,6 +279,116 @@ pub fn list_table(home: &Home) -> String {
     out
 }
 
+/// Where `isolab login` keeps credentials (mode 0600).
+fn auth_file(home: &Home) -> PathBuf {
+    home.root().join("auth.json")
+}
+
+fn read_auths(home: &Home) -> BTreeMap<String, (String, String)> {
+    fs::read_to_string(auth_file(home))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn write_auths(home: &Home, auths: &BTreeMap<String, (String, String)>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = auth_file(home);
+    fs::create_dir_all(home.root())?;
+    let tmp = p.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(auths)?.as_bytes())?;
+    drop(f);
+    fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
+
+/// How to reach `registry`: the flags, and the stored credentials.
+pub fn registry_options(
+    home: &Home,
+    registry: &str,
+    insecure: bool,
+    ca: Option<PathBuf>,
+) -> isolab_runtime::registry::Options {
+    isolab_runtime::registry::Options {
+        insecure,
+        ca_file: ca,
+        credentials: read_auths(home).remove(registry),
+    }
+}
+
+/// `isolab login`: checks the credentials against the registry, then
+/// stores them (0600).
+pub fn login(
+    home: &Home,
+    registry: &str,
+    user: &str,
+    password: &str,
+    insecure: bool,
+    ca: Option<PathBuf>,
+) -> Result<()> {
+    let opts = isolab_runtime::registry::Options {
+        insecure,
+        ca_file: ca,
+        credentials: Some((user.to_owned(), password.to_owned())),
+    };
+    isolab_runtime::registry::ping(registry, &opts)?;
+    let mut auths = read_auths(home);
+    auths.insert(registry.to_owned(), (user.to_owned(), password.to_owned()));
+    write_auths(home, &auths)
+}
+
+/// `isolab logout`: forgets a registry's credentials.
+pub fn logout(home: &Home, registry: &str) -> Result<bool> {
+    let mut auths = read_auths(home);
+    let had = auths.remove(registry).is_some();
+    write_auths(home, &auths)?;
+    Ok(had)
+}
+
+/// A progress display for layer transfers: one bar per layer on a
+/// terminal, one line per finished layer otherwise.
+pub fn layer_progress() -> impl FnMut(&str, u64, u64) {
+    use std::io::IsTerminal;
+    let multi = indicatif::MultiProgress::new();
+    let tty = std::io::stderr().is_terminal();
+    let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
+    move |layer: &str, done: u64, total: u64| {
+        if total == 0 {
+            eprintln!("{layer}: already there");
+            return;
+        }
+        let bar = bars.entry(layer.to_owned()).or_insert_with(|| {
+            let b = multi.add(indicatif::ProgressBar::new(total));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {bytes}/{total_bytes}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(layer.to_owned());
+            b
+        });
+        bar.set_position(done);
+        if done >= total && !bar.is_finished() {
+            bar.finish();
+            if !tty {
+                eprintln!(
+                    "{layer}: {:.1} MiB done",
+                    total as f64 / (1u64 << 20) as f64
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

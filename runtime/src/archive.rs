@@ -42,24 +42,24 @@ pub enum Format {
     Oci,
 }
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
-fn bad(path: &Path, detail: impl Into<String>) -> ImageError {
+pub(crate) fn bad(path: &Path, detail: impl Into<String>) -> ImageError {
     ImageError::Archive {
         path: path.to_path_buf(),
         detail: detail.into(),
     }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -100,7 +100,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, Vec<u8>), 
 }
 
 /// `sha256:<64 hex>` → the hex; anything else is refused.
-fn sha256_hex<'a>(path: &Path, digest: &'a str) -> Result<&'a str, ImageError> {
+pub(crate) fn sha256_hex<'a>(path: &Path, digest: &'a str) -> Result<&'a str, ImageError> {
     match digest.strip_prefix("sha256:") {
         Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
             Ok(h)
@@ -114,7 +114,7 @@ fn sha256_hex<'a>(path: &Path, digest: &'a str) -> Result<&'a str, ImageError> {
 
 /// The parts of an image config (OCI or Docker) that matter here.
 #[derive(Debug, Default, Deserialize)]
-struct ConfigDoc {
+pub(crate) struct ConfigDoc {
     #[serde(default)]
     architecture: Option<String>,
     #[serde(default)]
@@ -151,7 +151,7 @@ struct RootFs {
 }
 
 impl ConfigDoc {
-    fn check_platform(&self, path: &Path) -> Result<(), ImageError> {
+    pub(crate) fn check_platform(&self, path: &Path) -> Result<(), ImageError> {
         let os = self.os.as_deref().unwrap_or("linux");
         let arch = self.architecture.as_deref().unwrap_or("amd64");
         if os != "linux" || arch != "amd64" {
@@ -163,7 +163,7 @@ impl ConfigDoc {
         Ok(())
     }
 
-    fn image_config(&self) -> ImageConfig {
+    pub(crate) fn image_config(&self) -> ImageConfig {
         let c = self.config.as_ref();
         let get = |f: fn(&RunConfig) -> Option<Vec<String>>| c.and_then(f).unwrap_or_default();
         ImageConfig {
@@ -185,7 +185,7 @@ impl ConfigDoc {
 }
 
 /// Strips the default registry's prefixes Docker hides (`docker.io/library/`).
-fn short_name(name: &str) -> String {
+pub(crate) fn short_name(name: &str) -> String {
     name.strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name)
@@ -431,35 +431,66 @@ fn docker_images(root: &Path) -> Result<Vec<Found>, ImageError> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: Option<String>,
-    digest: String,
+    pub(crate) media_type: Option<String>,
+    pub(crate) digest: String,
     #[serde(default)]
-    size: Option<u64>,
+    pub(crate) size: Option<u64>,
     #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
+    pub(crate) annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct IndexDoc {
+pub(crate) struct IndexDoc {
     #[serde(default)]
-    media_type: Option<String>,
+    pub(crate) media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
+    pub(crate) manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub(crate) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
+    pub(crate) layers: Option<Vec<Descriptor>>,
+}
+
+/// Refuses a layer that is not a tar or a gzip-compressed tar.
+pub(crate) fn check_layer_type(at: &Path, l: &Descriptor) -> Result<(), ImageError> {
+    let lmt = l.media_type.as_deref().unwrap_or(OCI_LAYER_TAR);
+    if ![
+        OCI_LAYER_TAR,
+        OCI_LAYER_GZIP,
+        DOCKER_LAYER_GZIP,
+        DOCKER_LAYER_TAR,
+    ]
+    .contains(&lmt)
+    {
+        return Err(bad(at, format!("layer media type {lmt} is not supported (tar or tar+gzip): convert the image, e.g. skopeo copy --dest-compress-format gzip")));
+    }
+    Ok(())
+}
+
+/// The OCI manifest for a config document and its layers.
+pub(crate) fn oci_manifest(config: &[u8], layers: &[SavedLayer]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": format!("sha256:{}", hex(&Sha256::digest(config))), "size": config.len()},
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": if l.gzip { OCI_LAYER_GZIP } else { OCI_LAYER_TAR },
+            "digest": format!("sha256:{}", l.digest),
+            "size": l.blob_size,
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap_or_default()
 }
 
 /// A blob's path in the layout, its digest checked when `check`.
@@ -556,17 +587,7 @@ fn oci_descriptor(
             config.check_platform(&cpath)?;
             let mut layers = Vec::new();
             for l in m.layers.unwrap_or_default() {
-                let lmt = l.media_type.as_deref().unwrap_or(OCI_LAYER_TAR);
-                if ![
-                    OCI_LAYER_TAR,
-                    OCI_LAYER_GZIP,
-                    DOCKER_LAYER_GZIP,
-                    DOCKER_LAYER_TAR,
-                ]
-                .contains(&lmt)
-                {
-                    return Err(bad(&path, format!("layer media type {lmt} is not supported (tar or tar+gzip): convert the image, e.g. skopeo copy --dest-compress-format gzip")));
-                }
+                check_layer_type(&path, &l)?;
                 // The digest is checked as the layer is copied into the
                 // store, before it is unpacked.
                 let p = blob(root, &l, false)?;
@@ -592,16 +613,16 @@ fn oci_descriptor(
 
 /// A layer as `save` writes it: the stored blob, its digest, its
 /// uncompressed digest and size.
-struct SavedLayer {
-    blob: PathBuf,
-    digest: String,
-    gzip: bool,
-    diff_id: String,
-    tar_size: u64,
-    blob_size: u64,
+pub(crate) struct SavedLayer {
+    pub(crate) blob: PathBuf,
+    pub(crate) digest: String,
+    pub(crate) gzip: bool,
+    pub(crate) diff_id: String,
+    pub(crate) tar_size: u64,
+    pub(crate) blob_size: u64,
 }
 
-fn saved_layers(store: &Store, img: &Image) -> Result<Vec<SavedLayer>, ImageError> {
+pub(crate) fn saved_layers(store: &Store, img: &Image) -> Result<Vec<SavedLayer>, ImageError> {
     img.layers
         .iter()
         .map(|d| {
@@ -634,7 +655,7 @@ fn saved_layers(store: &Store, img: &Image) -> Result<Vec<SavedLayer>, ImageErro
 
 /// The image config document `save` writes (deterministic: the same
 /// image saves to the same bytes).
-fn config_doc(img: &Image, layers: &[SavedLayer]) -> Vec<u8> {
+pub(crate) fn config_doc(img: &Image, layers: &[SavedLayer]) -> Vec<u8> {
     let c = &img.config;
     let mut cfg = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
@@ -788,17 +809,7 @@ fn write_archive(
                             .map_err(io_err)?;
                     }
                 }
-                let manifest = serde_json::to_vec(&json!({
-                    "schemaVersion": 2,
-                    "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": OCI_CONFIG, "digest": format!("sha256:{chex}"), "size": config.len()},
-                    "layers": layers.iter().map(|l| json!({
-                        "mediaType": if l.gzip { OCI_LAYER_GZIP } else { OCI_LAYER_TAR },
-                        "digest": format!("sha256:{}", l.digest),
-                        "size": l.blob_size,
-                    })).collect::<Vec<_>>(),
-                }))
-                .unwrap_or_default();
+                let manifest = oci_manifest(&config, &layers);
                 let mhex = hex(&Sha256::digest(&manifest));
                 if written.insert(mhex.clone()) {
                     add_bytes(&mut t, &format!("blobs/sha256/{mhex}"), &manifest)

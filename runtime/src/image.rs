@@ -51,6 +51,8 @@ pub enum ImageError {
     },
     #[error("{path}: {detail}")]
     Archive { path: PathBuf, detail: String },
+    #[error("{reference}: {detail}")]
+    Registry { reference: String, detail: String },
     #[error("layer {layer} unpacks to more than {limit} bytes: refused (a decompression bomb?); split the layer or raise the limit")]
     TooLarge { layer: String, limit: u64 },
 }

@@ -6,4 +6,5 @@ pub mod diskimage;
 pub mod image;
 pub mod initramfs;
 pub mod launcher;
+pub mod registry;
 pub mod seccomp;
