@@ -660,3 +660,58 @@ fn bench_without_e2fsprogs_skips_disk_read_once_and_says_why() {
         stdout(&out)
     );
 }
+
+/// Issue 18: gVisor as a peer — a third boundary: a user-space kernel
+/// between the same agent and the host's kernel.
+#[test]
+fn gvisor_runs_the_same_agent_behind_its_own_kernel() {
+    if !require("root", is_root())
+        || !require(
+            "runsc (apt-get install runsc)",
+            std::process::Command::new("runsc")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
+    {
+        return;
+    }
+    let home = home();
+    for scenario in ["startup", "syscall", "file-io", "net-loopback"] {
+        let (v, out) = run_json(&home, &["--backend", "gvisor", "--scenario", scenario]);
+        assert!(out.status.success(), "{scenario}: {}", stderr(&out));
+        assert_eq!(v["result"]["ok"], true, "{scenario}: {v}");
+        // Its clock is the Sentry's: no ready on the host's timeline, and
+        // the report says why.
+        assert!(v["launch_to_ready_ns"].is_null(), "{v}");
+        assert!(v["launch_to_exit_ns"].as_u64().unwrap() > 0);
+        assert!(v["notes"][0].as_str().unwrap().contains("Sentry"), "{v}");
+    }
+    let (v, _) = run_json(&home, &["--backend", "gvisor", "--scenario", "inspect"]);
+    assert_eq!(v["result"]["data"]["pid"], 1);
+    // The probes see a kernel that is not the host's.
+    let out = isolab()
+        .args(["probes", "--json"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = &m["gvisor"];
+    assert_eq!(g["kernel_shared"]["verdict"], "isolated", "{g}");
+    assert_ne!(
+        g["kernel_version"]["value"],
+        m["container"]["kernel_version"]["value"]
+    );
+    // Nothing left: the peer's state and bundles go with the run.
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("peers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("isolab-gvisor-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

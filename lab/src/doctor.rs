@@ -473,13 +473,20 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
     for (name, program, pkg) in [
         ("crun", "crun", "crun"),
         ("runc", "runc", "runc"),
+        ("gvisor", "runsc", "runsc"),
         ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
     ] {
         let found = host::peer_version(program);
         let install = format!("apt-get install {pkg}");
-        let caveat = (name == "crun" && layout.mode == CgroupMode::Hybrid).then(|| {
-            "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned()
-        });
+        let caveat = match name {
+            "crun" if layout.mode == CgroupMode::Hybrid => Some(
+                "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned(),
+            ),
+            "gvisor" => Some(
+                "run with --platform=ptrace (works without nested virtualisation, slowest; systrap needs a newer runsc) and --network=none; the workload reads the Sentry's clock, so only launch→exit is timed".to_owned(),
+            ),
+            _ => None,
+        };
         match &found {
             Some((path, v)) => add(
                 checks,

@@ -20,10 +20,11 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 6] = [
+    static ALL: [&dyn Backend; 7] = [
         &container::Container,
         &oci::CRUN,
         &oci::RUNC,
+        &oci::GVISOR,
         &microvm::MicroVm,
         &qemu::Qemu,
         &qemu_tcg::QemuTcg,
@@ -74,7 +75,15 @@ mod tests {
         let names = names();
         assert_eq!(
             names,
-            ["container", "crun", "runc", "microvm", "qemu", "qemu-tcg"]
+            [
+                "container",
+                "crun",
+                "runc",
+                "gvisor",
+                "microvm",
+                "qemu",
+                "qemu-tcg"
+            ]
         );
         // Only software emulation is left out of timing.
         let untimed: Vec<_> = registry()

@@ -38,22 +38,58 @@ use crate::home::Home;
 /// writes, run by the program of that name.
 pub struct OciPeer {
     name: &'static str,
+    /// The OCI runtime's program (and its Debian package).
+    program: &'static str,
+    package: &'static str,
+    about: &'static str,
+    /// Global options before the command (gVisor's platform).
+    global_args: &'static [&'static str],
     /// crun 1.8 needs the hybrid cgroup layout hidden (see above).
     hide_unified_on_hybrid: bool,
+    /// Whether the workload reads the host's CLOCK_MONOTONIC (gVisor's
+    /// Sentry keeps its own, so the agent's ready stamp cannot be placed
+    /// on the host's timeline).
+    host_clock: bool,
 }
 
 pub static CRUN: OciPeer = OciPeer {
     name: "crun",
+    program: "crun",
+    package: "crun",
+    about: "crun, from an OCI bundle the lab writes",
+    global_args: &[],
     hide_unified_on_hybrid: true,
+    host_clock: true,
 };
 pub static RUNC: OciPeer = OciPeer {
     name: "runc",
+    program: "runc",
+    package: "runc",
+    about: "runc, from an OCI bundle the lab writes",
+    global_args: &[],
     hide_unified_on_hybrid: false,
+    host_clock: true,
+};
+/// gVisor: a user-space kernel (the Sentry) between the workload and the
+/// host's. The platform is how the Sentry intercepts the workload's system
+/// calls: `ptrace` works on any host (and in a VM without nested
+/// virtualisation, as here); `systrap` is faster but needs a newer runsc
+/// than Debian 12's, and `kvm` a /dev/kvm with hardware support.
+/// `--network=none`: the sandbox has its own loopback only, as the lab's
+/// other containers have.
+pub static GVISOR: OciPeer = OciPeer {
+    name: "gvisor",
+    program: "runsc",
+    package: "runsc",
+    about: "gVisor's runsc (user-space kernel, ptrace platform), from an OCI bundle the lab writes",
+    global_args: &["--platform=ptrace", "--network=none"],
+    hide_unified_on_hybrid: false,
+    host_clock: false,
 };
 
 impl OciPeer {
     pub fn program(&self) -> Option<PathBuf> {
-        crate::host::which(self.name)
+        crate::host::which(self.program)
     }
 }
 
@@ -62,11 +98,7 @@ impl Backend for OciPeer {
         self.name
     }
     fn about(&self) -> &'static str {
-        if self.hide_unified_on_hybrid {
-            "crun, from an OCI bundle the lab writes"
-        } else {
-            "runc, from an OCI bundle the lab writes"
-        }
+        self.about
     }
     fn kind(&self) -> Kind {
         Kind::Container
@@ -77,8 +109,8 @@ impl Backend for OciPeer {
     fn available(&self) -> Result<(), Unavailable> {
         if self.program().is_none() {
             return Err(Unavailable {
-                reason: format!("{} is not installed", self.name),
-                install: Some(format!("apt-get install {}", self.name)),
+                reason: format!("{} is not installed", self.program),
+                install: Some(format!("apt-get install {}", self.package)),
             });
         }
         if !nix::unistd::geteuid().is_root() {
@@ -103,7 +135,7 @@ impl Backend for OciPeer {
         run(home, self, spec)
     }
     fn prune(&self, home: &Home) -> Vec<String> {
-        prune(home, self.name)
+        prune(home, self)
     }
 }
 
@@ -235,6 +267,7 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
     let hide_unified = peer.hide_unified_on_hybrid && layout.mode == CgroupMode::Hybrid;
     let mut cmd = peer_command(
         &program,
+        peer.global_args,
         &state_root,
         &dir,
         &id,
@@ -293,7 +326,11 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         Mark::new(Stage::Launch.name(), launch),
         Mark::new(Stage::Exit.name(), exit_ns),
     ];
-    if let Some(r) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
+    if let Some(r) = res
+        .marks
+        .iter()
+        .find(|m| m.name == Stage::Ready.name() && peer.host_clock)
+    {
         marks.push(Mark::new(Stage::Ready.name(), r.ns));
     }
     let mut report = InstanceReport::new(peer.name, "agent", &spec.scenario, id);
@@ -302,8 +339,13 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
     report.memory_bytes = memory;
     report.result = Some(serde_json::to_value(&res)?);
     report.notes = vec![format!(
-        "launch = spawn of {}; ready stamped by the agent (same host clock){}",
-        peer.name,
+        "launch = spawn of {}; {}{}",
+        peer.program,
+        if peer.host_clock {
+            "ready stamped by the agent (same host clock)"
+        } else {
+            "no ready: the workload reads the Sentry's own monotonic clock, not the host's, so only launch→exit is timed"
+        },
         if hide_unified {
             "; crun ran in a private mount namespace with the cgroup2 mount hidden (hybrid-cgroup workaround)"
         } else {
@@ -320,6 +362,7 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
 #[allow(clippy::too_many_arguments)]
 fn peer_command(
     program: &Path,
+    global_args: &[&str],
     state_root: &Path,
     dir: &Path,
     id: &str,
@@ -334,7 +377,8 @@ fn peer_command(
         .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/unified"));
     let mut cmd = Command::new(program);
     crate::host::in_host_mount_namespace(&mut cmd);
-    cmd.arg("--root")
+    cmd.args(global_args)
+        .arg("--root")
         .arg(state_root)
         .arg("run")
         .arg("--bundle")
@@ -386,12 +430,14 @@ fn peer_command(
 
 /// Removes leftovers of this peer's runs: its containers in its state
 /// root, and bundles of dead runs.
-fn prune(home: &Home, peer: &str) -> Vec<String> {
+fn prune(home: &Home, p: &OciPeer) -> Vec<String> {
+    let peer = p.name;
     let mut removed = Vec::new();
     let state_root = home.peer_state_root(peer);
     for c in fs::read_dir(&state_root).into_iter().flatten().flatten() {
         let id = c.file_name().to_string_lossy().into_owned();
-        let _ = Command::new(peer)
+        let _ = Command::new(p.program)
+            .args(p.global_args)
             .arg("--root")
             .arg(&state_root)
             .args(["delete", "-f", &id])

@@ -179,6 +179,39 @@ pub fn reachable_syscalls() -> Option<(u32, u32)> {
 
 /// What every probe section may need: the harness's facts and what this
 /// instance reads once.
+/// The kernel the instance runs on, as it sees it: its release (from
+/// /proc, or uname(2) where /proc lacks it, as under gVisor) and its boot
+/// id when it has one.
+pub(super) fn kernel_identity() -> (String, Option<String>) {
+    let release = read("/proc/sys/kernel/osrelease")
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: utsname is plain old data; uname fills it.
+            let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid, writable utsname.
+            if unsafe { libc::uname(&mut u) } != 0 {
+                return String::new();
+            }
+            // SAFETY: uname NUL-terminates each field.
+            unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        });
+    let boot_id = read("/proc/sys/kernel/random/boot_id").filter(|b| !b.is_empty());
+    (release, boot_id)
+}
+
+/// Does the instance run on the host's kernel? The boot id says so when
+/// both sides have one; otherwise the release must differ to say no (an
+/// unreadable boot id alone proves nothing).
+pub(super) fn shares_host_kernel(host: &BTreeMap<String, String>) -> bool {
+    let (release, boot_id) = kernel_identity();
+    match (host.get("host_boot_id"), boot_id) {
+        (Some(h), Some(b)) => *h == b,
+        _ => host.get("host_kernel").is_none_or(|k| *k == release),
+    }
+}
+
 pub(super) struct Facts<'a> {
     pub(super) host: &'a BTreeMap<String, String>,
     /// Same boot id as the host: the instance runs on the host's kernel.

@@ -37,17 +37,16 @@ const SECTIONS: &[fn(&Facts, &mut Vec<Probe>)] = &[
 
 /// Runs every probe. `host` holds the harness's `host_*` facts.
 pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
-    let boot_id = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let f = Facts {
         host,
-        shared_kernel: host.get("host_boot_id").is_some_and(|b| *b == boot_id),
+        shared_kernel: shares_host_kernel(host),
         status: read("/proc/self/status").unwrap_or_default(),
     };
     let mut out = Vec::new();
     for section in SECTIONS {
         section(&f, &mut out);
     }
-    if host.contains_key("host_boot_id") && !f.shared_kernel {
+    if (host.contains_key("host_boot_id") || host.contains_key("host_kernel")) && !f.shared_kernel {
         judge_in_own_kernel(&mut out);
     }
     out
@@ -56,9 +55,9 @@ pub fn run_all(host: &BTreeMap<String, String>) -> Vec<Probe> {
 /// Probes whose answer is the hardware's, whatever kernel asks.
 const HARDWARE: &[&str] = &["cpu_vulnerabilities"];
 
-/// In a VM the agent asks its own kernel: a mount, a module, a key, a
-/// device node or a process list it reaches belongs to that kernel, not
-/// the host's. What it could do there is no exposure of the host; only
+/// In a VM (or under gVisor's Sentry) the agent asks its own kernel: a
+/// mount, a module, a key, a device node or a process list it reaches
+/// belongs to that kernel, not the host's. What it could do there is no exposure of the host; only
 /// what the hardware answers (the shared CPU) still is.
 fn judge_in_own_kernel(probes: &mut [Probe]) {
     for p in probes.iter_mut() {

@@ -68,15 +68,17 @@ pub(super) fn identity(f: &Facts, out: &mut Vec<Probe>) {
             "host name not given by the harness",
         ),
     });
-    let kernel = read("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let boot_id = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let shared_kernel = f.h("host_boot_id").is_some_and(|b| b == boot_id);
+    let (kernel, boot_id) = kernel_identity();
+    let shared_kernel = f.shared_kernel;
     out.push(match f.h("host_boot_id") {
         Some(_) => p(
             "kernel_shared",
-            format!("{kernel} boot_id {}", &boot_id.get(..8).unwrap_or("")),
+            match &boot_id {
+                Some(b) => format!("{kernel} boot_id {}", b.get(..8).unwrap_or("")),
+                None => format!("{kernel} (no boot id)"),
+            },
             if shared_kernel { Exposed } else { Isolated },
-            "same boot id as the host: the instance runs on the host's kernel",
+            "same boot id (or, without one, the same release) as the host: the instance runs on the host's kernel",
         ),
         None => p(
             "kernel_shared",
