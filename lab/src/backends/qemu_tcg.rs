@@ -10,7 +10,7 @@
 //! from inside a Linux VM with its own kernel.
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_scenarios::protocol;
@@ -141,20 +141,28 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             .unwrap_or(std::time::Duration::from_secs(300)),
     );
     let linux = crate::linux_guest::prepare(home, &vm)?;
-    // The result line goes to the console: QEMU's RAM is not ours to read
-    // here, and nothing about this run is timed.
+    // The result line goes to a second serial port, a file: QEMU's RAM is
+    // not ours to read here (the agent's result page sits in the `pc`
+    // machine's VGA hole), and on the console a late kernel message could
+    // cut into it.
+    let result_dir = tempfile::Builder::new()
+        .prefix(".tmp-tcg-")
+        .tempdir_in(home.root())
+        .context("a directory for QEMU's result port")?;
+    let result_file = result_dir.path().join("result");
     let cmdline = format!(
-        "{} {} isolab.console=1",
+        "{} {} isolab.result_tty=/dev/ttyS1",
         crate::linux_guest::LINUX_CMDLINE,
         super::microvm::guest_cmdline(&opts.scenario, &opts.params)?
     );
-    let args = tcg_args(
+    let mut args = tcg_args(
         &linux.kernel,
         &linux.initrd,
         &cmdline,
         vm.mem_mib(),
         vm.vcpus,
     );
+    args.extend(["-serial".into(), format!("file:{}", result_file.display())]);
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&qemu);
     crate::host::in_host_mount_namespace(&mut cmd);
@@ -214,7 +222,10 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             protocol::tail(&serial, 10)
         )
     })?;
-    let mut res = protocol::parse_output("qemu-tcg", &serial).map_err(|e| anyhow!("{e}"))?;
+    let result = std::fs::read_to_string(&result_file).unwrap_or_default();
+    let mut res = protocol::parse_output("qemu-tcg", &result)
+        .or_else(|_| protocol::parse_output("qemu-tcg", &serial))
+        .map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
     let mut report = InstanceReport::new(
         "qemu-tcg",

@@ -357,6 +357,34 @@ mod vm_init {
         // (`isolab.console=1`) or when the page cannot be written. A line
         // on the console can also be cut short: the reboot below does not
         // wait for the UART to drain.
+        // A monitor that cannot read guest memory (QEMU under software
+        // emulation) names a serial port of its own for the line, where
+        // no kernel message can cut into it.
+        if let Some(tty) = params
+            .get("result_tty")
+            .filter(|t| t.starts_with("/dev/ttyS"))
+        {
+            let sent = std::fs::OpenOptions::new()
+                .write(true)
+                .open(tty)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())?;
+                    // Wait until the UART has sent it all: the exit below
+                    // ends the VM at once.
+                    // SAFETY: tcdrain on the fd this File owns.
+                    if unsafe { libc::tcdrain(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            if let Err(e) = sent {
+                println!("{line}");
+                eprintln!("isolab-agent: writing the result to {tty}: {e}");
+            }
+            if ports {
+                outb(EXIT_PORT, if r.ok { 0 } else { 2 });
+            }
+        }
         let paged = write_result_page(&line).is_ok();
         if !paged || params.get("console").is_some_and(|v| v == "1") {
             println!("{line}");
