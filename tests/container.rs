@@ -715,3 +715,80 @@ fn gvisor_runs_the_same_agent_behind_its_own_kernel() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Issue 18: bubblewrap as a peer, the floor of a process sandbox: the
+/// same agent runs, and the probes show what a runtime's other work buys.
+#[test]
+fn bwrap_runs_the_same_agent_and_the_probes_show_the_floor() {
+    if !require("root", is_root())
+        || !require(
+            "bwrap (apt-get install bubblewrap)",
+            std::process::Command::new("bwrap")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
+    {
+        return;
+    }
+    let home = home();
+    for scenario in ["startup", "syscall", "file-io", "net-loopback", "fork-exec"] {
+        let (v, out) = run_json(&home, &["--backend", "bwrap", "--scenario", scenario]);
+        assert!(out.status.success(), "{scenario}: {}", stderr(&out));
+        assert_eq!(v["result"]["ok"], true, "{scenario}: {v}");
+        assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0, "{v}");
+        // Charged like every other backend: a cgroup of its own.
+        assert!(
+            v["memory_bytes"]["instance_cgroup_peak"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+    }
+    let (v, _) = run_json(&home, &["--backend", "bwrap", "--scenario", "inspect"]);
+    let d = &v["result"]["data"];
+    assert_eq!(
+        d["interfaces"],
+        serde_json::json!(["lo"]),
+        "its own network namespace"
+    );
+    // The same effective capabilities as the lab's runtime gives.
+    assert_eq!(d["cap_eff"], "00000000a00425fb", "{d}");
+    let out = isolab()
+        .args(["probes", "--json"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &m["bwrap"];
+    // What bubblewrap leaves to its caller: no seccomp filter, a writable
+    // /proc/sys, and a supervisor (bwrap) as pid 1.
+    for probe in ["seccomp_filter", "core_pattern_writable", "pid_1_is_ours"] {
+        assert_eq!(
+            b[probe]["verdict"], "exposed",
+            "bwrap {probe}: {}",
+            b[probe]
+        );
+        assert_eq!(
+            m["container"][probe]["verdict"], "isolated",
+            "container {probe}"
+        );
+    }
+    // And what it does do.
+    for probe in [
+        "network_interfaces",
+        "host_processes_visible",
+        "mount",
+        "kernel_shared",
+    ] {
+        assert_eq!(
+            b[probe]["verdict"], m["container"][probe]["verdict"],
+            "{probe}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("peers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("isolab-bwrap-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

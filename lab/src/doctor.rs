@@ -474,6 +474,7 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         ("crun", "crun", "crun"),
         ("runc", "runc", "runc"),
         ("gvisor", "runsc", "runsc"),
+        ("bwrap", "bwrap", "bubblewrap"),
         ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
     ] {
         let found = host::peer_version(program);

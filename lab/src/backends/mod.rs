@@ -1,12 +1,15 @@
 //! One file per backend; [`crate::backend::registry`] lists them.
 //!
 //! * [`container`]: the lab's own namespace container runtime;
-//! * [`oci`]: crun and runc, from an OCI bundle the lab writes;
+//! * [`oci`]: crun, runc and gVisor's runsc, from an OCI bundle the lab
+//!   writes;
+//! * [`bwrap`]: bubblewrap, the floor of a process sandbox;
 //! * [`microvm`]: the lab's own KVM monitor, `isolab-vmm`;
 //! * [`qemu`]: `qemu-system-x86_64 -M microvm`;
 //! * [`qemu_tcg`]: the Linux guest under QEMU's software emulation, never
 //!   timed (probes and functional runs where KVM cannot boot Linux);
 //! * [`monitor_cgroup`]: the cgroup either monitor is started in.
+pub mod bwrap;
 pub mod container;
 pub mod microvm;
 pub mod monitor_cgroup;
@@ -20,11 +23,12 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 7] = [
+    static ALL: [&dyn Backend; 8] = [
         &container::Container,
         &oci::CRUN,
         &oci::RUNC,
         &oci::GVISOR,
+        &bwrap::Bwrap,
         &microvm::MicroVm,
         &qemu::Qemu,
         &qemu_tcg::QemuTcg,
@@ -80,6 +84,7 @@ mod tests {
                 "crun",
                 "runc",
                 "gvisor",
+                "bwrap",
                 "microvm",
                 "qemu",
                 "qemu-tcg"

@@ -34,14 +34,21 @@ impl MonitorCgroup {
     /// Makes the cgroup for instance `id` of `home`, limited to
     /// `guest_mib` MiB plus the overhead.
     pub fn create(home: &Home, id: &str, guest_mib: u64) -> Result<MonitorCgroup> {
-        let layout = super::container::layout()?;
         let limits = Limits {
             memory_bytes: Some((guest_mib << 20) + OVERHEAD_BYTES),
             pids: Some(256),
             cpus: None,
         };
-        let cgroup = Cgroup::create(&layout, &home.cgroup_name(id), &limits)
-            .context("making the monitor's cgroup")?;
+        Self::with_limits(home, id, &limits)
+    }
+
+    /// Makes the cgroup for instance `id` of `home` with `limits` (a
+    /// process sandbox without cgroups of its own, e.g. bubblewrap, gets
+    /// the container's limits this way).
+    pub fn with_limits(home: &Home, id: &str, limits: &Limits) -> Result<MonitorCgroup> {
+        let layout = super::container::layout()?;
+        let cgroup = Cgroup::create(&layout, &home.cgroup_name(id), limits)
+            .context("making the instance's cgroup")?;
         // v1: the thread's `tasks` files, as the container runtime joins.
         // The child is one thread between fork and exec, so it is the whole
         // process, and a thread move does not take the kernel's

@@ -229,28 +229,11 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
             .unwrap_or_default())
     })?;
     let layout = crate::backends::container::layout()?;
-    let img = crate::images::open(home, &spec.image)?;
-    let lowers: Vec<String> = home
-        .store()
-        .lower_dirs(&img)
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
     let id = format!("isolab-{}-{}", peer.name, crate::instances::new_id());
-    let dir = home.peer_bundle(&id);
     // The bundle goes when this run ends, however it ends.
-    let _bundle = crate::instances::RemoveOnDrop(dir.clone());
-    let rootfs = dir.join("rootfs");
-    for sub in ["rootfs", "upper", "work"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    let overlay_opts = std::ffi::CString::new(format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        dir.join("upper").display(),
-        dir.join("work").display()
-    ))?;
-    let rootfs_c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())?;
+    let b = bundle(home, spec, &id)?;
+    let (dir, rootfs) = (b.dir.clone(), b.rootfs.clone());
+    let (overlay_opts, rootfs_c) = (b.overlay_opts.clone(), b.rootfs_c.clone());
     let state_root = home.peer_state_root(peer.name);
     fs::create_dir_all(&state_root)?;
     let args = crate::instances::describe(spec);
@@ -387,7 +370,28 @@ fn peer_command(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let target = std::ffi::CString::new(unified.as_os_str().as_encoded_bytes())?;
+    let hide = if hide_unified {
+        Some(std::ffi::CString::new(
+            unified.as_os_str().as_encoded_bytes(),
+        )?)
+    } else {
+        None
+    };
+    with_overlay_rootfs(&mut cmd, overlay_opts, rootfs_c, hide);
+    Ok(cmd)
+}
+
+/// Makes `cmd` start in a private mount namespace in which the overlay
+/// `opts` is mounted at `rootfs` — as containerd mounts a bundle's rootfs
+/// before its runtime starts, and gone with the namespace however the run
+/// ends — and, with `hide`, an empty tmpfs covers that path (crun's
+/// hybrid-cgroup workaround).
+pub(crate) fn with_overlay_rootfs(
+    cmd: &mut Command,
+    overlay_opts: std::ffi::CString,
+    rootfs_c: std::ffi::CString,
+    hide: Option<std::ffi::CString>,
+) {
     // SAFETY: runs in the forked child before exec; only system calls on
     // data prepared before the fork.
     unsafe {
@@ -411,21 +415,62 @@ fn peer_command(
             {
                 return fail();
             }
-            if hide_unified
-                && libc::mount(
+            if let Some(target) = &hide {
+                if libc::mount(
                     c"tmpfs".as_ptr(),
                     target.as_ptr(),
                     c"tmpfs".as_ptr(),
                     0,
                     c"size=4k".as_ptr().cast(),
                 ) != 0
-            {
-                return fail();
+                {
+                    return fail();
+                }
             }
             Ok(())
         });
     }
-    Ok(cmd)
+}
+
+/// A peer's bundle directory: `rootfs/` to mount the image's overlay on,
+/// its `upper/` and `work/`, and the overlay's mount options. Removed
+/// when it drops, however the run ends.
+pub(crate) struct Bundle {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub overlay_opts: std::ffi::CString,
+    pub rootfs_c: std::ffi::CString,
+    _remove: crate::instances::RemoveOnDrop,
+}
+
+pub(crate) fn bundle(home: &Home, spec: &InstanceSpec, id: &str) -> Result<Bundle> {
+    let img = crate::images::open(home, &spec.image)?;
+    let lowers: Vec<String> = home
+        .store()
+        .lower_dirs(&img)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let dir = home.peer_bundle(id);
+    let remove = crate::instances::RemoveOnDrop(dir.clone());
+    let rootfs = dir.join("rootfs");
+    for sub in ["rootfs", "upper", "work"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let overlay_opts = std::ffi::CString::new(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    ))?;
+    let rootfs_c = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes())?;
+    Ok(Bundle {
+        dir,
+        rootfs,
+        overlay_opts,
+        rootfs_c,
+        _remove: remove,
+    })
 }
 
 /// Removes leftovers of this peer's runs: its containers in its state
