@@ -792,3 +792,55 @@ fn bwrap_runs_the_same_agent_and_the_probes_show_the_floor() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Issue 18: podman as a peer — daemonless: podman → conmon → runtime.
+#[test]
+fn podman_runs_the_same_agent_from_the_same_rootfs() {
+    if !require("root", is_root())
+        || !require(
+            "podman (apt-get install podman)",
+            std::process::Command::new("podman")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
+    {
+        return;
+    }
+    let home = home();
+    for scenario in ["startup", "idle", "syscall", "file-io"] {
+        let (v, out) = run_json(&home, &["--backend", "podman", "--scenario", scenario]);
+        assert!(out.status.success(), "{scenario}: {}", stderr(&out));
+        assert_eq!(v["result"]["ok"], true, "{scenario}: {v}");
+        assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0, "{v}");
+        assert!(
+            v["memory_bytes"]["instance_cgroup_peak"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+    }
+    let (v, _) = run_json(&home, &["--backend", "podman", "--scenario", "inspect"]);
+    let d = &v["result"]["data"];
+    assert_eq!(d["pid"], 1);
+    assert_eq!(d["interfaces"], serde_json::json!(["lo"]));
+    // Its storage lives in the home, and prune takes it away with the
+    // bundles; no cgroup of its runs is left.
+    assert!(home.path().join("peers/podman-storage").is_dir());
+    let out = isolab()
+        .arg("prune")
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!home.path().join("peers/podman-storage").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("peers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("isolab-podman-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

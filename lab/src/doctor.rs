@@ -475,6 +475,7 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         ("runc", "runc", "runc"),
         ("gvisor", "runsc", "runsc"),
         ("bwrap", "bwrap", "bubblewrap"),
+        ("podman", "podman", "podman"),
         ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
     ] {
         let found = host::peer_version(program);

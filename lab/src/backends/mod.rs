@@ -4,6 +4,7 @@
 //! * [`oci`]: crun, runc and gVisor's runsc, from an OCI bundle the lab
 //!   writes;
 //! * [`bwrap`]: bubblewrap, the floor of a process sandbox;
+//! * [`podman`]: `podman run --rootfs`, daemonless;
 //! * [`microvm`]: the lab's own KVM monitor, `isolab-vmm`;
 //! * [`qemu`]: `qemu-system-x86_64 -M microvm`;
 //! * [`qemu_tcg`]: the Linux guest under QEMU's software emulation, never
@@ -14,6 +15,7 @@ pub mod container;
 pub mod microvm;
 pub mod monitor_cgroup;
 pub mod oci;
+pub mod podman;
 pub mod qemu;
 pub mod qemu_tcg;
 
@@ -23,12 +25,13 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 8] = [
+    static ALL: [&dyn Backend; 9] = [
         &container::Container,
         &oci::CRUN,
         &oci::RUNC,
         &oci::GVISOR,
         &bwrap::Bwrap,
+        &podman::Podman,
         &microvm::MicroVm,
         &qemu::Qemu,
         &qemu_tcg::QemuTcg,
@@ -85,6 +88,7 @@ mod tests {
                 "runc",
                 "gvisor",
                 "bwrap",
+                "podman",
                 "microvm",
                 "qemu",
                 "qemu-tcg"

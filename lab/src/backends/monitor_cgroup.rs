@@ -90,6 +90,11 @@ impl MonitorCgroup {
         }
     }
 
+    /// The cgroup's directories (one per v1 hierarchy, or the v2 one).
+    pub fn paths(&self) -> Vec<std::path::PathBuf> {
+        self.cgroup.paths()
+    }
+
     /// The exact memory charged to the cgroup now (`memory.stat`, kernel
     /// memory included): read at a holding scenario's hold line, as a
     /// container's cgroup is.
