@@ -844,3 +844,64 @@ fn podman_runs_the_same_agent_from_the_same_rootfs() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Issue 18: Docker Engine as a peer, timed through its CLI and through
+/// its REST API, with the lab's own daemon that leaves nothing behind.
+#[test]
+fn docker_engine_runs_the_same_image_through_cli_and_api() {
+    if !require("root", is_root())
+        || !require(
+            "dockerd (apt-get install docker.io)",
+            std::path::Path::new("/usr/sbin/dockerd").is_file(),
+        )
+    {
+        return;
+    }
+    let home = home();
+    let dir = home.path().join("peers/docker");
+    let daemon_alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read_to_string(p.path().join("cmdline"))
+                .is_ok_and(|c| c.starts_with("dockerd") && c.contains(&dir.display().to_string()))
+        })
+    };
+    for backend in ["docker", "docker-api"] {
+        for scenario in ["startup", "idle"] {
+            let (v, out) = run_json(&home, &["--backend", backend, "--scenario", scenario]);
+            assert!(
+                out.status.success(),
+                "{backend} {scenario}: {}",
+                stderr(&out)
+            );
+            assert_eq!(v["backend"], backend);
+            assert_eq!(v["result"]["ok"], true, "{v}");
+            assert!(v["launch_to_ready_ns"].as_u64().unwrap() > 0, "{v}");
+            assert!(
+                v["memory_bytes"]["instance_cgroup_peak"].as_u64().unwrap() > 0,
+                "{v}"
+            );
+            if scenario == "idle" {
+                assert!(
+                    v["memory_bytes"]["hold_cgroup_charged"].as_u64().unwrap() > 0,
+                    "{v}"
+                );
+            }
+            // The daemon went with the isolab process that started it.
+            assert!(!daemon_alive(), "dockerd outlived isolab");
+        }
+    }
+    // The daemon's image and layers stay for the next run until prune.
+    assert!(dir.join("data").is_dir());
+    let out = isolab()
+        .arg("prune")
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.exists(), "prune leaves no docker data");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&home.path().display().to_string()),
+        "a mount under the home is left"
+    );
+}

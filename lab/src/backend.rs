@@ -260,6 +260,12 @@ pub trait Backend: Send + Sync {
     fn baseline(&self) -> Option<&'static str> {
         None
     }
+    /// Another way of timing the backend named (the Docker Engine through
+    /// its REST API instead of its CLI): the probes, which would give the
+    /// same answers, skip it.
+    fn variant_of(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether its times and memory may be measured and compared (false
     /// for software emulation: `isolab bench` leaves it out, and its
     /// reports say why).

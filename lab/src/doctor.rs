@@ -476,6 +476,7 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         ("gvisor", "runsc", "runsc"),
         ("bwrap", "bwrap", "bubblewrap"),
         ("podman", "podman", "podman"),
+        ("docker", "dockerd", "docker.io"),
         ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
     ] {
         let found = host::peer_version(program);

@@ -114,7 +114,7 @@ pub fn run_all(home: &Home) -> Vec<Column> {
     let mut cols: Vec<Column> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for b in crate::backends::registry() {
-        if b.baseline().is_some() && b.kind() == Kind::Vm {
+        if (b.baseline().is_some() && b.kind() == Kind::Vm) || b.variant_of().is_some() {
             continue;
         }
         // Software emulation's Linux column, only where KVM cannot give

@@ -5,6 +5,7 @@
 //!   writes;
 //! * [`bwrap`]: bubblewrap, the floor of a process sandbox;
 //! * [`podman`]: `podman run --rootfs`, daemonless;
+//! * [`docker`]: Docker Engine, through its CLI and its REST API;
 //! * [`microvm`]: the lab's own KVM monitor, `isolab-vmm`;
 //! * [`qemu`]: `qemu-system-x86_64 -M microvm`;
 //! * [`qemu_tcg`]: the Linux guest under QEMU's software emulation, never
@@ -12,6 +13,7 @@
 //! * [`monitor_cgroup`]: the cgroup either monitor is started in.
 pub mod bwrap;
 pub mod container;
+pub mod docker;
 pub mod microvm;
 pub mod monitor_cgroup;
 pub mod oci;
@@ -25,13 +27,15 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 9] = [
+    static ALL: [&dyn Backend; 11] = [
         &container::Container,
         &oci::CRUN,
         &oci::RUNC,
         &oci::GVISOR,
         &bwrap::Bwrap,
         &podman::Podman,
+        &docker::DOCKER,
+        &docker::DOCKER_API,
         &microvm::MicroVm,
         &qemu::Qemu,
         &qemu_tcg::QemuTcg,
@@ -89,6 +93,8 @@ mod tests {
                 "gvisor",
                 "bwrap",
                 "podman",
+                "docker",
+                "docker-api",
                 "microvm",
                 "qemu",
                 "qemu-tcg"
@@ -110,7 +116,7 @@ mod tests {
         }
         assert_eq!(baseline_of("crun"), Some("container"));
         assert_eq!(baseline_of("qemu"), Some("microvm"));
-        assert!(find("docker")
+        assert!(find("lxc")
             .err()
             .unwrap()
             .to_string()

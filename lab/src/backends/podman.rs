@@ -260,7 +260,7 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
 }
 
 /// Removes the (empty) cgroups under `dir`, deepest first.
-fn remove_children(dir: &Path) {
+pub(crate) fn remove_children(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_children(&e.path());

@@ -491,7 +491,7 @@ mod tests {
             (o.scenarios.clone(), o.repetitions, o.warmup),
             (vec!["startup".to_owned()], 7, 3)
         );
-        std::fs::write(&f, "backends = [\"docker\"]\n").unwrap();
+        std::fs::write(&f, "backends = [\"lxc\"]\n").unwrap();
         assert!(BenchOptions::default()
             .apply_matrix(&f)
             .unwrap_err()
