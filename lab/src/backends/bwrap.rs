@@ -87,7 +87,12 @@ impl Backend for Bwrap {
 /// namespace, which the lab's runtime also leaves off by default), the
 /// image's root read-write over its overlay, a fresh /proc and a minimal
 /// /dev, the runtime's capability set, a clean environment.
-pub fn bwrap_args(rootfs: &std::path::Path, id: &str, argv: &[String]) -> Vec<String> {
+pub fn bwrap_args(
+    rootfs: &std::path::Path,
+    id: &str,
+    argv: &[String],
+    volumes: &[isolab_runtime::container::Volume],
+) -> Vec<String> {
     let mut a: Vec<String> = [
         "--unshare-ipc",
         "--unshare-pid",
@@ -125,6 +130,13 @@ pub fn bwrap_args(rootfs: &std::path::Path, id: &str, argv: &[String]) -> Vec<St
         "--cap-drop".into(),
         "ALL".into(),
     ]);
+    // `-v` binds, as the other backends get them (the disk-read
+    // scenario's image disk at /dev/vda).
+    for v in volumes {
+        a.push(if v.read_only { "--ro-bind" } else { "--bind" }.into());
+        a.push(v.source.display().to_string());
+        a.push(v.target.clone());
+    }
     for c in DEFAULT_CAPS {
         a.push("--cap-add".into());
         a.push(c.to_string());
@@ -153,7 +165,7 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
     let cgroup = MonitorCgroup::with_limits(home, &id, &spec.limits)?;
     let mut cmd = Command::new(&program);
     crate::host::in_host_mount_namespace(&mut cmd);
-    cmd.args(bwrap_args(&b.rootfs, &id, &argv))
+    cmd.args(bwrap_args(&b.rootfs, &id, &argv, &spec.volumes))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -217,7 +229,20 @@ mod tests {
 
     #[test]
     fn the_same_namespaces_and_capabilities_as_the_lab_runtime() {
-        let a = bwrap_args(std::path::Path::new("/r"), "id", &["/isolab-agent".into()]);
+        let v = isolab_runtime::container::Volume {
+            source: "/srv/disk.ext4".into(),
+            target: "/dev/vda".into(),
+            read_only: true,
+        };
+        let a = bwrap_args(
+            std::path::Path::new("/r"),
+            "id",
+            &["/isolab-agent".into()],
+            &[v],
+        );
+        assert!(a
+            .windows(3)
+            .any(|w| w == ["--ro-bind", "/srv/disk.ext4", "/dev/vda"]));
         for ns in [
             "--unshare-pid",
             "--unshare-net",

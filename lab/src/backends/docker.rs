@@ -488,7 +488,11 @@ fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
                     "Image": image,
                     "Cmd": argv,
                     "Hostname": id,
-                    "HostConfig": {"NetworkMode": "none", "CgroupParent": parent},
+                    "HostConfig": {
+                        "NetworkMode": "none",
+                        "CgroupParent": parent,
+                        "Binds": spec.volumes.iter().map(super::podman::volume_spec).collect::<Vec<_>>(),
+                    },
                 })),
             )?,
             &[201],
@@ -558,6 +562,7 @@ fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
                 "--cgroup-parent",
                 &parent,
             ])
+            .args(super::podman::volume_args(&spec.volumes))
             .arg(&image)
             .args(&argv)
             .stdin(Stdio::null())

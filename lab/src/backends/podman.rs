@@ -188,6 +188,7 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         .arg("--cgroup-parent")
         .arg(&parent)
         .args(ulimits())
+        .args(volume_args(&spec.volumes))
         .arg("--rootfs")
         .arg(&b.rootfs)
         .args(crate::instances::describe(spec))
@@ -267,4 +268,21 @@ pub(crate) fn remove_children(dir: &Path) {
             let _ = std::fs::remove_dir(e.path());
         }
     }
+}
+
+/// `-v SRC:TARGET[:ro]` for each bind, as Docker's and podman's CLIs take it.
+pub(crate) fn volume_args(volumes: &[isolab_runtime::container::Volume]) -> Vec<String> {
+    volumes
+        .iter()
+        .flat_map(|v| ["-v".to_owned(), volume_spec(v)])
+        .collect()
+}
+
+pub(crate) fn volume_spec(v: &isolab_runtime::container::Volume) -> String {
+    format!(
+        "{}:{}{}",
+        v.source.display(),
+        v.target,
+        if v.read_only { ":ro" } else { "" }
+    )
 }
