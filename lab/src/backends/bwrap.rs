@@ -218,7 +218,7 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
     report.marks = marks;
     report.memory_bytes = memory;
     report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec!["launch = spawn of bwrap; ready stamped by the agent (same host clock); bubblewrap sets up namespaces, mounts and capabilities only — no seccomp filter, no masked /proc paths — and the lab puts it in a cgroup with the containers' limits".into()];
+    report.notes = vec!["launch = spawn of bwrap; ready stamped by the agent (same host clock); bubblewrap sets up namespaces, mounts and capabilities only — no seccomp filter, no masked /proc paths — and the lab puts it in a cgroup with the containers' limits, made before launch as a monitor's is (bubblewrap makes none), so its start has no cgroup creation in it".into()];
     report.derive();
     Ok(Outcome { report, output })
 }

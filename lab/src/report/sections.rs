@@ -143,20 +143,35 @@ pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
             })
             .map(|(base, (r, (lo, hi)))| format!("{base}/{b} {r:.2} [{lo:.2}, {hi:.2}]"))
             .unwrap_or_else(|| "—".into());
-        if let (Some(r), Some(e)) = (&ready, &exit) {
-            writeln!(
-                t,
-                "| {bl} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
-                r.n,
-                ms(r.median),
-                ms(r.p95),
-                ms(r.ci95.0),
-                ms(r.ci95.1),
-                ms(e.median),
-                1e9 / e.mean
-            )?;
-            num(out, &format!("{b}_startup_ready_ms"), ms(r.median))?;
-            num(out, &format!("{b}_startup_exit_ms"), ms(e.median))?;
+        match (&ready, &exit) {
+            (Some(r), Some(e)) => {
+                writeln!(
+                    t,
+                    "| {bl} | {} | {} | {} | [{}, {}] | {} | {ratio} | {:.0} |",
+                    r.n,
+                    ms(r.median),
+                    ms(r.p95),
+                    ms(r.ci95.0),
+                    ms(r.ci95.1),
+                    ms(e.median),
+                    1e9 / e.mean
+                )?;
+                num(out, &format!("{b}_startup_ready_ms"), ms(r.median))?;
+                num(out, &format!("{b}_startup_exit_ms"), ms(e.median))?;
+            }
+            // No ready on the host's clock (gVisor's Sentry keeps its
+            // own): the row says so and gives launch→exit.
+            (None, Some(e)) => {
+                writeln!(
+                    t,
+                    "| {bl} | {} | — (no host-clock ready) | — | — | {} | {ratio} | {:.0} |",
+                    e.n,
+                    ms(e.median),
+                    1e9 / e.mean
+                )?;
+                num(out, &format!("{b}_startup_exit_ms"), ms(e.median))?;
+            }
+            _ => {}
         }
         if let Some(v) = c.get(&(sc::STARTUP.into(), "launch_to_ready".into(), b.clone())) {
             dists.push(Distribution {
