@@ -61,6 +61,16 @@ fn main() -> ExitCode {
     if args.is_empty() && std::env::args().next().is_some_and(|a| a.ends_with("init")) {
         return vm_init::run(ready);
     }
+    // As PID 1 of a pid namespace the kernel delivers it no signal it has
+    // no handler for — SIGTERM included, so `stop` would wait out its
+    // timeout and SIGKILL. The agent ends at SIGTERM, as a well-behaved
+    // init ends its service.
+    extern "C" fn on_term(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + libc::SIGTERM) }
+    }
+    // SAFETY: a handler that only calls _exit.
+    unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
     let r = run_scenario(&scenario, &params, ready);
     println!("{}", r.to_line());
     if r.ok {
