@@ -104,7 +104,7 @@ pub fn ms(ns: f64) -> String {
 /// What a KVM flavour means for the results, for every results page.
 pub fn host_note(m: &Manifest) -> String {
     match m.host.kvm_flavour.as_str() {
-        "pvm" => "**This run was made on a PVM host** (software-assisted nested KVM, no VMX/SVM). Here a guest's ring 0 runs in KVM's instruction emulator and a stock Linux kernel cannot boot to init; a VM exit costs some tens of microseconds (30–90 µs measured on these hosts, against roughly 1–2 µs on hardware KVM). The bare lab guest therefore runs its workload in ring 3, which PVM executes natively. VM startup and exit-cost figures from this host are *not* representative of hardware KVM; container figures are.".into(),
+        "pvm" => "**This run was made on a PVM host** (software-assisted nested KVM, no VMX/SVM). Here a guest's ring 0 runs in KVM's instruction emulator and a stock Linux kernel cannot boot to init; a VM exit costs some tens of microseconds (30–90 µs measured on these hosts, against a few microseconds for an exit to the monitor on hardware KVM). The bare lab guest therefore runs its workload in ring 3, which PVM executes natively. VM startup and exit-cost figures from this host are *not* representative of hardware KVM; container figures are.".into(),
         "hardware-vmx" | "hardware-svm" => format!("This run was made on a host with hardware virtualisation ({}): VM figures are representative of KVM on bare metal (or of nested hardware KVM, see the host table).", m.host.kvm_flavour),
         "none" => "This run was made on a host without KVM: only the container backends ran.".into(),
         other => format!("This run was made on a host whose KVM flavour is {other}: treat VM figures with care."),
