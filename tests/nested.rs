@@ -366,6 +366,10 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
         "isolab run --pids 16 -- /bin/sh -c 'for i in $(seq 40); do sleep 5 & done; echo spawned-all'".into(),
     ));
     cases.push((
+        "v2-storm".into(),
+        "sh -c 'isolab run -d --name storm --pids 2000 -- /bin/sh -c \"while :; do /bin/sleep 0.3 & done\" && sleep 1 && isolab stop -t 0 storm && isolab rm storm && ls -d /sys/fs/cgroup/isolab/*/ 2>/dev/null | wc -l'".into(),
+    ));
+    cases.push((
         "v2-detach".into(),
         "sh -c 'id=$(isolab run -d --name sleeper --scenario idle --param hold_ms=60000) && isolab ps && isolab stop -t 1 sleeper && isolab rm sleeper && isolab prune && ls -d /sys/fs/cgroup/isolab/*/ 2>/dev/null | wc -l'".into(),
     ));
@@ -554,6 +558,12 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
         check(
             c.rc != Some(0) && !c.stdout.contains("spawned-all") && c.stderr.contains("can't fork"),
             format!("v2-pids: the 17th process is refused under --pids 16: {c:?}"),
+        );
+    }
+    if let Some(c) = case("v2-storm") {
+        check(
+            c.rc == Some(0) && c.stdout.trim_end().ends_with('0'),
+            format!("v2-storm: a fork storm is stopped (cgroup.kill) and leaves no cgroup: {c:?}"),
         );
     }
     if let Some(c) = case("v2-detach") {

@@ -282,19 +282,36 @@ impl Cgroup {
         }
     }
 
-    /// Kills every task left in the cgroup (pids/memory dirs).
+    /// Kills every task in the cgroup, including ones forked while the
+    /// kill is under way. On cgroup v2 `cgroup.kill` (Linux 5.14) does it
+    /// atomically; otherwise (and after it) the tasks are listed and
+    /// killed until none is left: a task forked between a listing and
+    /// its kill is in the next listing, and a killed task forks no more,
+    /// so a fork storm cannot outrun it and leave the cgroup undeletable.
     pub fn kill_all(&self) {
         for (_, d) in &self.dirs {
-            let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+        }
+        for round in 0..1000 {
+            let mut any = false;
+            for (_, d) in &self.dirs {
+                let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    any = true;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
+            if !any {
+                return;
+            }
+            // Killed tasks leave the cgroup once they are reaped.
+            std::thread::sleep(std::time::Duration::from_micros(200 * (round.min(50) + 1)));
         }
     }
 
