@@ -78,6 +78,23 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Build an image from a Containerfile (a subset of the Dockerfile language).
+    Build {
+        /// Name for the image, NAME[:TAG].
+        #[arg(short, long)]
+        tag: String,
+        /// The Containerfile (default: CONTEXT/Containerfile, else CONTEXT/Dockerfile).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// ARG values, KEY=VALUE (repeatable).
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+        /// Ignore the build cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// The build context: the directory COPY reads from.
+        context: PathBuf,
+    },
     /// Pull an image from a registry (HOST[:PORT]/REPO[:TAG|@DIGEST]).
     Pull {
         reference: String,
@@ -452,6 +469,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.command,
         Command::Run(_)
             | Command::Image(_)
+            | Command::Build { .. }
             | Command::Pull { .. }
             | Command::Push { .. }
             | Command::Login { .. }
@@ -498,6 +516,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(cmd) => image_cmd(&home, cmd),
+        Command::Build {
+            tag,
+            file,
+            build_args,
+            no_cache,
+            context,
+        } => {
+            require_root("build")?;
+            selfprotect::ensure_protected()?;
+            let file = file.unwrap_or_else(|| {
+                let c = context.join("Containerfile");
+                if c.is_file() {
+                    c
+                } else {
+                    context.join("Dockerfile")
+                }
+            });
+            let b = isolab_lab::build::build(&home, &context, &file, &tag, &build_args, no_cache)?;
+            for (step, cached) in &b.steps {
+                eprintln!("{} {step}", if *cached { "cached " } else { "built  " });
+            }
+            println!(
+                "built image {} ({} layers)",
+                b.image.name,
+                b.image.layers.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pull { reference, reg } => {
             let r = isolab_runtime::registry::Reference::parse(&reference)?;
             let opts = images::registry_options(&home, &r.registry, reg.insecure, reg.tls_ca);

@@ -470,3 +470,183 @@ fn hostile_archives_are_refused_in_one_sentence_and_leave_nothing() {
     assert!(err.contains("junk"), "{err}");
     assert_eq!(store_state(h), before);
 }
+
+#[test]
+fn build_from_a_containerfile_layers_caches_and_interoperates() {
+    if !require("root (RUN steps run in containers)", is_root()) {
+        return;
+    }
+    let home = home();
+    let h = home.path();
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    std::fs::create_dir_all(c.join("app")).unwrap();
+    std::fs::create_dir_all(c.join("build")).unwrap();
+    std::fs::write(c.join("app/hello.txt"), "hello from copy\n").unwrap();
+    std::fs::write(c.join("app/debug.log"), "not copied\n").unwrap();
+    std::fs::write(c.join("build/out.o"), "not copied\n").unwrap();
+    std::fs::write(c.join(".dockerignore"), "build\n*.log\napp/*.log\n").unwrap();
+    std::fs::write(
+        c.join("Containerfile"),
+        r#"# a comment
+FROM default
+ARG GREETING=hi
+ENV APP_HOME=/srv/app MSG="$GREETING there"
+WORKDIR $APP_HOME
+COPY app/ .
+RUN echo built > built.txt && \
+    mkdir -p /data && echo one > /data/one && rm /etc/passwd-never 2>/dev/null; true
+RUN rm -rf /data && mkdir /data && echo two > /data/two
+USER nobody
+EXPOSE 8080
+LABEL course=isolab
+CMD ["/bin/sh", "-c", "id -u; pwd; cat hello.txt built.txt; ls /data; echo $MSG; ls"]
+"#,
+    )
+    .unwrap();
+    let ctx_s = c.to_str().unwrap();
+    let build = |extra: &[&str]| {
+        let mut a = vec!["build", "-t", "demo:1", "--build-arg", "GREETING=hello"];
+        a.extend_from_slice(extra);
+        a.push(ctx_s);
+        let out = isolab().args(&a).env("ISOLAB_HOME", h).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let first = build(&[]);
+    assert_eq!(first.matches("built  ").count(), 3, "{first}");
+    // Two RUNs and a COPY: three layers on the base's two.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(h, &["image", "inspect", "demo:1"])).unwrap();
+    assert_eq!(inspect["layers"].as_array().unwrap().len(), 5);
+    assert_eq!(inspect["config"]["user"], "nobody");
+    assert_eq!(inspect["config"]["exposed_ports"][0], "8080/tcp");
+    let history: Vec<String> = inspect["config"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        history.iter().any(|h| h.starts_with("RUN rm -rf /data")),
+        "{history:?}"
+    );
+    assert_eq!(
+        inspect["config"]["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["empty_layer"] != true)
+            .count(),
+        5
+    );
+    // The config, the COPY (without what .dockerignore excludes), and the
+    // second RUN's whiteouts: /data holds only `two`.
+    assert_eq!(
+        ok(h, &["run", "--image", "demo:1"]),
+        "65534\n/srv/app\nhello from copy\nbuilt\ntwo\nhello there\nbuilt.txt\nhello.txt\n"
+    );
+    // Again: every step from the cache.
+    let again = build(&[]);
+    assert_eq!(again.matches("cached ").count(), 3, "{again}");
+    // A changed file rebuilds its COPY and everything after it.
+    std::fs::write(c.join("app/hello.txt"), "changed\n").unwrap();
+    let changed = build(&[]);
+    assert_eq!(changed.matches("built  ").count(), 3, "{changed}");
+    let nocache = build(&["--no-cache"]);
+    assert_eq!(nocache.matches("built  ").count(), 3, "{nocache}");
+    // Unsupported instructions are named before any step runs.
+    std::fs::write(
+        c.join("Bad"),
+        "FROM default\nRUN true\nHEALTHCHECK CMD true\n",
+    )
+    .unwrap();
+    let out = isolab()
+        .args([
+            "build",
+            "-t",
+            "bad:1",
+            "-f",
+            c.join("Bad").to_str().unwrap(),
+            ctx_s,
+        ])
+        .env("ISOLAB_HOME", h)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("line 3: HEALTHCHECK is not supported"),
+        "{}",
+        stderr(&out)
+    );
+    // A failing RUN says so, and its container leaves nothing.
+    std::fs::write(c.join("Fails"), "FROM default\nRUN exit 3\n").unwrap();
+    let out = isolab()
+        .args([
+            "build",
+            "-t",
+            "bad:2",
+            "-f",
+            c.join("Fails").to_str().unwrap(),
+            ctx_s,
+        ])
+        .env("ISOLAB_HOME", h)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exited with 3"), "{}", stderr(&out));
+    assert!(
+        std::fs::read_dir(h.join("build"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    // umoci unpacks the built image (whiteouts and all) to the same tree.
+    if have("umoci") && have("skopeo") {
+        let work = tempfile::tempdir().unwrap();
+        let w = |n: &str| work.path().join(n).display().to_string();
+        ok(
+            h,
+            &[
+                "image",
+                "save",
+                "--format",
+                "oci",
+                "-o",
+                &w("demo.tar"),
+                "demo:1",
+            ],
+        );
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                &format!("oci-archive:{}:demo:1", w("demo.tar")),
+                &format!("oci:{}:demo", w("layout")),
+            ],
+        );
+        tool(
+            "umoci",
+            &[
+                "unpack",
+                "--image",
+                &format!("{}:demo", w("layout")),
+                &w("bundle"),
+            ],
+        );
+        assert_eq!(
+            isolab_tree(h, "demo:1"),
+            tree_of(&work.path().join("bundle/rootfs"))
+        );
+        // Its history, as other tools read it.
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--config", &format!("oci:{}:demo", w("layout"))])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&out).contains("WORKDIR $APP_HOME"),
+            "{}",
+            stdout(&out)
+        );
+    }
+}

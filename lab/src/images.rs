@@ -175,16 +175,19 @@ pub fn fnv(b: &[u8]) -> u32 {
 /// `img`: numbers as they are, names through the image's own
 /// `/etc/passwd` and `/etc/group` (never the host's). Empty: root.
 pub fn resolve_user(home: &Home, img: &Image, user: &str) -> Result<Option<(u32, u32)>> {
+    resolve_user_in(&home.store().lower_dirs(img), img, user)
+}
+
+/// [`resolve_user`] over the lower dirs `layers` (top first).
+pub fn resolve_user_in(layers: &[PathBuf], img: &Image, user: &str) -> Result<Option<(u32, u32)>> {
     if user.is_empty() {
         return Ok(None);
     }
-    let store = home.store();
-    let layers = store.lower_dirs(img);
     let read = |path: &str| -> String {
-        image::resolve_in_layers(&layers, path)
+        image::resolve_in_layers(layers, path)
             .ok()
             .filter(|(_, m)| m.is_file() && m.len() <= 1 << 20)
-            .and_then(|(p, _)| fs::read_to_string(p).ok())
+            .and_then(|(p, _): (PathBuf, _)| fs::read_to_string(p).ok())
             .unwrap_or_default()
     };
     let (u, g) = match user.split_once(':') {

@@ -32,6 +32,7 @@
 pub mod backend;
 pub mod backends;
 pub mod bench;
+pub mod build;
 pub mod capture;
 pub mod clock;
 pub mod doctor;

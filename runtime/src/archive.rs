@@ -123,6 +123,8 @@ pub(crate) struct ConfigDoc {
     config: Option<RunConfig>,
     #[serde(default)]
     rootfs: Option<RootFs>,
+    #[serde(default)]
+    history: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +182,15 @@ impl ConfigDoc {
                 .map(|p| p.keys().cloned().collect())
                 .unwrap_or_default(),
             labels: c.and_then(|c| c.labels.clone()).unwrap_or_default(),
+            history: self
+                .history
+                .iter()
+                .flatten()
+                .map(|h| crate::image::History {
+                    created_by: h["created_by"].as_str().unwrap_or_default().to_owned(),
+                    empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
+                })
+                .collect(),
         }
     }
 }
@@ -695,9 +706,30 @@ pub(crate) fn config_doc(img: &Image, layers: &[SavedLayer]) -> Vec<u8> {
             "type": "layers",
             "diff_ids": layers.iter().map(|l| format!("sha256:{}", l.diff_id)).collect::<Vec<_>>(),
         },
-        "history": layers.iter().map(|_| json!({"created_by": "isolab"})).collect::<Vec<_>>(),
+        "history": history_doc(img, layers.len()),
     }))
     .unwrap_or_default()
+}
+
+/// The config's history: the image's own when it has one that accounts
+/// for every layer, else one entry per layer.
+fn history_doc(img: &Image, layers: usize) -> Vec<serde_json::Value> {
+    let h = &img.config.history;
+    if h.iter().filter(|e| !e.empty_layer).count() == layers {
+        h.iter()
+            .map(|e| {
+                if e.empty_layer {
+                    json!({"created_by": e.created_by, "empty_layer": true})
+                } else {
+                    json!({"created_by": e.created_by})
+                }
+            })
+            .collect()
+    } else {
+        (0..layers)
+            .map(|_| json!({"created_by": "isolab"}))
+            .collect()
+    }
 }
 
 fn header(size: u64, mode: u32) -> tar::Header {

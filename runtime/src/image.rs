@@ -120,6 +120,18 @@ pub struct ImageConfig {
     /// Free-form labels (the default image records which agent it holds).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// How the image was made, a step each (the config's `history`).
+    #[serde(default)]
+    pub history: Vec<History>,
+}
+
+/// One step of an image's history: what made it, and whether it made a
+/// layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub created_by: String,
+    #[serde(default)]
+    pub empty_layer: bool,
 }
 
 impl Default for ImageConfig {
@@ -132,6 +144,7 @@ impl Default for ImageConfig {
             user: String::new(),
             exposed_ports: Vec::new(),
             labels: Default::default(),
+            history: Vec::new(),
         }
     }
 }
