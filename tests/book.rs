@@ -274,7 +274,7 @@ fn report_writes_tables_charts_and_numbers() {
         .contains("PVM host"));
     let probes = std::fs::read_to_string(gen.join("probes.md")).unwrap();
     assert!(
-        probes.contains("**exposed**") && probes.contains("n/a"),
+        probes.contains("**✘**") && probes.contains(" – "),
         "{probes}"
     );
     // Prose numbers are included, not typed: the built intro page carries them.

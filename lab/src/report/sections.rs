@@ -572,15 +572,38 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
             shown(run, b)
         }
     };
+    // The table's headers are short (a column per backend, `-linux` for a
+    // Linux guest) so that every column fits the page; the legend says
+    // what each is, and the chart carries the full labels.
+    let short = |(b, g): &(String, String)| {
+        if g == "linux"
+            && crate::backends::find(b)
+                .is_ok_and(|x| x.guest(&Default::default()) != crate::backend::Guest::Linux)
+        {
+            format!("{b}-linux")
+        } else {
+            b.clone()
+        }
+    };
     let mut ptab = String::new();
     if !probes.is_empty() {
         let rows: Vec<String> = probes.iter().cloned().collect();
         let mut cells = Vec::new();
         writeln!(
             ptab,
+            "✔ isolated · **✘ exposed** · – not applicable. {}\n",
+            pcols
+                .iter()
+                .filter(|c| short(c) != label(c))
+                .map(|c| format!("`{}` is {}", short(c), label(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(
+            ptab,
             "| probe | {} |\n|---|{}",
-            pcols.iter().map(label).collect::<Vec<_>>().join(" | "),
-            "---|".repeat(pcols.len())
+            pcols.iter().map(short).collect::<Vec<_>>().join(" | "),
+            ":-:|".repeat(pcols.len())
         )?;
         for r in &rows {
             let mut row = Vec::new();
@@ -603,10 +626,10 @@ pub(super) fn probes(run: &Run, _c: &Collected, out: &Path) -> Result<Vec<PathBu
                     None => Verdict::Missing,
                 };
                 line.push_str(match verdict {
-                    Verdict::Isolated => " isolated |",
-                    Verdict::Exposed => " **exposed** |",
-                    Verdict::NotApplicable => " n/a |",
-                    Verdict::Missing => " — |",
+                    Verdict::Isolated => " ✔ |",
+                    Verdict::Exposed => " **✘** |",
+                    Verdict::NotApplicable => " – |",
+                    Verdict::Missing => " · |",
                 });
                 row.push(verdict);
             }
