@@ -488,6 +488,18 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
             "gvisor" => Some(
                 "run with --platform=ptrace (works without nested virtualisation, slowest; systrap needs a newer runsc) and --network=none; the workload reads the Sentry's clock, so only launch→exit is timed".to_owned(),
             ),
+            "podman" if layout.mode == CgroupMode::Hybrid => Some(
+                "its default runtime (crun 1.8) refuses hybrid cgroups, so isolab runs it with --runtime runc; nofile/nproc are asked at or below the current limits (root here may lack CAP_SYS_RESOURCE)".to_owned(),
+            ),
+            "podman" => Some(
+                "nofile/nproc are asked at or below the current limits (root may lack CAP_SYS_RESOURCE)".to_owned(),
+            ),
+            "docker" => Some(
+                "isolab starts its own dockerd once per isolab process (data, exec root and socket under the home; no iptables, no bridge) before the timed window, and stops it at exit".to_owned(),
+            ),
+            "bwrap" => Some(
+                "namespaces, mounts and capabilities only: isolab adds the cgroup (same limits as its containers); no seccomp filter".to_owned(),
+            ),
             _ => None,
         };
         match &found {
