@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -463,6 +464,26 @@ fn hostile_archives_are_refused_in_one_sentence_and_leave_nothing() {
         before,
         "the docker-archive left something behind"
     );
+    // A gzip bomb: 512 MiB of zeros in a half-MiB archive is refused before it
+    // fills the disk.
+    let bomb = work.path().join("bomb.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&bomb).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(512 << 20);
+        hd.set_mode(0o644);
+        hd.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut hd, "manifest.json", std::io::repeat(0).take(512 << 20))
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let err = refused(h, &["image", "load", "-i", bomb.to_str().unwrap()]);
+    assert!(err.contains("decompression bomb"), "{err}");
+    assert_eq!(store_state(h), before, "the bomb left something behind");
     // Not an archive at all.
     let junk = work.path().join("junk");
     std::fs::write(&junk, b"hello").unwrap();

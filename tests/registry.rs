@@ -515,6 +515,15 @@ fn a_hostile_registry_is_refused_and_leaves_nothing() {
             "does not match its digest",
         ),
         (
+            "a layer claiming more than a layer may hold",
+            vec![(
+                "/v2/x/manifests/1".into(),
+                mt.clone(),
+                manifest(&good, 1 << 40),
+            )],
+            "more than the",
+        ),
+        (
             "a huge manifest",
             vec![("/v2/x/manifests/1".into(), mt.clone(), vec![b' '; 5 << 20])],
             "larger than",

@@ -218,6 +218,14 @@ fn extract(archive: &Path, dir: &Path) -> Result<(), ImageError> {
     } else {
         Box::new(f)
     };
+    // A gzip bomb would fill the disk before anything is checked: the
+    // extracted total is bounded by the archive's own size, generously.
+    let limit = fs::metadata(archive)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        .saturating_mul(if gz { 64 } else { 2 })
+        .saturating_add(256 << 20);
+    let mut written = 0u64;
     let mut tar = tar::Archive::new(r);
     let entries = tar.entries().map_err(|e| {
         bad(
@@ -244,8 +252,18 @@ fn extract(archive: &Path, dir: &Path) -> Result<(), ImageError> {
             if let Some(p) = dest.parent() {
                 fs::create_dir_all(p).map_err(|e| bad(p, e.to_string()))?;
             }
+            let size = entry.header().size().unwrap_or(0);
+            written = written.saturating_add(size);
+            if written > limit {
+                return Err(bad(
+                    archive,
+                    format!(
+                        "it unpacks to more than {limit} bytes: refused (a decompression bomb?)"
+                    ),
+                ));
+            }
             let mut out = fs::File::create(&dest).map_err(|e| bad(&dest, e.to_string()))?;
-            io::copy(&mut entry, &mut out)
+            io::copy(&mut (&mut entry).take(size), &mut out)
                 .map_err(|e| bad(archive, format!("entry {raw:?}: {e}")))?;
         } else if kind.is_symlink() {
             let target = entry

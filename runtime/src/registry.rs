@@ -407,8 +407,16 @@ pub fn pull(
         for l in &descs {
             archive::check_layer_type(at, l)?;
             archive::sha256_hex(at, &l.digest)?;
-            if l.size.is_none() {
-                return Err(c.err(format!("layer {} has no size", l.digest)));
+            match l.size {
+                None => return Err(c.err(format!("layer {} has no size", l.digest))),
+                Some(n) if n > crate::image::MAX_UNPACKED_BYTES => {
+                    return Err(c.err(format!(
+                        "layer {} claims {n} bytes, more than the {} a layer may have: refused",
+                        l.digest,
+                        crate::image::MAX_UNPACKED_BYTES
+                    )))
+                }
+                _ => {}
             }
         }
         let (cbytes, _) = c.document(

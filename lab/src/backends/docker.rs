@@ -631,6 +631,9 @@ fn demux(mut r: Box<dyn BufRead + Send>, on_line: &mut dyn FnMut(&str)) -> Resul
             Err(e) => return Err(e.into()),
         }
         let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if len > 16 << 20 {
+            bail!("the Engine sent a log frame of {len} bytes: refused");
+        }
         let mut frame = vec![0u8; len];
         r.read_exact(&mut frame)?;
         pending.push_str(&String::from_utf8_lossy(&frame));
