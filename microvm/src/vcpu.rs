@@ -69,6 +69,7 @@ pub enum ExitOutcome {
     Stop(StopReason),
 }
 
+// ANCHOR: handle_exit
 /// Handles one vCPU exit against the port-I/O and MMIO buses.
 pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> ExitOutcome {
     let event = match exit {
@@ -108,6 +109,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> ExitOutcome {
         VmEvent::None => ExitOutcome::Continue,
     }
 }
+// ANCHOR_END: handle_exit
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -131,6 +133,7 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     Ok(())
 }
 
+// ANCHOR: run_loop
 /// Runs a vCPU until it stops; `first_entry` gets the time of the first
 /// KVM_RUN. Never panics: every failure is a [`StopReason`].
 pub fn run(
@@ -179,6 +182,7 @@ pub fn run(
         }
     }
 }
+// ANCHOR_END: run_loop
 
 #[cfg(test)]
 mod tests {

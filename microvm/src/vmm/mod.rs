@@ -33,6 +33,7 @@ pub use machine::{
 };
 use steps::{attach_devices, create_vcpus, run_vcpus, Ran, Seen};
 
+// ANCHOR: boot
 /// Boots a VM and runs it to the end. `launch` is the caller's launch mark.
 pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     let mut st = Stamps(Vec::new());
@@ -58,6 +59,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     };
     let mut devices = attach_devices(cfg, &vm, &mem, blocks)?;
     let vcpus = create_vcpus(&kvm, &vm, cfg, entry)?;
+    // ANCHOR_END: boot
     st.mark(Stage::VcpusReady);
     let run = run_vcpus(vcpus, &devices, cfg.timeout, &mut st)?;
     let seen = devices.stop_and_read(&mem);
