@@ -121,6 +121,22 @@ pub fn disk_samples(
         &format!("total_for_{instances}_instances"),
         allocated + runtime + all,
     );
+    // N images that share this one as their base, each adding one small
+    // layer (as `COPY app /app` on a common `FROM` does): on disk each
+    // layer once, against what N self-contained copies would take.
+    let (shared_n, unshared_n) = images_sharing_a_base(home, &img, instances, allocated)?;
+    push(
+        "container",
+        "agent",
+        &format!("layers_for_{instances}_images_sharing_a_base"),
+        shared_n,
+    );
+    push(
+        "container",
+        "agent",
+        &format!("layers_for_{instances}_images_if_each_had_its_own_copy"),
+        unshared_n,
+    );
     // The bare VM guest: a few KiB of ELF (inside the monitor binary) and
     // the monitor; no per-instance disk (its memory is its only state).
     let guest = isolab_microvm::BARE_GUEST.len() as u64;
@@ -140,7 +156,23 @@ pub fn disk_samples(
     // The image as the read-only ext4 disk a VM attaches (`--disk image`,
     // and the disk-read scenario): shared by every VM, never written.
     if let Ok(d) = crate::images::image_disk(home) {
-        push("microvm", "bare", "image_as_ext4_disk", size(Some(d)));
+        let ext4 = size(Some(d));
+        push("microvm", "bare", "image_as_ext4_disk", ext4);
+        // N VMs of the image: a disk copy each (how a VM is usually given
+        // its root), or the one read-only disk every VM here shares, its
+        // writes kept in guest RAM.
+        push(
+            "microvm",
+            "linux",
+            &format!("disk_a_copy_per_vm_for_{instances}_vms"),
+            ext4 * u64::from(instances),
+        );
+        push(
+            "microvm",
+            "linux",
+            &format!("disk_one_shared_read_only_for_{instances}_vms"),
+            ext4,
+        );
     }
     // A Linux guest running the same image: the kernel, the initramfs
     // written from the image, and the monitor.
@@ -164,4 +196,47 @@ pub fn disk_samples(
         );
     }
     Ok(out)
+}
+
+/// Makes `n` images over `base`'s layers, each with one small layer of its
+/// own, measures the layers they need on disk (each layer once), removes
+/// them again, and returns (bytes shared, bytes if each image had its own
+/// copy of every layer). `base_allocated` is the base's unpacked size.
+fn images_sharing_a_base(
+    home: &Home,
+    base: &isolab_runtime::image::Image,
+    n: u32,
+    base_allocated: u64,
+) -> Result<(u64, u64)> {
+    use isolab_runtime::image::{build_layer, LayerEntry};
+    let store = home.store();
+    let mut names = Vec::new();
+    let mut own = 0;
+    let result = (|| -> Result<()> {
+        for i in 0..n {
+            let content = format!("footprint image {i}\n");
+            let blob = build_layer(&[
+                LayerEntry::Dir("app", 0o755),
+                LayerEntry::File("app/build-id", 0o644, content.as_bytes()),
+            ])?;
+            let d = store.add_layer(&blob)?;
+            own += du(&store.layer_dir(&d)).1;
+            let name = format!("isolab-footprint-{}-{i}", std::process::id());
+            let mut layers = base.layers.clone();
+            layers.push(d);
+            store.save_image(&name, layers, base.config.clone())?;
+            names.push(name);
+        }
+        Ok(())
+    })();
+    for name in &names {
+        let _ = store.remove(name);
+    }
+    let mut keep = store.referenced_layers();
+    for s in crate::instances::list(home) {
+        keep.extend(s.layers);
+    }
+    store.collect_garbage(&keep);
+    result?;
+    Ok((base_allocated + own, u64::from(n) * base_allocated + own))
 }
