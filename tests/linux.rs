@@ -310,3 +310,87 @@ fn software_emulation_runs_the_linux_guest_and_answers_the_probes() {
     assert_eq!(exposed, ["cpu_vulnerabilities"], "{col}");
     assert_eq!(col["mount"]["verdict"], "isolated");
 }
+
+/// Issue 15: any image in both worlds — the same image's program, with
+/// its config, as a container and in a Linux VM booted from the image as
+/// its disk (here under software emulation, which every host has).
+#[test]
+fn the_same_image_runs_as_a_container_and_in_a_linux_vm() {
+    if !require("root (containers)", is_root())
+        || !require(
+            "qemu-system-x86_64 (apt-get install qemu-system-x86)",
+            std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file(),
+        )
+        || !require(
+            "a distro kernel in /boot (apt-get install linux-image-cloud-amd64)",
+            isolab_microvm::kernel::find_in(std::path::Path::new("/boot")).is_ok(),
+        )
+    {
+        return;
+    }
+    let home = home();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("motd"), "from the image\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        "FROM default\nCOPY motd /srv/motd\nWORKDIR /srv\nUSER nobody\nENV WHERE=anywhere\nCMD [\"/bin/sh\", \"-c\", \"id -u; pwd; cat motd; echo $WHERE; touch /srv/written 2>/dev/null && echo wrote; exit 5\"]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        isolab()
+            .args(args)
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["build", "-t", "both:1", ctx.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let container = run(&["run", "--image", "both:1"]);
+    let vm = run(&["run", "--backend", "qemu-tcg", "--image", "both:1"]);
+    assert_eq!(
+        stdout(&container),
+        "65534\n/srv\nfrom the image\nanywhere\n",
+        "{}",
+        stderr(&container)
+    );
+    // In the VM, /srv is the image's (its disk under a tmpfs upper dir),
+    // owned by root: nobody cannot write there either. (A VM has one
+    // console for both streams; the program keeps stderr quiet.)
+    assert_eq!(
+        stdout(&vm).replace("\r\n", "\n"),
+        stdout(&container),
+        "{}",
+        stderr(&vm)
+    );
+    assert_eq!(
+        container.status.code(),
+        Some(5),
+        "the image's own exit code"
+    );
+    assert_eq!(
+        vm.status.code(),
+        container.status.code(),
+        "the same exit in both worlds"
+    );
+    // A command replaces the image's CMD, with the image's user and env.
+    let vm = run(&[
+        "run",
+        "--backend",
+        "qemu-tcg",
+        "--image",
+        "both:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $WHERE; exit 7",
+    ]);
+    assert_eq!(stdout(&vm).trim(), "anywhere");
+    assert_eq!(vm.status.code(), Some(7));
+    // The bare guest runs no programs: said in one sentence.
+    let out = run(&["run", "--backend", "qemu", "--", "/bin/true"]);
+    assert!(
+        stderr(&out).contains("bare guest runs scenarios only"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -337,6 +337,11 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
         "isolab run --backend microvm --guest linux --scenario startup --pvh --timeout 300 --json"
             .into(),
     ));
+    // An image's own program in the Linux VM (the image as its disk).
+    cases.push((
+        "image-in-vm".into(),
+        "isolab run --backend microvm --guest linux --timeout 300 --json -- /bin/sh -c 'echo in-the-vm; exit 3'".into(),
+    ));
     cases.push((
         "boot-times".into(),
         "env ISOLAB=/usr/local/bin/isolab ISOLAB_NESTED_TCG=1 sh /usr/local/share/isolab/linux-boot-times.sh --runs 2".into(),
@@ -497,6 +502,14 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
                 c.rc,
                 c.stdout.chars().take(3000).collect::<String>(),
                 c.stderr
+            ),
+        );
+    }
+    if let Some(c) = case("image-in-vm") {
+        check(
+            json_of(c).is_some_and(|v| v["scenario"] == "exec" && v["exit_code"] == 3),
+            format!(
+                "image-in-vm: the image's program ran in the VM and its exit code came back: {c:?}"
             ),
         );
     }

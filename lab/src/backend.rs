@@ -337,11 +337,11 @@ pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
     if !spec.volumes.is_empty() {
         bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
     }
-    if !spec.command.is_empty() {
-        bail!("the VM backends run scenarios only: drop the command");
+    if !spec.command.is_empty() && spec.vm.guest() == Guest::Bare {
+        bail!("the bare guest runs scenarios only: drop the command, or run an image's program in a Linux guest (--backend microvm --guest linux, or --backend qemu-tcg)");
     }
-    if spec.user.is_some() || spec.workdir.is_some() {
-        bail!("-u and -w set a container's process: a VM backend runs the agent as its init, drop them");
+    if (spec.user.is_some() || spec.workdir.is_some()) && !crate::linux_guest::runs_an_image(spec) {
+        bail!("-u and -w set the process an image runs: a scenario's agent runs as the VM's init, drop them");
     }
     Ok(())
 }

@@ -135,6 +135,23 @@ pub fn image_disk(home: &Home) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Any image's layers as a read-only ext4 disk (cached by its layers): what
+/// a Linux VM boots an image from.
+pub fn image_disk_of(home: &Home, name: &str) -> Result<PathBuf> {
+    if name == DEFAULT_IMAGE {
+        return image_disk(home);
+    }
+    let img = open(home, name)?;
+    let key = fnv(img.layers.join(",").as_bytes());
+    fs::create_dir_all(home.cache_dir())?;
+    let path = home.cache_file(&format!("disk-image-{key:08x}.ext4"));
+    if !path.exists() {
+        let tree = initramfs::merged_tree(&home.store(), &img)?;
+        isolab_runtime::diskimage::write_ext4(&tree, &path, u64::from(key))?;
+    }
+    Ok(path)
+}
+
 /// Where the bare guest's ELF is written for QEMU (cached per build).
 pub fn bare_guest_file(home: &Home) -> Result<PathBuf> {
     cache_put(

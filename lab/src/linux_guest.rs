@@ -17,7 +17,15 @@ pub const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 r
 
 /// Modules the lab wants in a Linux guest when the kernel has them as
 /// modules (Debian's cloud kernel does).
-pub const WANTED_MODULES: [&str; 2] = ["virtio_mmio", "virtio_blk"];
+/// (module, its Kconfig symbol): virtio over MMIO (the lab's monitor) and
+/// PCI (QEMU's `pc` machine), the disk driver, and overlayfs (an image
+/// run in a VM gets a writable layer over its read-only disk).
+pub const WANTED_MODULES: [(&str, &str); 4] = [
+    ("virtio_mmio", "VIRTIO_MMIO"),
+    ("virtio_pci", "VIRTIO_PCI"),
+    ("virtio_blk", "VIRTIO_BLK"),
+    ("overlay", "OVERLAY_FS"),
+];
 
 /// A prepared Linux guest.
 pub struct LinuxGuest {
@@ -92,8 +100,8 @@ pub fn prepare(home: &Home, spec: &VmSpec) -> Result<LinuxGuest> {
     let config = std::fs::read_to_string(format!("/boot/config-{kver}")).unwrap_or_default();
     let wanted: Vec<&str> = WANTED_MODULES
         .iter()
-        .copied()
-        .filter(|m| config.contains(&format!("CONFIG_{}=m", m.to_uppercase())))
+        .filter(|(_, sym)| config.contains(&format!("CONFIG_{sym}=m")))
+        .map(|(m, _)| *m)
         .collect();
     if !wanted.is_empty() {
         let dir = PathBuf::from(format!("/lib/modules/{kver}"));
@@ -150,6 +158,86 @@ pub fn prepare(home: &Home, spec: &VmSpec) -> Result<LinuxGuest> {
         kernel: kpath,
         initrd,
         warning,
+    })
+}
+
+/// Whether a Linux-guest run starts an image's own program (a command
+/// given, or an image other than the lab's) instead of an agent scenario.
+pub fn runs_an_image(spec: &crate::backend::InstanceSpec) -> bool {
+    spec.image != crate::images::DEFAULT_IMAGE || !spec.command.is_empty()
+}
+
+/// An image prepared to run in a Linux VM: its layers as a read-only ext4
+/// disk, and the initramfs with what to start appended.
+pub struct ImageInVm {
+    pub disk: PathBuf,
+    pub initrd: PathBuf,
+    pub program: String,
+}
+
+/// Prepares `spec`'s image for a Linux guest whose initramfs is
+/// `base_initrd`: the agent, as init, mounts the disk under a tmpfs upper
+/// dir and starts the image's entrypoint and command (or the command
+/// given) with its environment, working directory and user — resolved
+/// here, through the image's own /etc/passwd.
+pub fn image_in_vm(
+    home: &Home,
+    spec: &crate::backend::InstanceSpec,
+    base_initrd: &std::path::Path,
+) -> Result<ImageInVm> {
+    use isolab_runtime::initramfs::Node;
+    let img = crate::images::open(home, &spec.image)?;
+    let argv = img.config.argv(&spec.command);
+    let Some(program) = argv.first().cloned() else {
+        bail!(
+            "image {} has no entrypoint or command: give one after --",
+            img.name
+        );
+    };
+    let user =
+        crate::images::resolve_user(home, &img, spec.user.as_deref().unwrap_or(&img.config.user))?
+            .unwrap_or((0, 0));
+    let mut env = img.config.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(crate::images::DEFAULT_PATH.into());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push("HOME=/".into());
+    }
+    for e in &spec.env {
+        if !e.contains('=') {
+            bail!("invalid environment entry {e:?}: use -e KEY=VALUE");
+        }
+        env.push(e.clone());
+    }
+    let cwd = spec
+        .workdir
+        .clone()
+        .unwrap_or_else(|| img.config.cwd.clone());
+    let exec = serde_json::to_vec(&serde_json::json!({
+        "argv": argv, "env": env, "cwd": cwd, "uid": user.0, "gid": user.1,
+    }))?;
+    let mut tree = std::collections::BTreeMap::new();
+    tree.insert("isolab".to_owned(), Node::Dir { mode: 0o755 });
+    tree.insert(
+        "isolab/exec.json".to_owned(),
+        Node::File {
+            mode: 0o644,
+            data: exec,
+        },
+    );
+    // A second cpio archive after the first: the kernel unpacks both.
+    let mut initrd = std::fs::read(base_initrd)?;
+    initrd.extend_from_slice(&isolab_runtime::initramfs::write_cpio(&tree));
+    let initrd = crate::images::cache_put(
+        home,
+        &format!("initramfs-exec-{:08x}.cpio", crate::images::fnv(&initrd)),
+        &initrd,
+    )?;
+    Ok(ImageInVm {
+        disk: crate::images::image_disk_of(home, &spec.image)?,
+        initrd,
+        program,
     })
 }
 

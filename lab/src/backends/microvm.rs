@@ -209,8 +209,21 @@ fn linux_report(
     if !crate::host::kvm_flavour_here().boots_stock_linux() {
         notes.push("host KVM is PVM: a stock kernel cannot boot to init here; the figures show how far it got".into());
     }
-    let mut report = InstanceReport::new("microvm", "linux", &opts.scenario, format!("vm-{pid}"));
+    let image = crate::linux_guest::runs_an_image(opts);
+    let scenario = if image {
+        "exec"
+    } else {
+        opts.scenario.as_str()
+    };
+    let mut report = InstanceReport::new("microvm", "linux", scenario, format!("vm-{pid}"));
     report.exit_code = code;
+    if let (true, Some(res)) = (image, &result) {
+        // The image's program: its own exit code, or why it did not run.
+        if let Some(e) = &res.error {
+            bail!("the image did not run in the VM: {e}");
+        }
+        report.exit_code = res.data["exit_code"].as_i64().unwrap_or(255) as i32;
+    }
     report.marks = marks;
     report.memory_bytes = memory;
     report.result = result.map(|x| serde_json::to_value(x).unwrap_or_default());
@@ -322,16 +335,33 @@ fn vmm_args(
         check_bare_scenario(opts)?;
     }
     let mut cmdline = guest_cmdline(&opts.scenario, &opts.params)?;
+    let mut image_disk = None;
     if guest == Guest::Linux {
         let linux = crate::linux_guest::prepare(home, &opts.vm)?;
+        // An image's own program: the image as the first disk, read-only,
+        // and what to start appended to the initramfs.
+        let initrd = if crate::linux_guest::runs_an_image(opts) {
+            let i = crate::linux_guest::image_in_vm(home, opts, &linux.initrd)?;
+            image_disk = Some(i.disk);
+            cmdline.push_str(" quiet loglevel=1");
+            i.initrd
+        } else {
+            linux.initrd.clone()
+        };
         args.extend([
             "--kernel".into(),
             linux.kernel.display().to_string(),
             "--initrd".into(),
-            linux.initrd.display().to_string(),
+            initrd.display().to_string(),
             "--pit".into(),
         ]);
-        cmdline = format!("{} {cmdline}", crate::linux_guest::LINUX_CMDLINE);
+        let base = if image_disk.is_some() {
+            // The console is the program's: no early boot chatter on it.
+            crate::linux_guest::LINUX_CMDLINE.replace("earlyprintk=serial,ttyS0,115200 ", "")
+        } else {
+            crate::linux_guest::LINUX_CMDLINE.to_owned()
+        };
+        cmdline = format!("{base} {cmdline}");
         if let Some(w) = linux.warning {
             eprintln!("isolab: {w}");
         }
@@ -346,6 +376,9 @@ fn vmm_args(
         args.extend(["--echo".into(), "--interactive".into()]);
     }
     args.extend(["--cmdline".into(), cmdline]);
+    if let Some(d) = image_disk {
+        args.extend(["--disk-ro".into(), d.display().to_string()]);
+    }
     args.extend(disk_args(home, opts)?);
     args.extend([
         "--mem".into(),

@@ -53,7 +53,9 @@ impl Backend for QemuTcg {
         Guest::Linux
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backend::refuse_container_options(spec)?;
+        let mut linux = spec.clone();
+        linux.vm.guest = Some(Guest::Linux);
+        crate::backend::refuse_container_options(&linux)?;
         if spec.vm.guest == Some(Guest::Bare) {
             bail!("qemu-tcg boots the Linux guest only: drop --guest bare (the bare guest runs on --backend microvm or qemu)");
         }
@@ -141,6 +143,13 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             .unwrap_or(std::time::Duration::from_secs(300)),
     );
     let linux = crate::linux_guest::prepare(home, &vm)?;
+    // An image's own program: its disk on QEMU's virtio-blk (PCI), the
+    // start spec appended to the initramfs.
+    let image = if crate::linux_guest::runs_an_image(opts) {
+        Some(crate::linux_guest::image_in_vm(home, opts, &linux.initrd)?)
+    } else {
+        None
+    };
     // The result line goes to a second serial port, a file: QEMU's RAM is
     // not ours to read here (the agent's result page sits in the `pc`
     // machine's VGA hole), and on the console a late kernel message could
@@ -150,18 +159,27 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         .tempdir_in(home.root())
         .context("a directory for QEMU's result port")?;
     let result_file = result_dir.path().join("result");
-    let cmdline = format!(
+    let mut cmdline = format!(
         "{} {} isolab.result_tty=/dev/ttyS1",
         crate::linux_guest::LINUX_CMDLINE,
         super::microvm::guest_cmdline(&opts.scenario, &opts.params)?
     );
-    let mut args = tcg_args(
-        &linux.kernel,
-        &linux.initrd,
-        &cmdline,
-        vm.mem_mib(),
-        vm.vcpus,
-    );
+    let initrd = image.as_ref().map_or(&linux.initrd, |i| &i.initrd);
+    if image.is_some() {
+        // The disk is a PCI device here, and the console is the
+        // program's: the kernel keeps quiet on it.
+        cmdline = cmdline
+            .replace("pci=off ", "")
+            .replace("earlyprintk=serial,ttyS0,115200 ", "")
+            + " quiet loglevel=1";
+    }
+    let mut args = tcg_args(&linux.kernel, initrd, &cmdline, vm.mem_mib(), vm.vcpus);
+    if let Some(i) = &image {
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw,readonly=on", i.disk.display()),
+        ]);
+    }
     args.extend(["-serial".into(), format!("file:{}", result_file.display())]);
     let launch = monotonic_ns();
     let mut cmd = std::process::Command::new(&qemu);
@@ -227,13 +245,20 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         .or_else(|_| protocol::parse_output("qemu-tcg", &serial))
         .map_err(|e| anyhow!("{e}"))?;
     res.metrics.clear();
-    let mut report = InstanceReport::new(
-        "qemu-tcg",
-        "linux",
-        &opts.scenario,
-        format!("qemu-tcg-{pid}"),
-    );
+    let scenario = if image.is_some() {
+        "exec"
+    } else {
+        opts.scenario.as_str()
+    };
+    let mut report = InstanceReport::new("qemu-tcg", "linux", scenario, format!("qemu-tcg-{pid}"));
     report.exit_code = code;
+    if image.is_some() {
+        // The program's own exit code, or the one sentence why it did not run.
+        if let Some(e) = &res.error {
+            bail!("the image did not run in the VM: {e}");
+        }
+        report.exit_code = res.data["exit_code"].as_i64().unwrap_or(255) as i32;
+    }
     report.marks = vec![
         Mark::new(Stage::Launch.name(), launch),
         Mark::new(Stage::Reaped.name(), exit_ns),

@@ -310,6 +310,135 @@ mod vm_init {
         Ok(())
     }
 
+    /// What to start from the image, written by the lab into the
+    /// initramfs: the image's entrypoint and command, environment,
+    /// working directory and user, resolved on the host.
+    #[derive(serde::Deserialize)]
+    struct ExecSpec {
+        argv: Vec<String>,
+        env: Vec<String>,
+        cwd: String,
+        uid: u32,
+        gid: u32,
+    }
+
+    fn mount_with(
+        src: &str,
+        target: &str,
+        fstype: &str,
+        flags: libc::c_ulong,
+        data: &str,
+    ) -> std::io::Result<()> {
+        let _ = std::fs::create_dir_all(target);
+        let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+        let (src, target, fstype, data) = (c(src)?, c(target)?, c(fstype)?, c(data)?);
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs the image on the disk as a container runtime would, but in a
+    /// VM (Kata's and firecracker-containerd's way): the image's ext4 at
+    /// /dev/vda, read-only, under a tmpfs upper dir (overlayfs), a fresh
+    /// /proc, /sys and /dev, then its program chrooted there as its user.
+    /// The program's output goes to the console; its exit code into the
+    /// result.
+    fn exec_image(bytes: &[u8]) -> super::ResultLine {
+        let mut r = super::ResultLine::new("exec");
+        let fail = |mut r: super::ResultLine, what: String| {
+            r.ok = false;
+            r.error = Some(what);
+            r
+        };
+        let spec: ExecSpec = match serde_json::from_slice(bytes) {
+            Ok(s) => s,
+            Err(e) => return fail(r, format!("exec.json: {e}")),
+        };
+        let steps = [
+            ("/dev/vda", "/image", "ext4", libc::MS_RDONLY, ""),
+            ("tmpfs", "/rw", "tmpfs", 0, "mode=0755"),
+        ];
+        for (src, target, fstype, flags, data) in steps {
+            if let Err(e) = mount_with(src, target, fstype, flags, data) {
+                return fail(r, format!("mounting {src} at {target} ({fstype}): {e}"));
+            }
+        }
+        for d in ["/rw/upper", "/rw/work", "/newroot"] {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Err(e) = mount_with(
+            "overlay",
+            "/newroot",
+            "overlay",
+            0,
+            "lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work",
+        ) {
+            return fail(r, format!("the overlay over the image: {e}"));
+        }
+        for (src, target, fstype) in [
+            ("proc", "/newroot/proc", "proc"),
+            ("sysfs", "/newroot/sys", "sysfs"),
+            ("devtmpfs", "/newroot/dev", "devtmpfs"),
+        ] {
+            if let Err(e) = mount_with(src, target, fstype, 0, "") {
+                return fail(r, format!("mounting {target}: {e}"));
+            }
+        }
+        let Some(program) = spec.argv.first().cloned() else {
+            return fail(r, "the image has no entrypoint or command: give one".into());
+        };
+        let cwd = std::ffi::CString::new(spec.cwd.clone()).unwrap_or_default();
+        let (uid, gid) = (spec.uid, spec.gid);
+        let mut cmd = std::process::Command::new(&program);
+        cmd.args(&spec.argv[1..]).env_clear();
+        for e in &spec.env {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        // SAFETY: runs in the forked child before exec; system calls only.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let last = || Err(std::io::Error::last_os_error());
+                if libc::chroot(c"/newroot".as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return last();
+                }
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    return last();
+                }
+                let groups = [gid];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return last();
+                }
+                Ok(())
+            });
+        }
+        match cmd.status() {
+            Ok(st) => {
+                let code = st.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
+                });
+                r.data = serde_json::json!({ "exit_code": code, "program": program });
+                r
+            }
+            Err(e) => fail(r, format!("starting {program} in the image: {e}")),
+        }
+    }
+
     pub fn run(ready: u64) -> ExitCode {
         // SAFETY: ioperm for our three lab ports, as root in the guest.
         let ports = unsafe { libc::ioperm(u64::from(MARK_PORT), 3, 1) } == 0;
@@ -332,7 +461,8 @@ mod vm_init {
                 }
             }
         }
-        if scenario == sc::DISK_READ {
+        let exec_spec = std::fs::read("/isolab/exec.json").ok();
+        if scenario == sc::DISK_READ || exec_spec.is_some() {
             // The disk's node appears when the driver has probed the
             // device, which devtmpfs does in the background: give it a
             // moment rather than fail on a race. (Only here: in a
@@ -346,7 +476,10 @@ mod vm_init {
             }
         }
         let lo = loopback_up();
-        let mut r = super::run_scenario(&scenario, &params, ready);
+        let mut r = match &exec_spec {
+            Some(bytes) => exec_image(bytes),
+            None => super::run_scenario(&scenario, &params, ready),
+        };
         if let (Err(e), false) = (&lo, r.ok) {
             r.error = Some(format!(
                 "{} (bringing up lo failed: {e})",
