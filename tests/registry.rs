@@ -147,6 +147,51 @@ fn push_and_pull_through_a_real_registry_and_with_skopeo() {
         stderr(&o)
     );
 
+    // To another repository of the same registry: every layer is mounted
+    // from the first, not uploaded again.
+    let o = ok(
+        a.path(),
+        &["push", "default", &format!("{at}/lab/copy:1"), "--insecure"],
+    );
+    assert_eq!(
+        stderr(&o)
+            .matches("mounted from another repository")
+            .count(),
+        2,
+        "{}",
+        stderr(&o)
+    );
+    // In small chunks (PATCH with Content-Range), as a big layer goes.
+    let mut c = isolab();
+    c.args([
+        "push",
+        "default",
+        &format!("{at}/lab/chunked:1"),
+        "--insecure",
+    ])
+    .env("ISOLAB_HOME", a.path())
+    .env("ISOLAB_UPLOAD_CHUNK", "65536");
+    std::fs::remove_file(a.path().join("blob-origins.json")).unwrap();
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fresh = home();
+    ok(
+        fresh.path(),
+        &["pull", &format!("{at}/lab/chunked:1"), "--insecure"],
+    );
+    let o = ok(
+        fresh.path(),
+        &[
+            "run",
+            "--image",
+            &format!("{at}/lab/chunked:1"),
+            "--",
+            "/bin/echo",
+            "chunked",
+        ],
+    );
+    assert_eq!(stdout(&o), "chunked\n");
+
     // Another home pulls it and runs it.
     let o = ok(b.path(), &["pull", &r, "--insecure"]);
     assert!(
@@ -565,4 +610,136 @@ fn a_hostile_registry_is_refused_and_leaves_nothing() {
             .collect();
         assert!(tmp.is_empty(), "{what} left temporary files");
     }
+}
+
+/// A registry that drops the connection in the middle of one chunk: the
+/// push asks how far the upload got (GET on the upload URL, `Range`) and
+/// goes on from there; the registry checks every blob's digest at the
+/// end, so a resume that skipped or repeated a byte would fail.
+#[test]
+fn a_push_resumes_an_upload_the_registry_dropped() {
+    use sha2::Digest;
+    use std::collections::HashMap;
+    use std::io::BufRead;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stats = std::sync::Arc::new(std::sync::Mutex::new((0u32, 0u32, 0u32)));
+    let st = stats.clone();
+    std::thread::spawn(move || {
+        let mut uploads: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut next = 0;
+        let mut patches = 0;
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_owned(),
+                parts.next().unwrap_or("").to_owned(),
+            );
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let reply = |w: &mut std::net::TcpStream, status: &str, headers: &str| {
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            };
+            let id = path.split('?').next().unwrap_or("").to_owned();
+            match method.as_str() {
+                "HEAD" => reply(&mut w, "404 Not Found", ""),
+                "POST" => {
+                    next += 1;
+                    let u = format!("/up/{next}");
+                    uploads.insert(u.clone(), Vec::new());
+                    reply(&mut w, "202 Accepted", &format!("Location: {u}\r\n"));
+                }
+                "PATCH" => {
+                    patches += 1;
+                    let mut body = vec![0u8; len];
+                    if patches == 2 {
+                        // Take half the chunk, then drop the connection.
+                        r.read_exact(&mut body[..len / 2]).unwrap();
+                        uploads
+                            .get_mut(&id)
+                            .unwrap()
+                            .extend_from_slice(&body[..len / 2]);
+                        st.lock().unwrap().0 += 1;
+                        continue;
+                    }
+                    r.read_exact(&mut body).unwrap();
+                    let u = uploads.get_mut(&id).unwrap();
+                    u.extend_from_slice(&body);
+                    let end = u.len() - 1;
+                    reply(
+                        &mut w,
+                        "202 Accepted",
+                        &format!("Location: {id}\r\nRange: 0-{end}\r\n"),
+                    );
+                }
+                "GET" => {
+                    st.lock().unwrap().1 += 1;
+                    let got = uploads.get(&id).map_or(0, Vec::len);
+                    reply(
+                        &mut w,
+                        "204 No Content",
+                        &format!("Location: {id}\r\nRange: 0-{}\r\n", got.saturating_sub(1)),
+                    );
+                }
+                "PUT" if id.starts_with("/up/") => {
+                    let want = path.split("digest=sha256:").nth(1).unwrap_or("").to_owned();
+                    let got = format!("{:x}", sha2::Sha256::digest(&uploads[&id]));
+                    if got == want {
+                        st.lock().unwrap().2 += 1;
+                        reply(&mut w, "201 Created", "");
+                    } else {
+                        reply(&mut w, "400 Bad Request", "");
+                    }
+                }
+                "PUT" => {
+                    let mut body = vec![0u8; len];
+                    let _ = r.read_exact(&mut body);
+                    reply(&mut w, "201 Created", "");
+                }
+                _ => reply(&mut w, "405 Method Not Allowed", ""),
+            }
+        }
+    });
+    let h = home();
+    ok(h.path(), &["image", "build"]);
+    let mut c = isolab();
+    c.args([
+        "push",
+        "default",
+        &format!("127.0.0.1:{port}/x:1"),
+        "--insecure",
+    ])
+    .env("ISOLAB_HOME", h.path())
+    .env("ISOLAB_UPLOAD_CHUNK", "65536");
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (dropped, asked, committed) = *stats.lock().unwrap();
+    assert_eq!(
+        (dropped, asked),
+        (1, 1),
+        "one dropped chunk, one status request"
+    );
+    assert_eq!(
+        committed, 3,
+        "two layers and the config, each with its digest checked"
+    );
 }

@@ -382,7 +382,11 @@ pub fn layer_progress() -> impl FnMut(&str, u64, u64) {
     let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
     move |layer: &str, done: u64, total: u64| {
         if total == 0 {
-            eprintln!("{layer}: already there");
+            if done == 1 {
+                eprintln!("{layer}: mounted from another repository of the registry");
+            } else {
+                eprintln!("{layer}: already there");
+            }
             return;
         }
         let bar = bars.entry(layer.to_owned()).or_insert_with(|| {

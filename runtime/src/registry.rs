@@ -92,7 +92,9 @@ pub struct Options {
     pub credentials: Option<(String, String)>,
 }
 
-/// What a layer transfer reports as it goes.
+/// What a layer transfer reports as it goes: (layer, bytes done, bytes in
+/// all); (layer, 0, 0) when the other side already had it, (layer, 1, 0)
+/// when the registry mounted it from another of its repositories.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
 /// The largest manifest or config accepted.
@@ -457,6 +459,9 @@ pub fn pull(
                     })?,
             );
         }
+        let mut seen = layers.clone();
+        seen.push(chex.to_owned());
+        record_origins(store, r, &seen);
         let name = name.map(str::to_owned).unwrap_or_else(|| r.local_name());
         check_name(&name)?;
         return store.save_image(&name, layers, cfg.image_config());
@@ -540,19 +545,30 @@ pub fn push(
     for l in &layers {
         let short = l.digest[..12].to_owned();
         let path = l.blob.clone();
-        upload(&c, &l.digest, l.blob_size, &short, progress, &move || {
-            Ok(Box::new(std::fs::File::open(&path)?) as Box<dyn Read>)
-        })?;
+        let open = move |at: u64| -> io::Result<Box<dyn Read>> {
+            use std::io::Seek;
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(io::SeekFrom::Start(at))?;
+            Ok(Box::new(f))
+        };
+        upload(&c, store, &l.digest, l.blob_size, &short, progress, &open)?;
     }
     let cfg = config.clone();
+    let open = move |at: u64| -> io::Result<Box<dyn Read>> {
+        Ok(Box::new(io::Cursor::new(cfg[at as usize..].to_vec())))
+    };
     upload(
         &c,
+        store,
         &chex,
         config.len() as u64,
         "config",
         &mut |_, _, _| {},
-        &move || Ok(Box::new(io::Cursor::new(cfg.clone())) as Box<dyn Read>),
+        &open,
     )?;
+    let mut blobs: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    blobs.push(chex.clone());
+    record_origins(store, r, &blobs);
     let manifest = archive::oci_manifest(&config, &layers);
     let m = manifest.clone();
     c.send(
@@ -570,13 +586,86 @@ pub fn push(
     ))
 }
 
+/// Where blobs were seen, per registry: `digest → {"host/repo", …}`, so
+/// a push can ask the registry to mount a blob it already holds in
+/// another repository instead of uploading it again.
+fn origins_path(store: &Store) -> PathBuf {
+    store.root().join("blob-origins.json")
+}
+
+type Origins = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+fn read_origins(store: &Store) -> Origins {
+    std::fs::read_to_string(origins_path(store))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Records that `r`'s repository holds the blobs `hexes`.
+fn record_origins(store: &Store, r: &Reference, hexes: &[String]) {
+    let mut o = read_origins(store);
+    for h in hexes {
+        o.entry(h.clone())
+            .or_default()
+            .insert(format!("{}/{}", r.registry, r.repo));
+    }
+    let p = origins_path(store);
+    let tmp = p.with_extension("tmp");
+    if let Ok(t) = serde_json::to_vec(&o) {
+        let _ = std::fs::write(&tmp, t).and_then(|_| std::fs::rename(&tmp, &p));
+    }
+}
+
+/// Another repository of the same registry known to hold blob `hex`.
+fn known_elsewhere(store: &Store, r: &Reference, hex: &str) -> Option<String> {
+    let prefix = format!("{}/", r.registry);
+    read_origins(store)
+        .get(hex)?
+        .iter()
+        .filter_map(|o| o.strip_prefix(&prefix))
+        .find(|repo| *repo != r.repo)
+        .map(str::to_owned)
+}
+
+/// Bytes per PATCH of a chunked upload (`ISOLAB_UPLOAD_CHUNK` overrides,
+/// for slow links and for the tests).
+fn chunk_size() -> u64 {
+    std::env::var("ISOLAB_UPLOAD_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1024)
+        .unwrap_or(8 << 20)
+}
+
+/// The end of the bytes a registry says it has (`Range: 0-N`), if any.
+pub fn received_through(range: &str) -> Option<u64> {
+    range.trim().split_once('-')?.1.trim().parse().ok()
+}
+
+/// An upload URL the registry gave, made absolute.
+fn absolute(c: &Client, loc: &str) -> String {
+    if loc.starts_with('/') {
+        let scheme_host: String = c.base.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        format!("{scheme_host}{loc}")
+    } else {
+        loc.to_owned()
+    }
+}
+
+/// Uploads one blob unless the registry has it: mounted from another
+/// repository of the registry that holds it, else sent in chunks (PATCH
+/// with Content-Range), resuming from what the registry says it received
+/// when a chunk fails, then committed with its digest.
+#[allow(clippy::too_many_arguments)]
 fn upload(
     c: &Client,
+    store: &Store,
     hex: &str,
     size: u64,
     short: &str,
     progress: Progress<'_>,
-    body: &dyn Fn() -> io::Result<Box<dyn Read>>,
+    open: &dyn Fn(u64) -> io::Result<Box<dyn Read>>,
 ) -> Result<(), ImageError> {
     let digest = format!("sha256:{hex}");
     match c.send("HEAD", &format!("{}/blobs/{digest}", c.base), &[], None) {
@@ -587,33 +676,68 @@ fn upload(
         Err(ImageError::Registry { detail, .. }) if detail.contains("not found") => {}
         Err(e) => return Err(e),
     }
-    let resp = c.send(
-        "POST",
-        &format!("{}/blobs/uploads/", c.base),
-        &[("Content-Length", "0".into())],
-        None,
-    )?;
-    let loc = resp
-        .header("Location")
-        .ok_or_else(|| c.err("the registry gave no upload location"))?
-        .to_owned();
-    let loc = if loc.starts_with('/') {
-        let scheme_host: String = c.base.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
-        format!("{scheme_host}{loc}")
-    } else {
-        loc
+    let start = match known_elsewhere(store, &c.r, hex) {
+        Some(from) => format!("{}/blobs/uploads/?mount={digest}&from={from}", c.base),
+        None => format!("{}/blobs/uploads/", c.base),
     };
+    let resp = c.send("POST", &start, &[("Content-Length", "0".into())], None)?;
+    if resp.status() == 201 {
+        // Mounted: the registry linked the blob it already had.
+        progress(short, 1, 0);
+        return Ok(());
+    }
+    let mut loc = absolute(
+        c,
+        resp.header("Location")
+            .ok_or_else(|| c.err("the registry gave no upload location"))?,
+    );
+    let chunk = chunk_size();
+    let mut offset = 0u64;
+    let mut resumes = 0;
+    while offset < size {
+        let n = chunk.min(size - offset);
+        let at = offset;
+        let body = move || -> io::Result<Box<dyn Read>> { Ok(Box::new(open(at)?.take(n))) };
+        let sent = c.send(
+            "PATCH",
+            &loc,
+            &[
+                ("Content-Type", "application/octet-stream".into()),
+                ("Content-Length", n.to_string()),
+                ("Content-Range", format!("{at}-{}", at + n - 1)),
+            ],
+            Some(&body),
+        );
+        match sent {
+            Ok(r) => {
+                if let Some(l) = r.header("Location") {
+                    loc = absolute(c, l);
+                }
+                offset += n;
+                progress(short, offset, size);
+            }
+            Err(e) if resumes < 3 => {
+                // Ask how far it got, and go on from there.
+                resumes += 1;
+                let status = c.send("GET", &loc, &[], None).map_err(|_| e)?;
+                offset = status
+                    .header("Range")
+                    .and_then(received_through)
+                    .map_or(0, |end| end + 1);
+                if let Some(l) = status.header("Location") {
+                    loc = absolute(c, l);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let sep = if loc.contains('?') { '&' } else { '?' };
     c.send(
         "PUT",
         &format!("{loc}{sep}digest={digest}"),
-        &[
-            ("Content-Type", "application/octet-stream".into()),
-            ("Content-Length", size.to_string()),
-        ],
-        Some(body),
+        &[("Content-Length", "0".into())],
+        None,
     )?;
-    progress(short, size, size);
     Ok(())
 }
 
@@ -645,6 +769,13 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn upload_ranges() {
+        assert_eq!(received_through("0-1048575"), Some(1_048_575));
+        assert_eq!(received_through(" 0-0 "), Some(0));
+        assert_eq!(received_through("bytes"), None);
     }
 
     #[test]
