@@ -269,9 +269,21 @@ pub fn list_table(home: &Home) -> String {
             .unwrap_or(0)
     };
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    let ago = |name: &str| {
+        let secs = store
+            .stored_at(name)
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs());
+        match secs {
+            0..=59 => format!("{secs} seconds ago"),
+            60..=3599 => format!("{} minutes ago", secs / 60),
+            3600..=86399 => format!("{} hours ago", secs / 3600),
+            _ => format!("{} days ago", secs / 86400),
+        }
+    };
     let mut out = format!(
-        "{:<32} {:<12} {:<12} {:>6} {:>10} {:>10}\n",
-        "REPOSITORY", "TAG", "IMAGE ID", "LAYERS", "SIZE", "SHARED"
+        "{:<32} {:<12} {:<12} {:<16} {:>6} {:>10} {:>10}\n",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "LAYERS", "SIZE", "SHARED"
     );
     for img in &images {
         let (repo, tag) = image::split_tag(&img.name);
@@ -287,10 +299,11 @@ pub fn list_table(home: &Home) -> String {
             .map(|l| size(l))
             .sum();
         out.push_str(&format!(
-            "{:<32} {:<12} {:<12} {:>6} {:>10} {:>10}\n",
+            "{:<32} {:<12} {:<12} {:<16} {:>6} {:>10} {:>10}\n",
             repo,
             tag.unwrap_or("<none>"),
             id,
+            ago(&img.name),
             img.layers.len(),
             mib(total),
             mib(shared)

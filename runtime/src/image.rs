@@ -267,6 +267,11 @@ impl Store {
             .join(format!("{}.json", escape_name(name)))
     }
 
+    /// When image `name` was stored here (its record's modification time).
+    pub fn stored_at(&self, name: &str) -> Option<std::time::SystemTime> {
+        fs::metadata(self.image_path(name)).ok()?.modified().ok()
+    }
+
     /// The store's root (the lab's home).
     pub fn root(&self) -> &Path {
         &self.root
