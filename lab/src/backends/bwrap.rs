@@ -10,11 +10,9 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
-use isolab_abi::stage::Stage;
-use isolab_reports::{InstanceReport, Mark};
+use anyhow::{anyhow, Context, Result};
 use isolab_runtime::container::DEFAULT_CAPS;
-use isolab_scenarios::protocol::{self, HOLD_LINE};
+use isolab_scenarios::protocol::HOLD_LINE;
 
 use super::monitor_cgroup::MonitorCgroup;
 use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
@@ -55,30 +53,14 @@ impl Backend for Bwrap {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backend::refuse_vm_options("bwrap", spec)?;
-        if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
-            bail!("the bwrap peer runs the agent's scenarios only: drop -t and the command");
-        }
-        if spec.user.is_some() || spec.workdir.is_some() {
-            bail!("-u and -w apply to --backend container in this build: drop them for the bwrap peer");
-        }
-        Ok(())
+        super::peer::check("bwrap", spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run(home, spec)
     }
     fn prune(&self, home: &Home) -> Vec<String> {
         let mut removed = Vec::new();
-        for e in std::fs::read_dir(home.peers_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("isolab-bwrap-") && std::fs::remove_dir_all(e.path()).is_ok() {
-                removed.push(format!("peer bundle {name}"));
-            }
-        }
+        removed.extend(super::peer::prune_bundles(home, "isolab-bwrap-"));
         removed
     }
 }
@@ -204,23 +186,19 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
     })? {
         memory.insert("instance_cgroup_peak".to_owned(), p);
     }
-    let res = protocol::parse_output("bwrap", &format!("{output}{stderr}"))
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![
-        Mark::new(Stage::Launch.name(), launch),
-        Mark::new(Stage::Exit.name(), exit_ns),
-    ];
-    if let Some(r) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
-        marks.push(Mark::new(Stage::Ready.name(), r.ns));
+    super::peer::Finished {
+        name: "bwrap",
+        spec,
+        id,
+        launch,
+        exit_ns,
+        code: status.code().unwrap_or(255),
+        output: format!("{output}{stderr}"),
+        memory,
+        host_clock: true,
+        note: "launch = spawn of bwrap; ready stamped by the agent (same host clock); bubblewrap sets up namespaces, mounts and capabilities only — no seccomp filter, no masked /proc paths — and the lab puts it in a cgroup with the containers' limits, made before launch as a monitor's is (bubblewrap makes none), so its start has no cgroup creation in it".to_owned(),
     }
-    let mut report = InstanceReport::new("bwrap", "agent", &spec.scenario, id);
-    report.exit_code = status.code().unwrap_or(255);
-    report.marks = marks;
-    report.memory_bytes = memory;
-    report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec!["launch = spawn of bwrap; ready stamped by the agent (same host clock); bubblewrap sets up namespaces, mounts and capabilities only — no seccomp filter, no masked /proc paths — and the lab puts it in a cgroup with the containers' limits, made before launch as a monitor's is (bubblewrap makes none), so its start has no cgroup creation in it".into()];
-    report.derive();
-    Ok(Outcome { report, output })
+    .outcome()
 }
 
 #[cfg(test)]

@@ -25,8 +25,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use isolab_abi::stage::Stage;
-use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::PARENT;
 use isolab_scenarios::protocol::{self, HOLD_LINE};
 
@@ -93,14 +91,7 @@ impl Backend for Docker {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backend::refuse_vm_options(self.name(), spec)?;
-        if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
-            bail!("the docker peers run the agent's scenarios only: drop -t and the command");
-        }
-        if spec.user.is_some() || spec.workdir.is_some() {
-            bail!("-u and -w apply to --backend container in this build: drop them for the docker peers");
-        }
-        Ok(())
+        super::peer::check(self.name(), spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run(home, spec, self.api)
@@ -596,26 +587,23 @@ fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
     })? {
         memory.insert("instance_cgroup_peak".to_owned(), p);
     }
-    let res = protocol::parse_output(name, &output).map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![
-        Mark::new(Stage::Launch.name(), launch),
-        Mark::new(Stage::Exit.name(), exit_ns),
-    ];
-    if let Some(r) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
-        marks.push(Mark::new(Stage::Ready.name(), r.ns));
+    super::peer::Finished {
+        name,
+        spec,
+        id,
+        launch,
+        exit_ns,
+        code,
+        output,
+        memory,
+        host_clock: true,
+        note: if api {
+            "launch = the lab's first REST call (create); exit = the wait call's answer; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".to_owned()
+        } else {
+            "launch = spawn of the docker CLI; exit = the CLI's exit; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".to_owned()
+        },
     }
-    let mut report = InstanceReport::new(name, "agent", &spec.scenario, id);
-    report.exit_code = code;
-    report.marks = marks;
-    report.memory_bytes = memory;
-    report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec![if api {
-        "launch = the lab's first REST call (create); exit = the wait call's answer; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".into()
-    } else {
-        "launch = spawn of the docker CLI; exit = the CLI's exit; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".into()
-    }];
-    report.derive();
-    Ok(Outcome { report, output })
+    .outcome()
 }
 
 /// Demultiplexes the Engine's log stream (8-byte frame headers: stream,

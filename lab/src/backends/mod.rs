@@ -17,6 +17,7 @@ pub mod docker;
 pub mod microvm;
 pub mod monitor_cgroup;
 pub mod oci;
+mod peer;
 pub mod podman;
 pub mod qemu;
 pub mod qemu_tcg;

@@ -22,13 +22,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
-use isolab_abi::stage::Stage;
-use isolab_reports::{InstanceReport, Mark};
+use anyhow::{anyhow, Context, Result};
 use isolab_runtime::cgroups::{CgroupLayout, CgroupMode, Limits, PARENT};
 use isolab_runtime::container::{DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 use isolab_runtime::seccomp::BLOCKED;
-use isolab_scenarios::protocol::{self, HOLD_LINE};
+use isolab_scenarios::protocol::HOLD_LINE;
 
 use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
 use crate::clock::monotonic_ns;
@@ -122,14 +120,7 @@ impl Backend for OciPeer {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backend::refuse_vm_options(self.name, spec)?;
-        if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
-            bail!("the crun/runc peers run the agent's scenarios only: drop -t and the command");
-        }
-        if spec.user.is_some() || spec.workdir.is_some() {
-            bail!("-u and -w apply to --backend container in this build: drop them for the crun/runc peers");
-        }
-        Ok(())
+        super::peer::check(self.name, spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run(home, self, spec)
@@ -303,25 +294,7 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
     let _ = fs::remove_dir_all(state_root.join(&id));
-    let res = protocol::parse_output(peer.name, &format!("{output}{stderr}"))
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![
-        Mark::new(Stage::Launch.name(), launch),
-        Mark::new(Stage::Exit.name(), exit_ns),
-    ];
-    if let Some(r) = res
-        .marks
-        .iter()
-        .find(|m| m.name == Stage::Ready.name() && peer.host_clock)
-    {
-        marks.push(Mark::new(Stage::Ready.name(), r.ns));
-    }
-    let mut report = InstanceReport::new(peer.name, "agent", &spec.scenario, id);
-    report.exit_code = status.code().unwrap_or(255);
-    report.marks = marks;
-    report.memory_bytes = memory;
-    report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec![format!(
+    let note = format!(
         "launch = spawn of {}; {}{}",
         peer.program,
         if peer.host_clock {
@@ -334,9 +307,20 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         } else {
             ""
         }
-    )];
-    report.derive();
-    Ok(Outcome { report, output })
+    );
+    super::peer::Finished {
+        name: peer.name,
+        spec,
+        id,
+        launch,
+        exit_ns,
+        code: status.code().unwrap_or(255),
+        output: format!("{output}{stderr}"),
+        memory,
+        host_clock: peer.host_clock,
+        note,
+    }
+    .outcome()
 }
 
 /// The peer's command: `PROGRAM --root STATE run --bundle DIR ID`, started
@@ -490,16 +474,6 @@ fn prune(home: &Home, p: &OciPeer) -> Vec<String> {
         let _ = fs::remove_dir_all(c.path());
         removed.push(format!("{peer} container {id}"));
     }
-    let prefix = format!("isolab-{peer}-");
-    for e in fs::read_dir(home.peers_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && fs::remove_dir_all(e.path()).is_ok() {
-            removed.push(format!("peer bundle {name}"));
-        }
-    }
+    removed.extend(super::peer::prune_bundles(home, &format!("isolab-{peer}-")));
     removed
 }

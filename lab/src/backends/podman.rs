@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
-use isolab_abi::stage::Stage;
-use isolab_reports::{InstanceReport, Mark};
+use anyhow::{anyhow, Context, Result};
 use isolab_runtime::cgroups::{CgroupMode, PARENT};
-use isolab_scenarios::protocol::{self, HOLD_LINE};
+use isolab_scenarios::protocol::HOLD_LINE;
 
 use super::monitor_cgroup::MonitorCgroup;
 use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
@@ -65,14 +63,7 @@ impl Backend for Podman {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        crate::backend::refuse_vm_options("podman", spec)?;
-        if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
-            bail!("the podman peer runs the agent's scenarios only: drop -t and the command");
-        }
-        if spec.user.is_some() || spec.workdir.is_some() {
-            bail!("-u and -w apply to --backend container in this build: drop them for the podman peer");
-        }
-        Ok(())
+        super::peer::check("podman", spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run(home, spec)
@@ -94,16 +85,7 @@ impl Backend for Podman {
                 removed.push(format!("podman storage {}", d.display()));
             }
         }
-        for e in std::fs::read_dir(home.peers_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("isolab-podman-") && std::fs::remove_dir_all(e.path()).is_ok() {
-                removed.push(format!("peer bundle {name}"));
-            }
-        }
+        removed.extend(super::peer::prune_bundles(home, "isolab-podman-"));
         removed
     }
 }
@@ -234,30 +216,26 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
     })? {
         memory.insert("instance_cgroup_peak".to_owned(), p);
     }
-    let res = protocol::parse_output("podman", &format!("{output}{stderr}"))
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut marks = vec![
-        Mark::new(Stage::Launch.name(), launch),
-        Mark::new(Stage::Exit.name(), exit_ns),
-    ];
-    if let Some(r) = res.marks.iter().find(|m| m.name == Stage::Ready.name()) {
-        marks.push(Mark::new(Stage::Ready.name(), r.ns));
-    }
-    let mut report = InstanceReport::new("podman", "agent", &spec.scenario, id);
-    report.exit_code = status.code().unwrap_or(255);
-    report.marks = marks;
-    report.memory_bytes = memory;
-    report.result = Some(serde_json::to_value(&res)?);
-    report.notes = vec![format!(
+    super::peer::Finished {
+        name: "podman",
+        spec,
+        id,
+        launch,
+        exit_ns,
+        code: status.code().unwrap_or(255),
+        output: format!("{output}{stderr}"),
+        memory,
+        host_clock: true,
+        note: format!(
         "launch = spawn of podman; ready stamped by the agent (same host clock); podman ran {runtime} through conmon{}, with rlimits at or below the host's (root here cannot raise them)",
         if runtime == "runc" {
             " (its default crun 1.8 refuses this hybrid cgroup layout)"
         } else {
             ""
         }
-    )];
-    report.derive();
-    Ok(Outcome { report, output })
+    ),
+    }
+    .outcome()
 }
 
 /// Removes the (empty) cgroups under `dir`, deepest first.

@@ -279,7 +279,10 @@ pub(super) fn memory(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf
         const HEADLINE: &str = "memory.hold_cgroup_charged";
         for (metric, label) in [
             (HEADLINE, "instance cgroup charge at hold"),
-            ("memory.instance_cgroup_peak", "instance cgroup peak charge (for a VM: its monitor)"),
+            (
+                "memory.instance_cgroup_peak",
+                "instance cgroup peak charge (for a VM: its monitor)",
+            ),
             (
                 "memory.monitor_rss_beyond_guest",
                 "monitor RSS beyond guest pages",
