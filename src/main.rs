@@ -235,6 +235,15 @@ struct RegistryArgs {
     tls_ca: Option<PathBuf>,
 }
 
+/// `run --network`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkArg {
+    None,
+    Host,
+    /// Docker's default; not in this build.
+    Bridge,
+}
+
 /// The archive `image save` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ArchiveFormat {
@@ -292,6 +301,10 @@ struct RunArgs {
     /// User inside: NAME|UID[:GROUP|GID] (default: the image's USER, else root).
     #[arg(short, long)]
     user: Option<String>,
+    /// Network: none (its own namespace with only loopback; the default)
+    /// or host (the host's namespace: its interfaces and ports).
+    #[arg(long, value_enum, default_value = "none")]
+    network: NetworkArg,
     /// Memory limit, e.g. 64M or 1G.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
@@ -821,6 +834,13 @@ impl RunArgs {
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             user: self.user.clone(),
+            host_network: match self.network {
+                NetworkArg::None => false,
+                NetworkArg::Host => true,
+                NetworkArg::Bridge => anyhow::bail!(
+                    "--network bridge (a veth on a lab bridge, with -p) is not in this build yet: use --network none or --network host"
+                ),
+            },
             limits: isolab_runtime::cgroups::Limits {
                 memory_bytes: self.memory,
                 pids: self.pids,

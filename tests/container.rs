@@ -904,3 +904,47 @@ fn docker_engine_runs_the_same_image_through_cli_and_api() {
         "a mount under the home is left"
     );
 }
+
+/// Issue 16 (a first step): `--network host` shares the host's network
+/// namespace, as Docker's host network does; the default keeps a
+/// namespace of its own with only loopback; bridge is refused clearly.
+#[test]
+fn network_none_and_host() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let (v, out) = run_json(&home, &["--scenario", "inspect"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(v["result"]["data"]["interfaces"], serde_json::json!(["lo"]));
+    let (v, out) = run_json(&home, &["--network", "host", "--scenario", "inspect"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let seen: Vec<String> =
+        serde_json::from_value(v["result"]["data"]["interfaces"].clone()).unwrap();
+    for i in &host {
+        assert!(seen.contains(i), "{i} missing from {seen:?}");
+    }
+    let (v, _) = run_json(&home, &["--network", "host", "--scenario", "probes"]);
+    let probes = v["result"]["data"]["probes"].as_array().unwrap();
+    let ni = probes
+        .iter()
+        .find(|p| p["name"] == "network_interfaces")
+        .unwrap();
+    assert_eq!(ni["verdict"], "exposed", "{ni}");
+    let out = isolab()
+        .args(["run", "--network", "bridge"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not in this build yet"),
+        "{}",
+        stderr(&out)
+    );
+}

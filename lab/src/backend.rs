@@ -157,6 +157,8 @@ pub struct InstanceSpec {
     pub userns: bool,
     pub seccomp: bool,
     pub volumes: Vec<Volume>,
+    /// `--network host`: the host's network namespace (containers only).
+    pub host_network: bool,
     pub vm: VmSpec,
     /// The instant the process running this instance was spawned, when a
     /// harness spawned it (`ISOLAB_LAUNCH_NS`); else stamped on entry.
@@ -183,6 +185,7 @@ impl Default for InstanceSpec {
             userns: false,
             seccomp: true,
             volumes: vec![],
+            host_network: false,
             vm: VmSpec {
                 vcpus: 1,
                 ..Default::default()
@@ -334,6 +337,9 @@ pub(crate) fn refuse_vm_options(backend: &str, spec: &InstanceSpec) -> Result<()
 
 /// VM backends take no host paths and no commands.
 pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
+    if spec.host_network {
+        bail!("--network host shares the host's network namespace with a container; a VM has its own network stack (and, in this build, no network device): drop it");
+    }
     if !spec.volumes.is_empty() {
         bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
     }

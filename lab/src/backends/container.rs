@@ -152,6 +152,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         seccomp: opts.seccomp,
         stdio,
         volumes: opts.volumes.clone(),
+        host_network: opts.host_network,
         cgroup: home.cgroup_name(&id),
     };
     Ok(Prepared { spec, record })

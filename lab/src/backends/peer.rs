@@ -18,10 +18,8 @@ pub(crate) fn check(name: &str, spec: &InstanceSpec, attach: Attach) -> Result<(
     if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
         bail!("the {name} peer runs the agent's scenarios only: drop -t and the command");
     }
-    if spec.user.is_some() || spec.workdir.is_some() {
-        bail!(
-            "-u and -w apply to --backend container in this build: drop them for the {name} peer"
-        );
+    if spec.user.is_some() || spec.workdir.is_some() || spec.host_network {
+        bail!("-u, -w and --network host apply to --backend container in this build: drop them for the {name} peer");
     }
     Ok(())
 }

@@ -117,8 +117,10 @@ pub(super) fn child_main(
     // Loopback comes up here too, before the cgroup join, like the
     // rootfs: setting up the instance's network is the runtime's work
     // (crun and runc do it from outside the container's cgroup as well).
-    if let Err(e) = loopback_up() {
-        rep.fail(Stage::Rootfs, &format!("bringing lo up: {e}"));
+    if !spec.host_network {
+        if let Err(e) = loopback_up() {
+            rep.fail(Stage::Rootfs, &format!("bringing lo up: {e}"));
+        }
     }
     rep.mark(Stage::Rootfs);
     if let Join::SelfTasks(fds) = join {

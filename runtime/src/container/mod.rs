@@ -136,11 +136,11 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     let plan = ChildPlan::new(&spec, launcher)?;
 
     let (req_r, req_w) = pipe()?;
-    let flags = (libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64;
+    let mut flags =
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if !spec.host_network {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
     let mut args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -431,6 +431,7 @@ mod tests {
             seccomp: false,
             stdio: Stdio::Into(fs::File::open("/dev/null").unwrap().into()),
             volumes: vec![],
+            host_network: false,
             cgroup: "guard-test".into(),
         };
         let Err(e) = launch(spec, &layout) else {

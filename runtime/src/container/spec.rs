@@ -75,6 +75,9 @@ pub struct Spec {
     pub stdio: Stdio,
     /// Host files or directories bound into the container (`-v`).
     pub volumes: Vec<Volume>,
+    /// `--network host`: no network namespace of its own — the host's
+    /// interfaces, addresses and ports, as Docker's host network gives.
+    pub host_network: bool,
     /// The name of the container's cgroup under the lab's parent (the
     /// caller prefixes it with its home's tag, so `prune` in one home
     /// never touches another's).
