@@ -743,3 +743,37 @@ fn a_push_resumes_an_upload_the_registry_dropped() {
         "two layers and the config, each with its digest checked"
     );
 }
+
+/// A registry whose token service is plain HTTP on another host does not
+/// get the stored password: refused in one sentence, before any request
+/// goes there.
+#[test]
+fn credentials_never_go_in_clear_to_another_host() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://token.example/auth\",service=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let h = home();
+    std::fs::write(
+        h.path().join("auth.json"),
+        format!("{{\"127.0.0.1:{port}\": [\"student\", \"s3cret\"]}}"),
+    )
+    .unwrap();
+    let o = cmd(
+        h.path(),
+        &["pull", &format!("127.0.0.1:{port}/x:1"), "--insecure"],
+        None,
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("sent in clear") && e.contains("refused"), "{e}");
+}

@@ -300,8 +300,23 @@ impl Client {
                 req = req.query(k, v);
             }
         }
-        if let Some(b) = &basic {
-            req = req.set("Authorization", b);
+        // The realm is the registry's word: the password goes there only
+        // over TLS, or to the registry's own host when plain HTTP was
+        // asked for; never in clear to some other host.
+        let realm_host = realm
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+            .unwrap_or("");
+        let safe =
+            realm.starts_with("https://") || (self.opts.insecure && realm_host == self.r.registry);
+        match (&basic, safe) {
+            (Some(b), true) => req = req.set("Authorization", b),
+            (Some(_), false) => {
+                return Err(self.err(format!(
+                    "the registry asks for the password to be sent in clear to {realm}: refused (use a registry whose token service speaks HTTPS)"
+                )))
+            }
+            (None, _) => {}
         }
         let resp = req.call().map_err(|e| match e {
             ureq::Error::Status(code, _) => self.err(format!(
