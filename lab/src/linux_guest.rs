@@ -18,14 +18,16 @@ pub const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 r
 /// Modules the lab wants in a Linux guest when the kernel has them as
 /// modules (Debian's cloud kernel does).
 /// (module, its Kconfig symbol): virtio over MMIO (the lab's monitor) and
-/// PCI (QEMU's `pc` machine), the disk driver, and overlayfs (an image
-/// run in a VM gets a writable layer over its read-only disk).
-pub const WANTED_MODULES: [(&str, &str); 4] = [
-    ("virtio_mmio", "VIRTIO_MMIO"),
-    ("virtio_pci", "VIRTIO_PCI"),
-    ("virtio_blk", "VIRTIO_BLK"),
-    ("overlay", "OVERLAY_FS"),
-];
+/// the disk driver, packed for every Linux guest.
+pub const WANTED_MODULES: [(&str, &str); 2] =
+    [("virtio_mmio", "VIRTIO_MMIO"), ("virtio_blk", "VIRTIO_BLK")];
+
+/// Packed only when the guest runs an image's program: virtio over PCI
+/// (QEMU's `pc` machine) and overlayfs (a writable layer over the image's
+/// read-only disk). Not in a scenario's initramfs, which the monitor
+/// loads inside the timed boot.
+pub const IMAGE_MODULES: [(&str, &str); 2] =
+    [("virtio_pci", "VIRTIO_PCI"), ("overlay", "OVERLAY_FS")];
 
 /// A prepared Linux guest.
 pub struct LinuxGuest {
@@ -75,7 +77,7 @@ pub fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> 
 }
 
 /// Finds the kernel, packs modules it wants, writes the initramfs.
-pub fn prepare(home: &Home, spec: &VmSpec) -> Result<LinuxGuest> {
+pub fn prepare(home: &Home, spec: &VmSpec, for_image: bool) -> Result<LinuxGuest> {
     use isolab_microvm::kernel;
     let kpath = match &spec.kernel {
         Some(k) => k.clone(),
@@ -98,8 +100,10 @@ pub fn prepare(home: &Home, spec: &VmSpec) -> Result<LinuxGuest> {
     );
     // Modules the kernel has as modules, if its config is next to it.
     let config = std::fs::read_to_string(format!("/boot/config-{kver}")).unwrap_or_default();
+    let extra: &[(&str, &str)] = if for_image { &IMAGE_MODULES } else { &[] };
     let wanted: Vec<&str> = WANTED_MODULES
         .iter()
+        .chain(extra)
         .filter(|(_, sym)| config.contains(&format!("CONFIG_{sym}=m")))
         .map(|(m, _)| *m)
         .collect();

@@ -337,7 +337,8 @@ fn vmm_args(
     let mut cmdline = guest_cmdline(&opts.scenario, &opts.params)?;
     let mut image_disk = None;
     if guest == Guest::Linux {
-        let linux = crate::linux_guest::prepare(home, &opts.vm)?;
+        let linux =
+            crate::linux_guest::prepare(home, &opts.vm, crate::linux_guest::runs_an_image(opts))?;
         // An image's own program: the image as the first disk, read-only,
         // and what to start appended to the initramfs.
         let initrd = if crate::linux_guest::runs_an_image(opts) {

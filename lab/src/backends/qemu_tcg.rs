@@ -142,7 +142,7 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             .timeout
             .unwrap_or(std::time::Duration::from_secs(300)),
     );
-    let linux = crate::linux_guest::prepare(home, &vm)?;
+    let linux = crate::linux_guest::prepare(home, &vm, crate::linux_guest::runs_an_image(opts))?;
     // An image's own program: its disk on QEMU's virtio-blk (PCI), the
     // start spec appended to the initramfs.
     let image = if crate::linux_guest::runs_an_image(opts) {
