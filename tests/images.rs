@@ -623,7 +623,10 @@ CMD ["/bin/sh", "-c", "id -u; pwd; cat hello.txt built.txt; ls /data; echo $MSG;
             == 0
     );
     // umoci unpacks the built image (whiteouts and all) to the same tree.
-    if have("umoci") && have("skopeo") {
+    if require(
+        "umoci and skopeo (apt-get install umoci skopeo)",
+        have("umoci") && have("skopeo"),
+    ) {
         let work = tempfile::tempdir().unwrap();
         let w = |n: &str| work.path().join(n).display().to_string();
         ok(
