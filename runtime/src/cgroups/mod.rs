@@ -444,7 +444,15 @@ pub fn charged_from_stat(
             });
             Some(keyed(stat, "anon")? + keyed(stat, "file")? + kernel.unwrap_or(0))
         }
-        _ => Some(keyed(stat, "rss")? + keyed(stat, "cache")? + kmem().unwrap_or(0)),
+        // v1's rss and cache are the cgroup's own pages; total_* add its
+        // descendants' (podman and docker hang their container's cgroup
+        // under the lab's), like v2's counters and kmem's usage. For a
+        // cgroup without children the two are the same.
+        _ => Some(
+            keyed(stat, "total_rss").or_else(|| keyed(stat, "rss"))?
+                + keyed(stat, "total_cache").or_else(|| keyed(stat, "cache"))?
+                + kmem().unwrap_or(0),
+        ),
     }
 }
 
@@ -487,6 +495,13 @@ mod tests {
         let v2_old = "anon 1\nfile 2\nkernel_stack 3\nslab 4\n";
         assert_eq!(charged_from_stat(v2_old, CgroupMode::V2, || None), Some(10));
         assert_eq!(charged_from_stat("", CgroupMode::V1, || None), None);
+        // A v1 parent whose pages are in a child cgroup (podman, docker):
+        // its own counters are near zero, the totals hold the child's.
+        let parent = "cache 0\nrss 0\ntotal_cache 8192\ntotal_rss 430080\n";
+        assert_eq!(
+            charged_from_stat(parent, CgroupMode::V1, || Some(1000)),
+            Some(8192 + 430080 + 1000)
+        );
     }
 
     #[test]
