@@ -240,7 +240,7 @@ struct RegistryArgs {
 enum NetworkArg {
     None,
     Host,
-    /// Docker's default; not in this build.
+    /// Docker's default: a veth on the lab bridge, with an address.
     Bridge,
 }
 
@@ -301,10 +301,29 @@ struct RunArgs {
     /// User inside: NAME|UID[:GROUP|GID] (default: the image's USER, else root).
     #[arg(short, long)]
     user: Option<String>,
-    /// Network: none (its own namespace with only loopback; the default)
-    /// or host (the host's namespace: its interfaces and ports).
+    /// Network: none (its own namespace with only loopback), host (the
+    /// host's namespace: its interfaces and ports) or bridge (a veth on
+    /// the lab bridge, as Docker's default network). The lab's default is
+    /// none, unlike Docker's, so that a run never changes the host's
+    /// network unless asked and every backend's figures start from the
+    /// same (no) network.
     #[arg(long, value_enum, default_value = "none")]
     network: NetworkArg,
+    /// Publish a container port on the host (with --network bridge):
+    /// [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    publish: Vec<String>,
+    /// The lab bridge to attach to (default isolab0, or ISOLAB_BRIDGE).
+    #[arg(long, value_name = "NAME")]
+    bridge: Option<String>,
+    /// The bridge's subnet when isolab makes it (default 10.213.0.0/24,
+    /// or ISOLAB_SUBNET); checked against the host's routes.
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<String>,
     /// Memory limit, e.g. 64M or 1G.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
@@ -834,12 +853,23 @@ impl RunArgs {
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             user: self.user.clone(),
-            host_network: match self.network {
-                NetworkArg::None => false,
-                NetworkArg::Host => true,
-                NetworkArg::Bridge => anyhow::bail!(
-                    "--network bridge (a veth on a lab bridge, with -p) is not in this build yet: use --network none or --network host"
-                ),
+            net: {
+                let net = isolab_lab::network::NetSpec {
+                    mode: match self.network {
+                        NetworkArg::None => isolab_lab::network::Mode::None,
+                        NetworkArg::Host => isolab_lab::network::Mode::Host,
+                        NetworkArg::Bridge => isolab_lab::network::Mode::Bridge,
+                    },
+                    publish: self
+                        .publish
+                        .iter()
+                        .map(|p| isolab_lab::network::Publish::parse(p))
+                        .collect::<anyhow::Result<_>>()?,
+                    bridge: self.bridge.clone(),
+                    subnet: self.subnet.clone(),
+                };
+                net.check()?;
+                net
             },
             limits: isolab_runtime::cgroups::Limits {
                 memory_bytes: self.memory,

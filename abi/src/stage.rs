@@ -13,6 +13,8 @@ pub enum Stage {
     Launch,
     // The container runtime, in the child.
     Clone,
+    /// The container's network: loopback, or a veth on the lab bridge.
+    Network,
     Rootfs,
     Cgroup,
     UidMap,
@@ -52,9 +54,10 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order phases are shown.
-    pub const ALL: [Stage; 29] = [
+    pub const ALL: [Stage; 30] = [
         Stage::Launch,
         Stage::Clone,
+        Stage::Network,
         Stage::Rootfs,
         Stage::Cgroup,
         Stage::UidMap,
@@ -89,6 +92,7 @@ impl Stage {
         match self {
             Stage::Launch => "launch",
             Stage::Clone => "clone",
+            Stage::Network => "network",
             Stage::Rootfs => "rootfs",
             Stage::Cgroup => "cgroup",
             Stage::UidMap => "uid_map",

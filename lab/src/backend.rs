@@ -157,8 +157,8 @@ pub struct InstanceSpec {
     pub userns: bool,
     pub seccomp: bool,
     pub volumes: Vec<Volume>,
-    /// `--network host`: the host's network namespace (containers only).
-    pub host_network: bool,
+    /// `--network`, `-p`, `--bridge`, `--subnet` (containers only).
+    pub net: crate::network::NetSpec,
     pub vm: VmSpec,
     /// The instant the process running this instance was spawned, when a
     /// harness spawned it (`ISOLAB_LAUNCH_NS`); else stamped on entry.
@@ -185,7 +185,7 @@ impl Default for InstanceSpec {
             userns: false,
             seccomp: true,
             volumes: vec![],
-            host_network: false,
+            net: Default::default(),
             vm: VmSpec {
                 vcpus: 1,
                 ..Default::default()
@@ -337,8 +337,8 @@ pub(crate) fn refuse_vm_options(backend: &str, spec: &InstanceSpec) -> Result<()
 
 /// VM backends take no host paths and no commands.
 pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
-    if spec.host_network {
-        bail!("--network host shares the host's network namespace with a container; a VM has its own network stack (and, in this build, no network device): drop it");
+    if spec.net.mode != crate::network::Mode::None {
+        bail!("--network {} is for containers in this build: a VM here has its own network stack and no network device yet (virtio-net is still to come): drop it", spec.net.mode.as_str());
     }
     if !spec.volumes.is_empty() {
         bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");

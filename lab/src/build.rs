@@ -516,7 +516,7 @@ fn run_step(
         seccomp: true,
         stdio: Stdio::Into(w),
         volumes: vec![],
-        host_network: false,
+        network: container::Network::None,
         cgroup: home.cgroup_name(&id),
     };
     let layout = crate::backends::container::layout()?;

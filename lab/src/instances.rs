@@ -54,6 +54,12 @@ pub struct State {
     /// lives, even if its image was removed.
     #[serde(default)]
     pub layers: Vec<String>,
+    /// Its address on the lab bridge, and its published ports
+    /// (`--network bridge`, `-p`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::network::Publish>,
 }
 
 fn container_backend() -> String {
@@ -190,6 +196,8 @@ impl Record {
                 exit_code: None,
                 detached,
                 layers: vec![],
+                ip: None,
+                ports: vec![],
             },
             keep: false,
         };
@@ -309,8 +317,8 @@ pub fn find(home: &Home, key: &str) -> Result<State> {
 /// `isolab ps`: a table of running instances (all with `all`).
 pub fn ps(home: &Home, all: bool) -> String {
     let mut out = format!(
-        "{:<14} {:<16} {:<10} {:<10} {:<28} {}\n",
-        "ID", "NAME", "BACKEND", "IMAGE", "STATUS", "COMMAND"
+        "{:<14} {:<16} {:<10} {:<10} {:<28} {:<24} {}\n",
+        "ID", "NAME", "BACKEND", "IMAGE", "STATUS", "NETWORK", "COMMAND"
     );
     for s in list(home) {
         let st = s.effective();
@@ -318,16 +326,36 @@ pub fn ps(home: &Home, all: bool) -> String {
             continue;
         }
         out.push_str(&format!(
-            "{:<14} {:<16} {:<10} {:<10} {:<28} {}\n",
+            "{:<14} {:<16} {:<10} {:<10} {:<28} {:<24} {}\n",
             s.id,
             s.name,
             s.backend,
             s.image,
             st.to_string(),
+            network_column(&s),
             s.command.join(" ")
         ));
     }
     out
+}
+
+/// `ps`'s NETWORK: the bridge address and published ports, as
+/// `10.213.0.2 8080->80/tcp`.
+fn network_column(s: &State) -> String {
+    let mut words: Vec<String> = s.ip.iter().map(|ip| ip.to_string()).collect();
+    words.extend(s.ports.iter().map(|p| {
+        let ip = if p.host_ip.is_unspecified() {
+            String::new()
+        } else {
+            format!("{}:", p.host_ip)
+        };
+        format!("{ip}{}", p.to_string().rsplit_once(':').map_or("", |x| x.1))
+    }));
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 /// `isolab logs [-f]`: a detached instance's output.
@@ -582,6 +610,8 @@ mod tests {
             exit_code: Some(3),
             detached: true,
             layers: vec![],
+            ip: None,
+            ports: vec![],
         }
     }
 

@@ -41,6 +41,7 @@ pub mod host;
 pub mod images;
 pub mod instances;
 pub mod linux_guest;
+pub mod network;
 pub mod probes;
 pub mod report;
 pub mod run;

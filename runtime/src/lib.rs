@@ -6,5 +6,6 @@ pub mod diskimage;
 pub mod image;
 pub mod initramfs;
 pub mod launcher;
+pub mod net;
 pub mod registry;
 pub mod seccomp;

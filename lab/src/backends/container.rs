@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use isolab_abi::stage::Stage;
 use isolab_reports::{InstanceReport, Mark};
 use isolab_runtime::cgroups::CgroupLayout;
-use isolab_runtime::container::{self, Spec, Stdio};
+use isolab_runtime::container::{self, Network, Spec, Stdio};
 use isolab_runtime::image::ImageConfig;
 use isolab_scenarios::protocol::{self, HOLD_LINE};
 
@@ -19,6 +19,7 @@ use crate::backend::{Attach, Backend, InstanceSpec, Kind, Outcome, Unavailable};
 use crate::home::Home;
 use crate::images;
 use crate::instances::Record;
+use crate::network::{Attached, Mode};
 
 /// isolab's own container runtime.
 pub struct Container;
@@ -65,7 +66,9 @@ impl Backend for Container {
         run_terminal(home, spec, tty, interactive)
     }
     fn kill_stale(&self, home: &Home, id: &str) -> bool {
-        kill_instance_cgroup(home, id)
+        let killed = kill_instance_cgroup(home, id);
+        crate::network::release(home, id);
+        killed
     }
     fn prune(&self, home: &Home) -> Vec<String> {
         let keep: Vec<String> = crate::instances::list(home)
@@ -73,14 +76,16 @@ impl Backend for Container {
             .filter(|s| s.effective() == crate::instances::Effective::Running)
             .map(|s| s.id)
             .collect();
+        let mut out = crate::network::prune(home, &keep);
         let keep: Vec<String> = keep.iter().map(|id| home.cgroup_name(id)).collect();
-        match layout() {
+        out.extend(match layout() {
             Ok(l) => isolab_runtime::cgroups::prune(&l, &home.cgroup_tag(), &keep)
                 .into_iter()
                 .map(|p| format!("cgroup {}", p.display()))
                 .collect(),
             Err(e) => vec![format!("(cgroups not pruned: {e:#})")],
-        }
+        });
+        out
     }
 }
 
@@ -98,6 +103,8 @@ fn argv_of(spec: &InstanceSpec, config: &ImageConfig) -> Vec<String> {
 struct Prepared {
     spec: Spec,
     record: Record,
+    /// A bridged container's lease and published ports.
+    net: Option<Attached>,
 }
 
 fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
@@ -118,8 +125,18 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
     };
     record.state.command = argv.clone();
     record.state.layers = img.layers.clone();
-    record.save()?;
     let id = record.id().to_owned();
+    // The address is leased and the published ports bound before the
+    // container exists: a port in use is refused with nothing started.
+    let net = match opts.net.mode {
+        Mode::Bridge => Some(Attached::new(home, &opts.net, &id)?),
+        _ => None,
+    };
+    if let Some(n) = &net {
+        record.state.ip = Some(n.attach.ip);
+        record.state.ports = opts.net.publish.clone();
+    }
+    record.save()?;
     let hostname = opts.hostname.clone().unwrap_or_else(|| id.clone());
     let user = images::resolve_user(home, &img, opts.user.as_deref().unwrap_or(&img.config.user))?;
     let mut env = img.config.env.clone();
@@ -152,17 +169,35 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         seccomp: opts.seccomp,
         stdio,
         volumes: opts.volumes.clone(),
-        host_network: opts.host_network,
+        network: match opts.net.mode {
+            Mode::None => Network::None,
+            Mode::Host => Network::Host,
+            Mode::Bridge => Network::Bridge(
+                net.as_ref()
+                    .expect("a bridged spec leases its address first")
+                    .attach
+                    .clone(),
+            ),
+        },
         cgroup: home.cgroup_name(&id),
     };
-    Ok(Prepared { spec, record })
+    Ok(Prepared { spec, record, net })
 }
 
 /// Prepares and starts a container, recording it as running.
-fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<(container::Running, Record)> {
+fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Started> {
     let layout = layout()?;
-    let Prepared { spec, mut record } = prepare(home, opts, stdio)?;
+    let Prepared {
+        spec,
+        mut record,
+        net,
+    } = prepare(home, opts, stdio)?;
     let mut running = container::launch(spec, &layout)?;
+    if let Some(n) = &net {
+        for line in n.describe() {
+            eprintln!("isolab: published {line}");
+        }
+    }
     record.running(running.pid.as_raw());
     if let Some(hook) = &opts.on_spawn {
         hook(running.pid.as_raw());
@@ -170,7 +205,20 @@ fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<(container::R
     // A record the caller made (detached) outlives the run, with the
     // writable layer, until `rm`.
     running.keep_instance_dir(opts.record.is_some());
-    Ok((running, record))
+    Ok(Started {
+        running,
+        _record: record,
+        net,
+    })
+}
+
+/// A started container with what it holds: its record, and on the
+/// bridge its lease and port proxies (released when this is dropped,
+/// after the container has ended).
+struct Started {
+    running: container::Running,
+    _record: Record,
+    net: Option<Attached>,
 }
 
 /// Ends whatever is left in instance `id`'s cgroup and removes it: how
@@ -195,7 +243,11 @@ pub fn layout() -> Result<CgroupLayout> {
 fn run_captured(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     let launch = opts.launch();
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let (running, _record) = start(home, opts, Stdio::Into(w))?;
+    let Started {
+        running,
+        net,
+        _record,
+    } = start(home, opts, Stdio::Into(w))?;
     // Read output; at the hold line, read the cgroup's memory.
     let mut memory = BTreeMap::new();
     let output = crate::capture::read_lines(std::fs::File::from(r), |line| {
@@ -212,6 +264,7 @@ fn run_captured(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     let runtime_marks = running.marks.clone();
     let id = running.id.clone();
     let exit = running.wait()?;
+    drop(net);
     if let Some(v) = exit.stats.memory_peak_bytes {
         memory.insert("cgroup_peak".into(), v);
     }
@@ -269,9 +322,15 @@ pub fn check_hostname(h: &str) -> Result<()> {
 fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) -> Result<i32> {
     if tty {
         let pty = nix::pty::openpty(window_size().as_ref(), None).context("openpty")?;
-        let (running, _record) = start(home, opts, Stdio::Pty(pty.slave))?;
+        let Started {
+            running,
+            net,
+            _record,
+        } = start(home, opts, Stdio::Pty(pty.slave))?;
         pump_pty(pty.master);
-        return finish(running.wait()?);
+        let exit = running.wait()?;
+        drop(net);
+        return finish(exit);
     }
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
@@ -288,7 +347,11 @@ fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) 
         stdout: out_w,
         stderr: err_w,
     };
-    let (running, _record) = start(home, opts, stdio)?;
+    let Started {
+        running,
+        net,
+        _record,
+    } = start(home, opts, stdio)?;
     let relays = [
         std::thread::spawn(move || crate::capture::relay(out_r, 1)),
         std::thread::spawn(move || crate::capture::relay(err_r, 2)),
@@ -301,6 +364,7 @@ fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) 
         });
     }
     let exit = running.wait()?;
+    drop(net);
     for r in relays {
         let _ = r.join();
     }

@@ -18,8 +18,9 @@ pub(crate) fn check(name: &str, spec: &InstanceSpec, attach: Attach) -> Result<(
     if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
         bail!("the {name} peer runs the agent's scenarios only: drop -t and the command");
     }
-    if spec.user.is_some() || spec.workdir.is_some() || spec.host_network {
-        bail!("-u, -w and --network host apply to --backend container in this build: drop them for the {name} peer");
+    if spec.user.is_some() || spec.workdir.is_some() || spec.net.mode != crate::network::Mode::None
+    {
+        bail!("-u, -w and --network host|bridge apply to --backend container in this build: drop them for the {name} peer");
     }
     Ok(())
 }

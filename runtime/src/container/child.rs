@@ -87,16 +87,32 @@ impl Reporter {
     }
 }
 
+/// The child's ends of the pipes it shares with isolab.
+pub(super) struct ChildPipes {
+    /// Marks and errors out.
+    pub marks_w: OwnedFd,
+    /// "g": the id maps are written (user-namespace mode).
+    pub go_r: OwnedFd,
+    /// Asks for the id maps.
+    pub req_w: OwnedFd,
+    /// "n": eth0 is ready (bridge mode).
+    pub net_r: OwnedFd,
+}
+
 /// The child: never returns.
 pub(super) fn child_main(
     plan: &ChildPlan,
     spec: &Spec,
     join: &Join,
     profile: Option<&Profile>,
-    marks_w: OwnedFd,
-    go_r: OwnedFd,
-    req_w: OwnedFd,
+    pipes: ChildPipes,
 ) -> ! {
+    let ChildPipes {
+        marks_w,
+        go_r,
+        req_w,
+        net_r,
+    } = pipes;
     let mut rep = Reporter {
         out: fs::File::from(marks_w),
         text: String::with_capacity(512),
@@ -106,6 +122,28 @@ pub(super) fn child_main(
     // so its mounts, which live only in its namespace) behind.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The network is set up before the cgroup join, like the rootfs below:
+    // it is the runtime's work (crun and runc, and Docker's network
+    // driver, do it from outside the container's cgroup as well). A
+    // bridged container waits here while isolab makes its veth pair and
+    // configures eth0 from outside.
+    match spec.network {
+        Network::None => {
+            if let Err(e) = loopback_up() {
+                rep.fail(Stage::Network, &format!("bringing lo up: {e}"));
+            }
+        }
+        Network::Host => {}
+        Network::Bridge(_) => {
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(net_r.as_raw_fd(), &mut b);
+            if b[0] != b'n' {
+                rep.fail(Stage::Network, "isolab did not set up the network");
+            }
+        }
+    }
+    drop(net_r);
+    rep.mark(Stage::Network);
     // The rootfs (the overlay of the image's layers) is mounted before the
     // container joins its cgroup: preparing an image's rootfs is the
     // runtime's work — in Docker, containerd mounts it on the host — and
@@ -113,14 +151,6 @@ pub(super) fn child_main(
     // crun/runc peers get the same overlay mounted before they start).
     if let Err(e) = mount_rootfs(plan) {
         rep.fail(Stage::Rootfs, &e);
-    }
-    // Loopback comes up here too, before the cgroup join, like the
-    // rootfs: setting up the instance's network is the runtime's work
-    // (crun and runc do it from outside the container's cgroup as well).
-    if !spec.host_network {
-        if let Err(e) = loopback_up() {
-            rep.fail(Stage::Rootfs, &format!("bringing lo up: {e}"));
-        }
     }
     rep.mark(Stage::Rootfs);
     if let Join::SelfTasks(fds) = join {

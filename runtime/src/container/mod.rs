@@ -9,7 +9,9 @@
 //! compile seccomp profile
 //! clone3(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET)
 //!                                         clone      (first instruction)
-//!                                         rootfs     private mounts, overlay of the layers, lo up
+//! [bridge: veth pair, eth0 address,
+//!  route — net::attach] ─────────────────▶ network    (none: lo up; bridge: waits for this)
+//!                                         rootfs     private mounts, overlay of the layers
 //!                                         cgroup     write "0" to tasks; unshare(NEWCGROUP)
 //!                                         mounts     /proc, /dev, /sys, masks, read-only paths
 //!                                         pivot_root
@@ -39,7 +41,7 @@ use crate::seccomp;
 
 mod child;
 mod spec;
-use child::{child_main, ChildPlan};
+use child::{child_main, ChildPipes, ChildPlan};
 pub use spec::*;
 
 /// A started container.
@@ -93,7 +95,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
 
 /// Starts the container described by `spec`; returns once the entrypoint
 /// has been exec'd (or the setup failed, in which case nothing is left).
-pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerError> {
+pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerError> {
     let argv0 = spec.argv.first().cloned().unwrap_or_default();
     if argv0.is_empty() {
         return Err(ContainerError::Entrypoint(
@@ -113,6 +115,7 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
         dir: Some(spec.instance_dir.clone()),
         cgroup: None,
         child: None,
+        link: None,
     };
     let cgroup = guard
         .cgroup
@@ -133,12 +136,17 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     };
     let (marks_r, marks_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
+    if let Network::Bridge(a) = &spec.network {
+        guard.link = Some(a.host_if.clone());
+        spec.volumes.extend(network_files(&spec, a)?);
+    }
     let plan = ChildPlan::new(&spec, launcher)?;
 
     let (req_r, req_w) = pipe()?;
+    let (net_r, net_w) = pipe()?;
     let mut flags =
         (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    if !spec.host_network {
+    if spec.network != Network::Host {
         flags |= libc::CLONE_NEWNET as u64;
     }
     let mut args = CloneArgs {
@@ -163,7 +171,14 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
         drop(marks_r);
         drop(go_w);
         drop(req_r);
-        child_main(&plan, &spec, &join, profile, marks_w, go_r, req_w);
+        drop(net_w);
+        let pipes = ChildPipes {
+            marks_w,
+            go_r,
+            req_w,
+            net_r,
+        };
+        child_main(&plan, &spec, &join, profile, pipes);
     }
     if r < 0 {
         return Err(ContainerError::Clone(std::io::Error::last_os_error()));
@@ -173,7 +188,18 @@ pub fn launch(spec: Spec, layout: &CgroupLayout) -> Result<Running, ContainerErr
     drop(marks_w);
     drop(go_r);
     drop(req_w);
+    drop(net_r);
     drop(join);
+    if let Network::Bridge(a) = &spec.network {
+        // The child waits (its `network` stage) until its eth0 is ready.
+        crate::net::attach(pid.as_raw() as u32, a).map_err(|message| ContainerError::Setup {
+            stage: Stage::Network.name().into(),
+            message,
+        })?;
+    }
+    let mut net = fs::File::from(net_w);
+    let _ = net.write_all(b"n");
+    drop(net);
     if spec.userns {
         // The child asks for its maps once it has entered its user
         // namespace (after its mounts: see child_main).
@@ -223,6 +249,9 @@ struct LaunchGuard {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     child: Option<nix::unistd::Pid>,
+    /// The host end of a veth pair (gone with the child's namespace, but
+    /// removed here too in case the child never got it).
+    link: Option<String>,
 }
 
 impl LaunchGuard {
@@ -230,6 +259,7 @@ impl LaunchGuard {
     fn done(mut self) -> Cgroup {
         self.dir = None;
         self.child = None;
+        self.link = None;
         self.cgroup
             .take()
             .expect("the cgroup is made before anything can succeed")
@@ -246,10 +276,57 @@ impl Drop for LaunchGuard {
             c.kill_all();
             c.destroy();
         }
+        if let Some(link) = self.link.take() {
+            let _ = crate::net::remove_link(&link);
+        }
         if let Some(dir) = self.dir.take() {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+/// A bridged container's `/etc/hosts`, `/etc/resolv.conf` and
+/// `/etc/hostname`: files in its instance directory bound over the
+/// image's, as Docker does. Name servers on the host's loopback (a local
+/// resolver) are left out: the container cannot reach them.
+fn network_files(spec: &Spec, a: &crate::net::BridgeAttach) -> Result<Vec<Volume>, ContainerError> {
+    let dir = &spec.instance_dir;
+    let h = &spec.hostname;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{h}\n",
+        a.ip
+    );
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv = String::from("# written by isolab for a container on the lab bridge\n");
+    for line in host_resolv.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["nameserver", ip] if ip.starts_with("127.") || *ip == "::1" => {}
+            ["nameserver", _] | ["search", ..] | ["options", ..] => {
+                resolv.push_str(line);
+                resolv.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (name, text) in [
+        ("hosts", hosts),
+        ("resolv.conf", resolv),
+        ("hostname", format!("{h}\n")),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, text).map_err(|source| ContainerError::InstanceDir {
+            path: path.clone(),
+            source,
+        })?;
+        out.push(Volume {
+            source: path,
+            target: format!("/etc/{name}"),
+            read_only: false,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses the child's `name ns` lines and an optional `!stage: message`.
@@ -401,6 +478,7 @@ mod tests {
             dir: Some(dir.clone()),
             cgroup: None,
             child: None,
+            link: None,
         });
         assert!(
             !dir.exists(),
@@ -431,7 +509,7 @@ mod tests {
             seccomp: false,
             stdio: Stdio::Into(fs::File::open("/dev/null").unwrap().into()),
             volumes: vec![],
-            host_network: false,
+            network: Network::None,
             cgroup: "guard-test".into(),
         };
         let Err(e) = launch(spec, &layout) else {

@@ -75,13 +75,28 @@ pub struct Spec {
     pub stdio: Stdio,
     /// Host files or directories bound into the container (`-v`).
     pub volumes: Vec<Volume>,
-    /// `--network host`: no network namespace of its own — the host's
-    /// interfaces, addresses and ports, as Docker's host network gives.
-    pub host_network: bool,
+    /// Its network: its own namespace with only loopback, the host's, or
+    /// its own with a veth on the lab bridge.
+    pub network: Network,
     /// The name of the container's cgroup under the lab's parent (the
     /// caller prefixes it with its home's tag, so `prune` in one home
     /// never touches another's).
     pub cgroup: String,
+}
+
+/// A container's network, as Docker's `--network` names them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Its own namespace with only `lo` (`--network none`).
+    #[default]
+    None,
+    /// No network namespace of its own — the host's interfaces, addresses
+    /// and ports (`--network host`).
+    Host,
+    /// Its own namespace with `eth0`, one end of a veth pair whose other
+    /// end is on the lab bridge (`--network bridge`). Its `/etc/hosts`,
+    /// `/etc/resolv.conf` and `/etc/hostname` are the runtime's files.
+    Bridge(crate::net::BridgeAttach),
 }
 
 /// A host path bound into the container, as `docker run -v` does.

@@ -1,0 +1,365 @@
+//! Container networks (issue 16): `--network bridge`, `-p`, the lease
+//! store and cleanup — reached with the host's ordinary tools (curl, ping).
+//!
+//! Every test builds its own network namespace (`ip netns add`) and runs
+//! isolab inside it with `nsenter --net`, so the lab bridge, the veths
+//! and the NAT rules live there: nothing is added to the host's own
+//! network, no packet leaves this machine, and each test checks that the
+//! host's links, routes and nftables rules are as they were.
+mod common;
+use common::*;
+
+use std::process::{Command, Output};
+
+/// A private network namespace, deleted on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new(tag: &str) -> NetNs {
+        let name = format!("isolab-t{}-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed");
+        let ns = NetNs { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// A shell command inside the namespace.
+    fn sh(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(["sh", "-c", script])
+            .output()
+            .expect("nsenter")
+    }
+
+    /// isolab inside the namespace, with its own home.
+    fn isolab(&self, home: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .arg(env!("CARGO_BIN_EXE_isolab"))
+            .args(args)
+            .env("ISOLAB_HOME", home)
+            .env_remove("ISOLAB_BRIDGE")
+            .env_remove("ISOLAB_SUBNET")
+            .output()
+            .expect("nsenter isolab")
+    }
+
+    /// Its links (names only), routes and nftables rules.
+    fn state(&self) -> String {
+        stdout(&self.sh(
+            "ip -o link | awk '{print $2}'; ip -o route; ip -o -4 addr; nft list ruleset 2>/dev/null",
+        ))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The host's own links, routes, addresses and nftables rules.
+fn host_state() -> String {
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "ip -o link | awk '{print $2}'; ip -o route; ip -o -4 addr; nft list ruleset 2>/dev/null",
+        ])
+        .output()
+        .expect("sh");
+    stdout(&o)
+}
+
+fn tools_ready() -> bool {
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    require("root", is_root())
+        && require(
+            "ip, nsenter, curl and ping (apt-get install iproute2 util-linux curl iputils-ping)",
+            ["ip", "nsenter", "curl", "ping"].iter().all(|t| have(t)),
+        )
+        && require(
+            "nft (apt-get install nftables): the DNAT path is tested only with it",
+            have("nft"),
+        )
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}\n{}",
+        stderr(o),
+        stdout(o)
+    );
+    stdout(o)
+}
+
+#[test]
+fn a_bridged_container_has_eth0_a_route_and_its_own_etc_files_and_leaves_nothing() {
+    if !tools_ready() {
+        return;
+    }
+    let before = host_state();
+    let ns = NetNs::new("eth0");
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let empty = ns.state();
+    let out = ok(
+        &ns.isolab(
+            h,
+            &[
+                "run",
+                "--network",
+                "bridge",
+                "--hostname",
+                "web1",
+                "--",
+                "/bin/sh",
+                "-c",
+                "ip -o -4 addr show eth0; ip route; cat /etc/hosts /etc/hostname; ping -c1 -W2 10.213.0.1",
+            ],
+        ),
+        "a bridged run",
+    );
+    assert!(out.contains("inet 10.213.0.2/24"), "{out}");
+    assert!(out.contains("default via 10.213.0.1 dev eth0"), "{out}");
+    assert!(
+        out.contains("10.213.0.2\tweb1"),
+        "/etc/hosts names the container: {out}"
+    );
+    assert!(
+        out.contains("1 packets received"),
+        "the bridge answers: {out}"
+    );
+    // The run is over: its veth went with its namespace, its lease with it.
+    let leases = std::fs::read_to_string(home.path().join("network/isolab0.json")).unwrap();
+    assert!(leases.contains("\"leases\": {}"), "{leases}");
+    let st = ns.state();
+    assert!(
+        st.contains("isolab0"),
+        "the bridge stays until prune, as docker0 does: {st}"
+    );
+    assert!(!st.contains("vi"), "no veth left: {st}");
+    let pr = ok(&ns.isolab(h, &["prune"]), "prune");
+    assert!(pr.contains("bridge isolab0"), "{pr}");
+    assert_eq!(ns.state(), empty, "prune leaves the namespace as it was");
+    assert_eq!(host_state(), before, "the host's own network is untouched");
+}
+
+#[test]
+fn a_published_port_reaches_busybox_httpd_with_curl_and_is_cleaned_up() {
+    if !tools_ready() {
+        return;
+    }
+    let before = host_state();
+    let ns = NetNs::new("pub");
+    let empty = ns.state();
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let web =
+        "mkdir -p /www && echo hello-from-isolab > /www/index.html && exec httpd -f -p 80 -h /www";
+    let o = ns.isolab(
+        h,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "bridge",
+            "-p",
+            "18080:80",
+            "--",
+            "/bin/sh",
+            "-c",
+            web,
+        ],
+    );
+    let id = ok(&o, "run -d -p 18080:80").trim().to_owned();
+    assert_eq!(id.len(), 12, "{id}");
+    let ps = ok(&ns.isolab(h, &["ps"]), "ps");
+    assert!(ps.contains("10.213.0.2 18080->80/tcp"), "{ps}");
+    // Through the userspace proxy (loopback) and through DNAT (the
+    // namespace's own address on the bridge).
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = stdout(&ns.sh("curl -s -m 2 http://127.0.0.1:18080/"));
+        if served.contains("hello-from-isolab") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        served.contains("hello-from-isolab"),
+        "curl via the proxy: {served:?}"
+    );
+    let dnat = stdout(&ns.sh("curl -s -m 2 http://10.213.0.1:18080/"));
+    assert!(
+        dnat.contains("hello-from-isolab"),
+        "curl via DNAT: {dnat:?}"
+    );
+    // The proxy listens on 0.0.0.0 too: the rule's counter shows that
+    // the second request went through DNAT, not through the proxy.
+    let rules = stdout(&ns.sh("nft list ruleset"));
+    assert!(
+        rules.contains(&format!("_{id}")) && rules.contains("dnat to 10.213.0.2:80"),
+        "{rules}"
+    );
+    let counted = rules
+        .lines()
+        .find(|l| l.contains("ip daddr != 127.0.0.0/8"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= 1),
+        "the DNAT rule counted the request: {rules}"
+    );
+    let ping = ns.sh("ping -c1 -W2 10.213.0.2");
+    assert!(
+        ping.status.success(),
+        "the container answers ping on the bridge"
+    );
+    // A second container on the same bridge reaches the first by address.
+    let o = ns.isolab(
+        h,
+        &[
+            "run",
+            "--network",
+            "bridge",
+            "--",
+            "/bin/sh",
+            "-c",
+            "wget -qO- http://10.213.0.2/",
+        ],
+    );
+    assert!(ok(&o, "a neighbour's wget").contains("hello-from-isolab"));
+    // The same host port again: one sentence, nothing left behind.
+    let o = ns.isolab(
+        h,
+        &[
+            "run",
+            "--network",
+            "bridge",
+            "-p",
+            "18080:80",
+            "--",
+            "/bin/true",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("host port 18080/tcp on 0.0.0.0 is already in use"),
+        "{e}"
+    );
+    let ps = ok(&ns.isolab(h, &["ps", "-a"]), "ps -a");
+    assert_eq!(
+        ps.lines().count(),
+        2,
+        "only web: the refused run left no record: {ps}"
+    );
+    ok(&ns.isolab(h, &["rm", "-f", "web"]), "rm -f");
+    let pr = ok(&ns.isolab(h, &["prune"]), "prune");
+    assert!(pr.contains("bridge isolab0"), "{pr}");
+    assert_eq!(ns.state(), empty, "no link, route, address or rule is left");
+    let refused = ns.sh("curl -s -m 2 http://127.0.0.1:18080/");
+    assert!(
+        !refused.status.success(),
+        "the proxy is gone with the container"
+    );
+    assert_eq!(host_state(), before, "the host's own network is untouched");
+}
+
+#[test]
+fn bad_network_input_gets_one_sentence_and_leaves_nothing() {
+    if !tools_ready() {
+        return;
+    }
+    let ns = NetNs::new("bad");
+    // A link and a route of the "host's" that the lab must not take over.
+    let o = ns.sh("ip link add isoltest0 type veth peer name isoltest1 && ip addr add 10.77.0.1/24 dev isoltest0 && ip link set isoltest0 up && ip link set isoltest1 up");
+    ok(&o, "making a veth with a route in the test namespace");
+    let empty = ns.state();
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "--network",
+                "bridge",
+                "--subnet",
+                "10.77.0.0/24",
+                "--",
+                "/bin/true",
+            ],
+            "subnet 10.77.0.0/24 clashes with the host's route to 10.77.0.0/24",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "bridge",
+                "--subnet",
+                "10.0.0.0/8",
+                "--",
+                "/bin/true",
+            ],
+            "prefix 16 to 29",
+        ),
+        (
+            &["run", "-p", "8080:80", "--", "/bin/true"],
+            "add --network bridge",
+        ),
+        (
+            &["run", "--network", "bridge", "-p", "80", "--", "/bin/true"],
+            "[HOSTIP:]HOSTPORT:CONTAINERPORT",
+        ),
+        (
+            &[
+                "run",
+                "--network",
+                "bridge",
+                "--bridge",
+                "isoltest0",
+                "--",
+                "/bin/true",
+            ],
+            "is not this lab home's bridge",
+        ),
+        (
+            &["run", "--backend", "microvm", "--network", "bridge"],
+            "virtio-net is still to come",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = ns.isolab(h, args);
+        assert!(!o.status.success(), "{args:?} must fail");
+        let e = stderr(&o);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one sentence: {e}");
+    }
+    assert_eq!(
+        ns.state(),
+        empty,
+        "refused runs leave the namespace as it was"
+    );
+}
