@@ -58,6 +58,9 @@ enum Command {
         /// Keep following the output until the container exits.
         #[arg(short, long)]
         follow: bool,
+        /// The agent's result lines as they are (JSON), not in words.
+        #[arg(long)]
+        raw: bool,
     },
     /// Stop a container: SIGTERM, then SIGKILL after the timeout.
     Stop {
@@ -530,8 +533,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", instances::ps(&home, all));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { container, follow } => {
-            instances::logs(&home, &container, follow, &mut std::io::stdout())?;
+        Command::Logs {
+            container,
+            follow,
+            raw,
+        } => {
+            instances::logs(&home, &container, follow, raw, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop { container, time } => {

@@ -329,7 +329,7 @@ fn detached_lifecycle_ps_logs_stop_rm() {
     // The hold line reaches the log.
     let mut seen = false;
     for _ in 0..100 {
-        if stdout(&cmd(&["logs", "sleeper"])).contains("@isolab-hold") {
+        if stdout(&cmd(&["logs", "--raw", "sleeper"])).contains("@isolab-hold") {
             seen = true;
             break;
         }

@@ -608,7 +608,7 @@ fn detached_microvm_lifecycle() {
     // The guest's serial output reaches the instance's log.
     let mut logged = String::new();
     for _ in 0..100 {
-        logged = stdout(&cmd(&["logs", "vm1"]));
+        logged = stdout(&cmd(&["logs", "--raw", "vm1"]));
         if logged.contains("\"scenario\":\"spin\"") {
             break;
         }

@@ -19,6 +19,8 @@ pub mod name {
     pub const FORK_EXEC: &str = "fork-exec";
     pub const FILE_IO: &str = "file-io";
     pub const NET_LOOPBACK: &str = "net-loopback";
+    pub const NET_RTT: &str = "net-rtt";
+    pub const NET_STREAM: &str = "net-stream";
     pub const DISK_READ: &str = "disk-read";
     pub const EXIT_COST: &str = "exit-cost";
     pub const INSPECT: &str = "inspect";
@@ -79,6 +81,13 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Whether it talks to a peer on the host (`peer=IP:PORT`, which the
+    /// harness serves): it runs only where the instance has a network to
+    /// the host (the lab's container with `--network bridge` or `host`).
+    pub fn needs_network(&self) -> bool {
+        matches!(self.name, name::NET_RTT | name::NET_STREAM)
+    }
+
     /// `KEY=VALUE` words the bench passes.
     pub fn bench_params(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
         self.params
@@ -222,6 +231,37 @@ pub const CATALOG: &[Scenario] = &[
         metrics: &[
             m("net.tcp_round_trip", "ns_per_op"),
             m("net.tcp_throughput", "bytes_per_s"),
+        ],
+    },
+    Scenario {
+        name: name::NET_RTT,
+        about: "UDP echo round trips between the host and the instance over its network (median, p99), beside the same over the instance's own loopback",
+        guests: AGENT,
+        bench_default: false,
+        benchable: true,
+        params: &[
+            p("pings", "UDP round trips", Some("2000")),
+            p("peer", "the host's echo server, IP:PORT (the harness sets it)", None),
+        ],
+        metrics: &[
+            m("net.udp_rtt_p50", "ns"),
+            m("net.udp_rtt_p99", "ns"),
+            m("net.udp_rtt_loopback_p50", "ns"),
+        ],
+    },
+    Scenario {
+        name: name::NET_STREAM,
+        about: "one-way TCP throughput from the host into the instance over its network, beside the same over the instance's own loopback",
+        guests: AGENT,
+        bench_default: false,
+        benchable: true,
+        params: &[
+            p("mib", "MiB the host sends", Some("64")),
+            p("peer", "the host's stream server, IP:PORT (the harness sets it)", None),
+        ],
+        metrics: &[
+            m("net.tcp_stream", "bytes_per_s"),
+            m("net.tcp_stream_loopback", "bytes_per_s"),
         ],
     },
     Scenario {

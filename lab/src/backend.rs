@@ -286,7 +286,7 @@ pub trait Backend: Send + Sync {
     }
     /// Whether it runs `scenario` with this spec's guest.
     fn supports(&self, scenario: &Scenario, spec: &InstanceSpec) -> bool {
-        self.guest(spec).runs(scenario)
+        self.guest(spec).runs(scenario) && !scenario.needs_network()
     }
     /// Refuses, in one sentence, options this backend does not take.
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()>;
@@ -303,7 +303,9 @@ pub trait Backend: Send + Sync {
         _interactive: bool,
     ) -> Result<i32> {
         let o = self.run(home, spec)?;
-        print!("{}", o.output);
+        let mut out = crate::capture::Human::new(std::io::stdout());
+        let _ = std::io::Write::write_all(&mut out, o.output.as_bytes());
+        let _ = out.finish();
         Ok(o.report.exit_code)
     }
     /// Whether this backend makes containers inside this very process, so

@@ -119,3 +119,101 @@ mod tests {
         assert_eq!(calls, 3, "a line without a newline is cut at the bound");
     }
 }
+
+/// A writer that shows an agent's output as a person reads it: each
+/// result line in words, the hold line dropped, every other line as it
+/// is ([`isolab_scenarios::protocol::human_line`]). `isolab run` in a
+/// terminal and `isolab logs` (without `--raw`) write through it.
+pub struct Human<W: std::io::Write> {
+    inner: W,
+    line: Vec<u8>,
+}
+
+impl<W: std::io::Write> Human<W> {
+    pub fn new(inner: W) -> Self {
+        Human {
+            inner,
+            line: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        let body = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        match isolab_scenarios::protocol::human_line(&String::from_utf8_lossy(body)) {
+            Some(h) if h.is_empty() => {}
+            Some(h) => writeln!(self.inner, "{h}")?,
+            None => self.inner.write_all(&self.line)?,
+        }
+        self.line.clear();
+        Ok(())
+    }
+
+    /// Writes an unfinished last line as it is.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        if !self.line.is_empty() {
+            self.inner.write_all(&self.line)?;
+            self.line.clear();
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Human<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            self.line.push(b);
+            if b == b'\n' {
+                self.emit()?;
+            }
+        }
+        Ok(buf.len())
+    }
+    /// Flushes what is complete; an unfinished line waits for its end.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`relay`], in words when it goes to a terminal or a pipe (a log file
+/// keeps the raw lines, which `logs` and the harness read).
+pub fn relay_human(from: impl Into<std::fs::File>, to_fd: i32) {
+    use std::os::fd::FromRawFd;
+    let mut from: std::fs::File = from.into();
+    // SAFETY: fd 1 or 2 of this process, borrowed and never closed here.
+    let to = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(to_fd) });
+    if to.metadata().is_ok_and(|m| m.is_file()) {
+        return relay(from, to_fd);
+    }
+    let mut h = Human::new(&*to);
+    let _ = std::io::copy(&mut from, &mut h);
+    let _ = h.finish();
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn result_lines_are_shown_in_words_even_when_split_across_writes() {
+        let mut r = isolab_scenarios::protocol::ResultLine::new("cpu");
+        r.metric("cpu.sha256", "bytes_per_s", 512.0 * 1048576.0);
+        let line = format!(
+            "hello\n{}\n{}\nbye",
+            r.to_line(),
+            isolab_scenarios::protocol::HOLD_LINE
+        );
+        let mut out = Vec::new();
+        let mut h = Human::new(&mut out);
+        let (a, b) = line.as_bytes().split_at(20);
+        h.write_all(a).unwrap();
+        h.flush().unwrap();
+        h.write_all(b).unwrap();
+        h.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "hello\ncpu: ok\n  cpu.sha256                   512.0 MiB/s\nbye"
+        );
+    }
+}

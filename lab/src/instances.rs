@@ -359,7 +359,13 @@ fn network_column(s: &State) -> String {
 }
 
 /// `isolab logs [-f]`: a detached instance's output.
-pub fn logs(home: &Home, key: &str, follow: bool, out: &mut dyn Write) -> Result<()> {
+pub fn logs(home: &Home, key: &str, follow: bool, raw: bool, out: &mut dyn Write) -> Result<()> {
+    if !raw {
+        let mut h = crate::capture::Human::new(out);
+        let r = logs(home, key, follow, true, &mut h);
+        h.finish()?;
+        return r;
+    }
     let s = find(home, key)?;
     let mut f = fs::File::open(home.log_file(&s.id))
         .with_context(|| format!("{} has no log (it was not run with -d)", s.name))?;

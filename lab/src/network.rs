@@ -267,9 +267,47 @@ pub fn host_if(id: &str) -> String {
     n
 }
 
+/// Makes the bridge unless this home already has it.
+pub fn ensure_bridge(home: &Home, cfg: &BridgeConfig) -> Result<()> {
+    net::ensure_bridge(&cfg.name, &cfg.subnet, &bridge_mark(home)).map_err(|e| anyhow!(e))
+}
+
+/// The host's server for a scenario that talks to the host (`net-rtt`,
+/// `net-stream`): on the bridge's gateway address, or on the host's
+/// loopback with `--network host`. Returns the `peer=` parameter and the
+/// server, which serves until dropped. None when the scenario needs no
+/// peer or the user gave one.
+pub fn scenario_peer(
+    home: &Home,
+    spec: &crate::backend::InstanceSpec,
+) -> Result<Option<(String, isolab_scenarios::workloads::peer::Server)>> {
+    let sc = spec.scenario_entry()?;
+    if !sc.needs_network()
+        || !spec.command.is_empty()
+        || spec.params.iter().any(|p| p.starts_with("peer="))
+    {
+        return Ok(None);
+    }
+    let ip: Ipv4Addr = match spec.net.mode {
+        Mode::None => bail!(
+            "the {} scenario talks to a server on the host: run it with --network bridge (through a veth and the bridge) or --network host (over the host's loopback)",
+            sc.name
+        ),
+        Mode::Host => Ipv4Addr::LOCALHOST,
+        Mode::Bridge => {
+            let cfg = BridgeConfig::resolve(spec.net.bridge.as_deref(), spec.net.subnet.as_deref())?;
+            ensure_bridge(home, &cfg)?;
+            cfg.subnet.gateway()
+        }
+    };
+    let server = isolab_scenarios::workloads::peer::Server::start(ip.into())
+        .with_context(|| format!("starting the {} server on {ip}", sc.name))?;
+    Ok(Some((format!("peer={}", server.addr), server)))
+}
+
 /// Makes (or reuses) the bridge and leases an address for `id`.
 pub fn attach(home: &Home, cfg: &BridgeConfig, id: &str) -> Result<BridgeAttach> {
-    net::ensure_bridge(&cfg.name, &cfg.subnet, &bridge_mark(home)).map_err(|e| anyhow!(e))?;
+    ensure_bridge(home, cfg)?;
     let ip = with_leases(home, &cfg.name, |l| {
         if let Some(s) = l.subnet.filter(|s| *s != cfg.subnet) {
             if !l.leases.is_empty() {

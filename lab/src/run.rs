@@ -215,6 +215,18 @@ pub fn cli_args(backend: &str, spec: &InstanceSpec) -> Vec<String> {
             ),
         ]);
     }
+    if spec.net.mode != crate::network::Mode::None {
+        a.extend(["--network".into(), spec.net.mode.as_str().into()]);
+    }
+    for p in &spec.net.publish {
+        a.extend(["-p".into(), p.to_string().replace("->", ":")]);
+    }
+    if let Some(b) = &spec.net.bridge {
+        a.extend(["--bridge".into(), b.clone()]);
+    }
+    if let Some(s) = &spec.net.subnet {
+        a.extend(["--subnet".into(), s.clone()]);
+    }
     if spec.userns {
         a.push("--userns".into());
     }
@@ -304,5 +316,13 @@ mod tests {
         assert!(cli_args("container", &spec)
             .join(" ")
             .ends_with("--no-seccomp -- /bin/true"));
+        spec.net.mode = crate::network::Mode::Bridge;
+        spec.net.publish = vec![crate::network::Publish::parse("127.0.0.1:8080:80/udp").unwrap()];
+        spec.net.subnet = Some("10.9.0.0/24".into());
+        let a = cli_args("container", &spec).join(" ");
+        assert!(
+            a.contains("--network bridge -p 127.0.0.1:8080:80/udp --subnet 10.9.0.0/24"),
+            "{a}"
+        );
     }
 }

@@ -45,6 +45,64 @@ pub struct ResultLine {
     pub data: serde_json::Value,
 }
 
+/// A time in nanoseconds as a person reads it: `850 ns`, `11.5 µs`,
+/// `3.2 ms`, `1.25 s`.
+pub fn human_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.1} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// A metric's value with its unit, in words.
+pub fn human_value(unit: &str, v: f64) -> String {
+    match unit {
+        "ns" => human_ns(v),
+        "ns_per_op" => format!("{} per operation", human_ns(v)),
+        "ns_per_page" => format!("{} per page", human_ns(v)),
+        "ns_per_exit" => format!("{} per VM exit", human_ns(v)),
+        "bytes_per_s" if v >= (1u64 << 30) as f64 => {
+            format!("{:.2} GiB/s", v / (1u64 << 30) as f64)
+        }
+        "bytes_per_s" => format!("{:.1} MiB/s", v / (1u64 << 20) as f64),
+        other => format!("{v} {other}"),
+    }
+}
+
+/// What a terminal shows for one line of an agent's output: a result
+/// line in words (one line per figure), nothing for the hold line, and
+/// any other line as it is (None).
+pub fn human_line(line: &str) -> Option<String> {
+    if line == HOLD_LINE {
+        return Some(String::new());
+    }
+    let r: ResultLine = serde_json::from_str(line.strip_prefix(RESULT_PREFIX)?).ok()?;
+    let mut out = match (&r.ok, &r.error) {
+        (true, _) => format!("{}: ok", r.scenario),
+        (false, e) => format!(
+            "{}: failed: {}",
+            r.scenario,
+            e.as_deref().unwrap_or("no reason given")
+        ),
+    };
+    for m in &r.metrics {
+        out.push_str(&format!(
+            "\n  {:<28} {}",
+            m.name,
+            human_value(&m.unit, m.value)
+        ));
+    }
+    if !r.data.is_null() {
+        out.push_str("\n  (structured data: run with --json, or `logs --raw`)");
+    }
+    Some(out)
+}
+
 impl ResultLine {
     pub fn new(scenario: &str) -> Self {
         ResultLine {
@@ -163,5 +221,25 @@ mod tests {
         let e =
             parse_output("runc", "@isolab {\"v\":99,\"scenario\":\"x\",\"ok\":true}").unwrap_err();
         assert!(matches!(e, ProtocolError::Version { found: 99, .. }), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_read_as_words_and_other_lines_pass() {
+        let mut r = ResultLine::new("net-rtt");
+        r.metric("net.udp_rtt_p50", "ns", 11520.0);
+        r.metric("net.tcp_stream", "bytes_per_s", 3.0 * (1u64 << 30) as f64);
+        let h = human_line(&r.to_line()).unwrap();
+        assert!(h.starts_with("net-rtt: ok"), "{h}");
+        assert!(h.contains("11.5 µs") && h.contains("3.00 GiB/s"), "{h}");
+        assert_eq!(human_line(HOLD_LINE).as_deref(), Some(""));
+        assert_eq!(human_line("hello"), None);
+        assert_eq!(human_line("@isolab not json"), None);
+        assert_eq!(human_ns(850.0), "850 ns");
+        assert_eq!(human_ns(3.2e6), "3.2 ms");
     }
 }

@@ -224,6 +224,211 @@ pub fn net_loopback(round_trips: u64, bulk_mib: u64) -> std::io::Result<Vec<Metr
     ])
 }
 
+/// The host side of `net-rtt` and `net-stream`, and their loopback floor
+/// inside the instance: a UDP echo server and a TCP source on one port.
+/// A TCP client sends the number of MiB it wants (8 bytes, little endian;
+/// at most 4096) and reads them until the server closes.
+pub mod peer {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A running server; stopped (threads joined) on drop.
+    pub struct Server {
+        pub addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        tcp_fd: i32,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        /// Serves on `ip`, on a port the kernel picks free for both UDP
+        /// and TCP.
+        pub fn start(ip: std::net::IpAddr) -> std::io::Result<Server> {
+            let mut last = None;
+            for _ in 0..16 {
+                let udp = UdpSocket::bind((ip, 0))?;
+                let addr = udp.local_addr()?;
+                match TcpListener::bind(addr) {
+                    Ok(tcp) => return Ok(Server::run(udp, tcp, addr)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+        }
+
+        fn run(udp: UdpSocket, tcp: TcpListener, addr: SocketAddr) -> Server {
+            let stop = Arc::new(AtomicBool::new(false));
+            let _ = udp.set_read_timeout(Some(Duration::from_millis(100)));
+            let tcp_fd = tcp.as_raw_fd();
+            let s1 = stop.clone();
+            let echo = std::thread::spawn(move || {
+                let mut b = [0u8; 2048];
+                while !s1.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = udp.recv_from(&mut b) {
+                        let _ = udp.send_to(&b[..n], from);
+                    }
+                }
+            });
+            let s2 = stop.clone();
+            let source = std::thread::spawn(move || {
+                for conn in tcp.incoming() {
+                    if s2.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(mut c) = conn else { continue };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut n = [0u8; 8];
+                    if c.read_exact(&mut n).is_err() {
+                        continue;
+                    }
+                    let mib = u64::from_le_bytes(n).min(4096);
+                    let chunk = vec![0x5au8; 1 << 16];
+                    for _ in 0..mib * 16 {
+                        if c.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Server {
+                addr,
+                stop,
+                tcp_fd,
+                threads: vec![echo, source],
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            // SAFETY: shutdown on the listener's fd (owned by the source
+            // thread until it sees the flag): wakes its accept().
+            unsafe { libc::shutdown(self.tcp_fd, libc::SHUT_RDWR) };
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The `p`th percentile (0..=100) of sorted values.
+fn percentile(sorted: &[u64], p: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as u64 - 1) * p).div_ceil(100) as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Round trips of one 32-byte datagram to `to`; each one's time, sorted.
+/// A lost datagram (no answer in a second) is an error after 1% of them.
+fn udp_rtts(to: std::net::SocketAddr, pings: u64) -> std::io::Result<Vec<u64>> {
+    let bind: std::net::SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    let mut out = Vec::with_capacity(pings as usize);
+    let mut lost = 0u64;
+    let mut b = [0u8; 32];
+    // Ten unmeasured: the first resolves the neighbour (ARP).
+    for i in 0..pings + 10 {
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        let t = Instant::now();
+        s.send(&b)?;
+        let mut r = [0u8; 64];
+        loop {
+            match s.recv(&mut r) {
+                Ok(n) if n >= 8 && r[..8] == b[..8] => break,
+                Ok(_) => continue, // a late answer to an earlier ping
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    lost += 1;
+                    if lost * 100 > pings.max(100) {
+                        return Err(std::io::Error::other(format!(
+                            "{lost} datagrams to {to} got no answer"
+                        )));
+                    }
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if i >= 10 {
+            out.push(elapsed_ns(t));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `net-rtt`: UDP round trips to the host's echo server at `peer`, and
+/// the same to an echo server on the instance's own loopback (the floor:
+/// the kernel's loopback path, with no veth, bridge or device between).
+pub fn net_rtt(peer: std::net::SocketAddr, pings: u64) -> std::io::Result<Vec<Metric>> {
+    let host = udp_rtts(peer, pings)?;
+    let lo = peer::Server::start(std::net::Ipv4Addr::LOCALHOST.into())?;
+    let floor = udp_rtts(lo.addr, pings)?;
+    Ok(vec![
+        m("net.udp_rtt_p50", "ns", percentile(&host, 50) as f64),
+        m("net.udp_rtt_p99", "ns", percentile(&host, 99) as f64),
+        m(
+            "net.udp_rtt_loopback_p50",
+            "ns",
+            percentile(&floor, 50) as f64,
+        ),
+    ])
+}
+
+/// Reads `mib` MiB from a stream server; returns bytes per second.
+fn tcp_stream_from(peer: std::net::SocketAddr, mib: u64) -> std::io::Result<f64> {
+    let mut c = std::net::TcpStream::connect_timeout(&peer, std::time::Duration::from_secs(5))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let t = Instant::now();
+    c.write_all(&mib.to_le_bytes())?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != mib << 20 {
+        return Err(std::io::Error::other(format!(
+            "{peer} sent {total} bytes of {}",
+            mib << 20
+        )));
+    }
+    Ok(bytes_per_s(total, elapsed_ns(t)))
+}
+
+/// `net-stream`: `mib` MiB from the host's stream server at `peer` into
+/// the instance, and the same from a server on the instance's own
+/// loopback (the floor).
+pub fn net_stream(peer: std::net::SocketAddr, mib: u64) -> std::io::Result<Vec<Metric>> {
+    let host = tcp_stream_from(peer, mib)?;
+    let lo = peer::Server::start(std::net::Ipv4Addr::LOCALHOST.into())?;
+    let floor = tcp_stream_from(lo.addr, mib)?;
+    Ok(vec![
+        m("net.tcp_stream", "bytes_per_s", host),
+        m("net.tcp_stream_loopback", "bytes_per_s", floor),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +442,29 @@ mod tests {
         );
         assert_eq!(module_params(c, "virtio_blk"), "queue_depth=4");
         assert_eq!(module_params(c, "ext4"), "");
+    }
+
+    #[test]
+    fn rtt_and_stream_reach_a_peer_and_report_their_floor() {
+        let peer = peer::Server::start(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+        let r = net_rtt(peer.addr, 50).unwrap();
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|m| m.value > 0.0), "{r:?}");
+        assert!(r[1].value >= r[0].value, "p99 is at least the median");
+        let s = net_stream(peer.addr, 2).unwrap();
+        assert!(s.iter().all(|m| m.value > 0.0), "{s:?}");
+        // A server that is not there is an error, not a figure.
+        drop(peer);
+        assert!(tcp_stream_from("127.0.0.1:9".parse().unwrap(), 1).is_err());
+    }
+
+    #[test]
+    fn percentiles_pick_from_the_sorted_values() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 51);
+        assert_eq!(percentile(&v, 99), 100);
+        assert_eq!(percentile(&v, 0), 1);
+        assert_eq!(percentile(&[], 50), 0);
     }
 
     #[test]

@@ -53,6 +53,11 @@ impl Backend for Container {
     fn runs_in_process(&self) -> bool {
         true
     }
+    /// The only backend with a network to the host (`--network bridge`
+    /// or `host`): it runs the scenarios that talk to the host too.
+    fn supports(&self, scenario: &isolab_abi::catalog::Scenario, spec: &InstanceSpec) -> bool {
+        self.guest(spec).runs(scenario)
+    }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run_captured(home, spec)
     }
@@ -105,9 +110,23 @@ struct Prepared {
     record: Record,
     /// A bridged container's lease and published ports.
     net: Option<Attached>,
+    /// The host's server for a scenario that talks to the host.
+    peer: Option<isolab_scenarios::workloads::peer::Server>,
 }
 
 fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
+    // A scenario that talks to the host gets the host's server first.
+    let peer = crate::network::scenario_peer(home, opts)?;
+    let with_peer;
+    let opts = match &peer {
+        Some((param, _)) => {
+            let mut o = opts.clone();
+            o.params.push(param.clone());
+            with_peer = o;
+            &with_peer
+        }
+        None => opts,
+    };
     let store = home.store();
     let img = images::open(home, &opts.image)?;
     let argv = argv_of(opts, &img.config);
@@ -181,7 +200,12 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         },
         cgroup: home.cgroup_name(&id),
     };
-    Ok(Prepared { spec, record, net })
+    Ok(Prepared {
+        spec,
+        record,
+        net,
+        peer: peer.map(|p| p.1),
+    })
 }
 
 /// Prepares and starts a container, recording it as running.
@@ -191,6 +215,7 @@ fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Started> {
         spec,
         mut record,
         net,
+        peer,
     } = prepare(home, opts, stdio)?;
     let mut running = container::launch(spec, &layout)?;
     if let Some(n) = &net {
@@ -208,7 +233,7 @@ fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Started> {
     Ok(Started {
         running,
         _record: record,
-        net,
+        net: (net, peer),
     })
 }
 
@@ -218,7 +243,11 @@ fn start(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Started> {
 struct Started {
     running: container::Running,
     _record: Record,
-    net: Option<Attached>,
+    /// Its lease and proxies, and the host's peer server.
+    net: (
+        Option<Attached>,
+        Option<isolab_scenarios::workloads::peer::Server>,
+    ),
 }
 
 /// Ends whatever is left in instance `id`'s cgroup and removes it: how
@@ -347,13 +376,18 @@ fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) 
         stdout: out_w,
         stderr: err_w,
     };
+    // The agent's result line in words (a command's output is its own).
+    let human = opts.command.is_empty();
     let Started {
         running,
         net,
         _record,
     } = start(home, opts, stdio)?;
     let relays = [
-        std::thread::spawn(move || crate::capture::relay(out_r, 1)),
+        std::thread::spawn(move || match human {
+            true => crate::capture::relay_human(out_r, 1),
+            false => crate::capture::relay(out_r, 1),
+        }),
         std::thread::spawn(move || crate::capture::relay(err_r, 2)),
     ];
     if let Some(w) = in_w {

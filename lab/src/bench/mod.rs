@@ -149,6 +149,12 @@ pub fn bench_spec(
         ..Default::default()
     };
     spec.vm.timeout = Some(std::time::Duration::from_secs(30));
+    // A scenario that talks to the host goes through the lab bridge (a
+    // veth), as Docker's default network does; its loopback floor is
+    // measured in the same instance.
+    if scenario.needs_network() {
+        spec.net.mode = crate::network::Mode::Bridge;
+    }
     // `disk-read`: every backend reads the same bytes — the image as ext4
     // — bound at /dev/vda in a container, a virtio disk in the VM (whose
     // harness attaches it itself).
@@ -457,11 +463,17 @@ fn measure(
                     }
                     Err(e) => {
                         failures += 1;
-                        bar.println(format!(
+                        let line = format!(
                             "isolab: {} {} repetition {rep} failed: {e:#}",
                             b.name(),
                             scenario.name
-                        ));
+                        );
+                        // A hidden bar (stderr not a terminal) prints nothing.
+                        if bar.is_hidden() {
+                            eprintln!("{line}");
+                        } else {
+                            bar.println(line);
+                        }
                     }
                 }
             }

@@ -23,6 +23,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("memory", memory),
     ("cpu", cpu),
     ("disk_read", disk_read),
+    ("network", network),
     ("boundary", boundary),
     ("disk", disk),
     ("probes", probes),
@@ -425,6 +426,57 @@ pub(super) fn disk_read(run: &Run, c: &Collected, out: &Path) -> Result<Vec<Path
         }
     }
     write(&out.join("disk-read.md"), &dt)?;
+    Ok(Vec::new())
+}
+
+/// Networks: UDP round trips and a TCP stream between the host and the
+/// instance, beside the same over the instance's own loopback, measured
+/// in the same instance (so the ratio is side by side by construction).
+pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut t = String::from(
+        "| backend | path | UDP RTT median (µs) | p99 (µs) | loopback RTT (µs) | RTT ÷ loopback | TCP stream (MiB/s) | loopback stream (MiB/s) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let med = |scenario: &str, metric: &str, b: &str| {
+        c.get(&(scenario.into(), metric.into(), b.to_owned()))
+            .and_then(|v| stats::median(v))
+    };
+    let mut backends = backends_in(c, sc::NET_RTT, "net.udp_rtt_p50");
+    for b in backends_in(c, sc::NET_STREAM, "net.tcp_stream") {
+        if !backends.contains(&b) {
+            backends.push(b);
+        }
+    }
+    let us = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.1}", v / 1e3));
+    let mibs = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.0}", v / 1048576.0));
+    for b in &backends {
+        let rtt = med(sc::NET_RTT, "net.udp_rtt_p50", b);
+        let p99 = med(sc::NET_RTT, "net.udp_rtt_p99", b);
+        let lo = med(sc::NET_RTT, "net.udp_rtt_loopback_p50", b);
+        let ratio = rtt.zip(lo).map(|(a, l)| a / l);
+        let stream = med(sc::NET_STREAM, "net.tcp_stream", b);
+        let lstream = med(sc::NET_STREAM, "net.tcp_stream_loopback", b);
+        writeln!(
+            t,
+            "| {} | veth → lab bridge → host | {} | {} | {} | {} | {} | {} |",
+            shown(run, b),
+            us(rtt),
+            us(p99),
+            us(lo),
+            ratio.map_or("—".into(), |r| format!("{r:.2}")),
+            mibs(stream),
+            mibs(lstream)
+        )?;
+        if let Some(r) = ratio {
+            num(out, &format!("{b}_net_rtt_vs_loopback"), format!("{r:.2}"))?;
+        }
+        if let Some(v) = rtt {
+            num(out, &format!("{b}_net_rtt_us"), format!("{:.1}", v / 1e3))?;
+        }
+    }
+    if backends.is_empty() {
+        t = "This run has no network figures: the network scenarios are not in the default set, because they make the lab bridge on your host. Run `sudo isolab bench --backends container --scenarios net-rtt,net-stream` and then `isolab report` on that run to fill this table.\n".into();
+    }
+    write(&out.join("network.md"), &t)?;
     Ok(Vec::new())
 }
 

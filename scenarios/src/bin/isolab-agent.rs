@@ -153,6 +153,28 @@ fn run_scenario(scenario: &str, params: &BTreeMap<String, String>, ready: u64) -
                 r.error = Some(format!("net-loopback: {e}"));
             }
         },
+        sc::NET_RTT | sc::NET_STREAM => {
+            let peer = params
+                .get("peer")
+                .and_then(|p| p.parse::<std::net::SocketAddr>().ok());
+            let run = |peer| match scenario {
+                sc::NET_RTT => workloads::net_rtt(peer, param(&params, "pings", 1000)),
+                _ => workloads::net_stream(peer, param(&params, "mib", 64)),
+            };
+            match peer.map(run) {
+                Some(Ok(metrics)) => r.metrics.extend(metrics),
+                Some(Err(e)) => {
+                    r.ok = false;
+                    r.error = Some(format!("{scenario}: {e}"));
+                }
+                None => {
+                    r.ok = false;
+                    r.error = Some(format!(
+                        "{scenario} needs peer=IP:PORT, the host's server (isolab run --network bridge sets it)"
+                    ));
+                }
+            }
+        }
         // A Linux microVM's virtio disk, read raw (the bare guest reads
         // the same disk the same way).
         sc::DISK_READ => {
