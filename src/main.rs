@@ -131,6 +131,10 @@ enum Command {
         /// Print the matrix as JSON.
         #[arg(long)]
         json: bool,
+        /// Also probe the lab's container on this network (host or
+        /// bridge): a column `container-<network>` beside the default.
+        #[arg(long, value_enum, default_value = "none")]
+        network: NetworkArg,
     },
     /// Turn a run into charts and tables for the book (default: newest run).
     Report {
@@ -245,6 +249,16 @@ enum NetworkArg {
     Host,
     /// Docker's default: a veth on the lab bridge, with an address.
     Bridge,
+}
+
+impl NetworkArg {
+    fn mode(self) -> isolab_lab::network::Mode {
+        match self {
+            NetworkArg::None => isolab_lab::network::Mode::None,
+            NetworkArg::Host => isolab_lab::network::Mode::Host,
+            NetworkArg::Bridge => isolab_lab::network::Mode::Bridge,
+        }
+    }
 }
 
 /// The archive `image save` writes.
@@ -654,10 +668,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Probes { json } => {
+        Command::Probes { json, network } => {
             require_root("the probes")?;
             selfprotect::ensure_protected()?;
-            let cols = probes::run_all(&home);
+            let cols = probes::run_all(&home, network.mode());
             if json {
                 println!("{}", serde_json::to_string_pretty(&probes::to_json(&cols))?);
             } else {
@@ -731,7 +745,10 @@ fn lab_cmd(home: &Home, bench: BenchArgs, book_dir: &std::path::Path) -> anyhow:
     selfprotect::ensure_protected()?;
     let (ok, dir) = bench::run(home, bench.options()?)?;
     // The probe matrix joins the run's samples.
-    probes::append_to_run(&dir, &probes::run_all(home))?;
+    probes::append_to_run(
+        &dir,
+        &probes::run_all(home, isolab_lab::network::Mode::None),
+    )?;
     let r = report::load_run(&dir)?;
     report::generate(&r, &book_dir.join("src/generated"))?;
     let html = report::build_book(book_dir)?;
@@ -862,11 +879,7 @@ impl RunArgs {
             user: self.user.clone(),
             net: {
                 let net = isolab_lab::network::NetSpec {
-                    mode: match self.network {
-                        NetworkArg::None => isolab_lab::network::Mode::None,
-                        NetworkArg::Host => isolab_lab::network::Mode::Host,
-                        NetworkArg::Bridge => isolab_lab::network::Mode::Bridge,
-                    },
+                    mode: self.network.mode(),
                     publish: self
                         .publish
                         .iter()

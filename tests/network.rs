@@ -363,3 +363,56 @@ fn bad_network_input_gets_one_sentence_and_leaves_nothing() {
         "refused runs leave the namespace as it was"
     );
 }
+
+#[test]
+fn the_network_probes_tell_none_bridge_and_host_apart() {
+    if !tools_ready() {
+        return;
+    }
+    let ns = NetNs::new("probes");
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let verdict = |json: &serde_json::Value, col: &str, probe: &str| {
+        json[col][probe]["verdict"]
+            .as_str()
+            .unwrap_or("missing")
+            .to_owned()
+    };
+    for (net, col) in [("bridge", "container-bridge"), ("host", "container-host")] {
+        let o = ns.isolab(h, &["probes", "--json", "--network", net]);
+        let json: serde_json::Value = serde_json::from_str(&ok(&o, "probes")).unwrap();
+        // The default column is closed on all three.
+        for probe in [
+            "network_interfaces",
+            "host_loopback_service",
+            "raw_frames_on_link",
+        ] {
+            assert_eq!(
+                verdict(&json, "container", probe),
+                "isolated",
+                "container {probe}"
+            );
+        }
+        let want = match net {
+            "bridge" => [
+                ("network_interfaces", "isolated"),
+                ("host_loopback_service", "isolated"),
+                ("raw_frames_on_link", "exposed"),
+            ],
+            _ => [
+                ("network_interfaces", "exposed"),
+                ("host_loopback_service", "exposed"),
+                ("raw_frames_on_link", "exposed"),
+            ],
+        };
+        for (probe, v) in want {
+            assert_eq!(
+                verdict(&json, col, probe),
+                v,
+                "{col} {probe}: {}",
+                json[col][probe]
+            );
+        }
+    }
+    ok(&ns.isolab(h, &["prune"]), "prune");
+}

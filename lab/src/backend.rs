@@ -284,6 +284,10 @@ pub trait Backend: Send + Sync {
             Kind::Vm => spec.vm.guest(),
         }
     }
+    /// Whether it takes `--network host|bridge` (the lab's container).
+    fn supports_network(&self) -> bool {
+        false
+    }
     /// Whether it runs `scenario` with this spec's guest.
     fn supports(&self, scenario: &Scenario, spec: &InstanceSpec) -> bool {
         self.guest(spec).runs(scenario) && !scenario.needs_network()

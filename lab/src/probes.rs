@@ -14,14 +14,34 @@ use crate::home::Home;
 pub struct Column {
     pub backend: String,
     pub guest: Guest,
+    /// A network other than none (`probes --network`): the column is
+    /// `backend-<network>`.
+    pub network: Option<&'static str>,
     pub probes: Result<Vec<Probe>, String>,
 }
 
 fn params() -> Vec<String> {
-    probes::host_facts()
+    let mut v: Vec<String> = probes::host_facts()
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
-        .collect()
+        .collect();
+    if let Some(port) = loopback_service_port() {
+        v.push(format!("host_lo_port={port}"));
+    }
+    v
+}
+
+/// A listener on the host's 127.0.0.1, open for this process's life: the
+/// `host_loopback_service` probe tries to reach it from inside. It never
+/// accepts; the kernel completes a connection into its backlog, which is
+/// all the probe needs.
+fn loopback_service_port() -> Option<u16> {
+    static L: std::sync::OnceLock<Option<std::net::TcpListener>> = std::sync::OnceLock::new();
+    L.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:0").ok())
+        .as_ref()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
 }
 
 fn from_report(r: &isolab_reports::InstanceReport) -> Result<Vec<Probe>, String> {
@@ -104,7 +124,7 @@ pub fn bare_guest_column(
 /// monitor, so it would repeat that column.) The Linux guest answers from
 /// our monitor where KVM boots a stock kernel, and from QEMU's software
 /// emulation (`qemu-tcg`) where it cannot.
-pub fn run_all(home: &Home) -> Vec<Column> {
+pub fn run_all(home: &Home, network: crate::network::Mode) -> Vec<Column> {
     let probe_spec = InstanceSpec {
         scenario: sc::PROBES.into(),
         params: params(),
@@ -145,8 +165,24 @@ pub fn run_all(home: &Home) -> Vec<Column> {
         cols.push(Column {
             backend: b.name().into(),
             guest,
+            network: None,
             probes,
         });
+        // `--network bridge|host`: the lab's container once more, on it.
+        if b.supports_network() && network != crate::network::Mode::None && b.available().is_ok() {
+            let mut spec = probe_spec.clone();
+            spec.net.mode = network;
+            let probes = b
+                .run(home, &spec)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|o| from_report(&o.report));
+            cols.push(Column {
+                backend: b.name().into(),
+                guest,
+                network: Some(network.as_str()),
+                probes,
+            });
+        }
         // Where KVM boots a stock kernel, the lab's monitor also runs the
         // probes in a Linux guest: the agent asks them from inside a VM.
         if b.kind() == Kind::Vm && b.timed() && b.available().is_ok() && kvm_boots_linux {
@@ -159,6 +195,7 @@ pub fn run_all(home: &Home) -> Vec<Column> {
             cols.push(Column {
                 backend: b.name().into(),
                 guest: Guest::Linux,
+                network: None,
                 probes,
             });
         }
@@ -173,7 +210,9 @@ impl Column {
         let usual = crate::backends::find(&self.backend)
             .map(|b| b.guest(&InstanceSpec::default()))
             .ok();
-        if self.guest == Guest::Linux && usual != Some(Guest::Linux) {
+        if let Some(n) = self.network {
+            format!("{}-{n}", self.backend)
+        } else if self.guest == Guest::Linux && usual != Some(Guest::Linux) {
             format!("{}-linux", self.backend)
         } else {
             self.backend.clone()
@@ -193,6 +232,7 @@ pub fn render(cols: &[Column]) -> String {
             }
         }
     }
+    let width: Vec<usize> = cols.iter().map(|c| c.key().len().max(14)).collect();
     let mut out = format!("{:<26}", "probe");
     for c in cols {
         out.push_str(&format!(" {:<14}", c.key()));
@@ -200,7 +240,7 @@ pub fn render(cols: &[Column]) -> String {
     out.push('\n');
     for n in &names {
         out.push_str(&format!("{n:<26}"));
-        for c in cols {
+        for (c, w) in cols.iter().zip(&width) {
             let cell = match &c.probes {
                 Ok(ps) => match ps.iter().find(|p| &p.name == n).map(|p| p.verdict) {
                     Some(Verdict::Isolated) => "isolated",
@@ -210,7 +250,7 @@ pub fn render(cols: &[Column]) -> String {
                 },
                 Err(_) => "skipped",
             };
-            out.push_str(&format!(" {cell:<14}"));
+            out.push_str(&format!(" {cell:<w$}"));
         }
         out.push('\n');
     }

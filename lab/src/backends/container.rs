@@ -53,6 +53,9 @@ impl Backend for Container {
     fn runs_in_process(&self) -> bool {
         true
     }
+    fn supports_network(&self) -> bool {
+        true
+    }
     /// The only backend with a network to the host (`--network bridge`
     /// or `host`): it runs the scenarios that talk to the host too.
     fn supports(&self, scenario: &isolab_abi::catalog::Scenario, spec: &InstanceSpec) -> bool {

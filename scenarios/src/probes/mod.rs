@@ -84,6 +84,9 @@ pub fn host_facts() -> BTreeMap<String, String> {
         m.insert("host_mem_kib".into(), v.to_string());
     }
     m.insert("host_cpus".into(), cpu_count().to_string());
+    if let Some(ns) = netns_id() {
+        m.insert("host_netns".into(), ns);
+    }
     if let Ok(st) = nix_stat_root() {
         m.insert("host_root_dev".into(), st);
     }
@@ -93,6 +96,13 @@ pub fn host_facts() -> BTreeMap<String, String> {
         m.insert("host_uptime".into(), v);
     }
     m
+}
+
+/// This process's network namespace, as `net:[inode]`.
+pub fn netns_id() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ pub(super) fn identity(f: &Facts, out: &mut Vec<Probe>) {
 }
 
 /// Probes: its mounts and network.
-pub(super) fn mounts_and_network(_f: &Facts, out: &mut Vec<Probe>) {
+pub(super) fn mounts_and_network(f: &Facts, out: &mut Vec<Probe>) {
     use Verdict::*;
     // Mounts and network.
     let mounts: Vec<String> = read("/proc/self/mountinfo")
@@ -142,15 +142,79 @@ pub(super) fn mounts_and_network(_f: &Facts, out: &mut Vec<Probe>) {
         .skip(2)
         .filter_map(|l| l.split(':').next().map(|s| s.trim().to_owned()))
         .collect();
+    // With the host's network namespace known: the instance shares it
+    // (`--network host`) or has its own (loopback, and on a bridge its own
+    // veth end). In another kernel the same number means nothing; the
+    // own-kernel judgement below turns that case to isolated.
+    let (verdict, reason) = match f.h("host_netns") {
+        Some(host) => (
+            if super::netns_id().as_deref() == Some(host.as_str()) {
+                Exposed
+            } else {
+                Isolated
+            },
+            "the instance has a network namespace of its own: none of the host's interfaces, addresses or ports",
+        ),
+        None => (
+            if ifs.iter().all(|i| i == "lo") {
+                Isolated
+            } else {
+                Exposed
+            },
+            "a new network namespace has only loopback",
+        ),
+    };
+    out.push(p("network_interfaces", ifs.join(","), verdict, reason));
+    // A service the harness listens with on the host's 127.0.0.1.
+    out.push(match f.h("host_lo_port").and_then(|v| v.parse::<u16>().ok()) {
+        Some(port) => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let reached =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+                    .is_ok();
+            p(
+                "host_loopback_service",
+                if reached { "reached" } else { "unreachable" },
+                if reached { Exposed } else { Isolated },
+                "a service bound to the host's 127.0.0.1 (often unauthenticated: a database, a metrics port, a daemon's API) is out of reach",
+            )
+        }
+        None => p(
+            "host_loopback_service",
+            "not tested",
+            NotApplicable,
+            "the harness gave no host port to try",
+        ),
+    });
+    // Raw frames: with CAP_NET_RAW (kept by default, as Docker keeps it)
+    // an AF_PACKET socket reads and forges frames on the instance's link.
+    // SAFETY: socket() with constant arguments; the fd is closed at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    if fd >= 0 {
+        // SAFETY: closing the fd just opened.
+        unsafe { libc::close(fd) };
+    }
+    let links: Vec<&String> = ifs.iter().filter(|i| *i != "lo").collect();
     out.push(p(
-        "network_interfaces",
-        ifs.join(","),
-        if ifs.iter().all(|i| i == "lo") {
-            Isolated
-        } else {
-            Exposed
+        "raw_frames_on_link",
+        match (fd >= 0, links.is_empty()) {
+            (true, true) => "packet socket opens; only loopback".to_owned(),
+            (true, false) => format!("packet socket opens on {}", links.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")),
+            (false, _) => format!("refused ({})", errname(errno)),
         },
-        "a new network namespace has only loopback",
+        if fd >= 0 && !links.is_empty() {
+            Exposed
+        } else {
+            Isolated
+        },
+        "no raw frames on a shared link: with them an instance sniffs its link and forges ARP to take a neighbour's address on the bridge (drop CAP_NET_RAW to close it)",
     ));
 }
 
