@@ -416,3 +416,71 @@ fn the_network_probes_tell_none_bridge_and_host_apart() {
     }
     ok(&ns.isolab(h, &["prune"]), "prune");
 }
+
+#[test]
+fn net_rtt_runs_on_the_bridge_under_the_lab_crun_and_runc_and_leaves_nothing() {
+    if !tools_ready() {
+        return;
+    }
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !require(
+        "crun and runc (apt-get install crun runc)",
+        have("crun") && have("runc"),
+    ) {
+        return;
+    }
+    let before = host_state();
+    let ns = NetNs::new("rtt");
+    let empty = ns.state();
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    for backend in ["container", "crun", "runc"] {
+        for scenario in ["net-rtt", "net-stream"] {
+            let o = ns.isolab(
+                h,
+                &[
+                    "run",
+                    "--json",
+                    "--backend",
+                    backend,
+                    "--network",
+                    "bridge",
+                    "--scenario",
+                    scenario,
+                    "--param",
+                    "pings=200",
+                    "--param",
+                    "mib=8",
+                ],
+            );
+            let v: serde_json::Value = serde_json::from_str(&ok(&o, backend)).unwrap();
+            let metrics = v["result"]["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                metrics.len() >= 2
+                    && metrics
+                        .iter()
+                        .all(|m| m["value"].as_f64().unwrap_or(0.0) > 0.0),
+                "{backend} {scenario}: {v}"
+            );
+        }
+    }
+    // Without a network there is no host to talk to: one sentence.
+    let o = ns.isolab(h, &["run", "--scenario", "net-rtt"]);
+    assert!(stderr(&o).contains("--network bridge"), "{}", stderr(&o));
+    let leases = std::fs::read_to_string(home.path().join("network/isolab0.json")).unwrap();
+    assert!(
+        leases.contains("\"leases\": {}"),
+        "every lease released: {leases}"
+    );
+    ok(&ns.isolab(h, &["prune"]), "prune");
+    assert_eq!(ns.state(), empty);
+    assert_eq!(host_state(), before);
+}

@@ -484,6 +484,11 @@ impl Attached {
         Ok(me)
     }
 
+    /// Attaches a held network namespace (an OCI runtime's) to the bridge.
+    pub fn attach_netns(&self, ns: &HeldNetns) -> Result<()> {
+        net::attach_netns(&ns.file, &self.attach).map_err(|e| anyhow!(e))
+    }
+
     /// One line per published port: what serves it.
     pub fn describe(&self) -> Vec<String> {
         let how = match &self.nat {
@@ -531,6 +536,56 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A network namespace this process holds open for an OCI runtime, which
+/// joins it by path (`linux.namespaces[].path` in `config.json`): a thread
+/// that entered a new one and waits, so the path is
+/// `/proc/<pid>/task/<tid>/ns/net` — valid from any mount namespace, and
+/// nothing to unmount. The namespace (and the veth end in it) goes when
+/// the holder is dropped and the runtime's container has exited.
+pub struct HeldNetns {
+    pub path: PathBuf,
+    file: fs::File,
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldNetns {
+    pub fn new() -> Result<HeldNetns> {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel::<std::io::Result<i32>>();
+        let (rel_tx, rel_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare with a constant flag; it affects this thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let _ = tid_tx.send(Err(std::io::Error::last_os_error()));
+                return;
+            }
+            let _ = tid_tx.send(Ok(nix::unistd::gettid().as_raw()));
+            let _ = rel_rx.recv();
+        });
+        let tid = tid_rx
+            .recv()
+            .map_err(|_| anyhow!("the network namespace holder ended early"))?
+            .context("unshare(CLONE_NEWNET) for the peer's network namespace")?;
+        let path = PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
+        let file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(HeldNetns {
+            path,
+            file,
+            release: Some(rel_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HeldNetns {
+    fn drop(&mut self) {
+        self.release.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

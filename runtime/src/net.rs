@@ -254,11 +254,11 @@ impl Netlink {
     }
 
     /// Makes a veth pair: `host` here, `peer` moved at once into the
-    /// network namespace of process `pid`.
-    pub fn create_veth(&mut self, host: &str, peer: &str, pid: u32) -> io::Result<u32> {
+    /// network namespace `ns` (an open namespace file).
+    pub fn create_veth(&mut self, host: &str, peer: &str, ns: &std::fs::File) -> io::Result<u32> {
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.into()));
-        p.attributes.push(LinkAttribute::NetNsPid(pid));
+        p.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(host.into()));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -425,6 +425,14 @@ pub fn remove_link(name: &str) -> io::Result<bool> {
 /// address, `lo` and `eth0` up, and the default route. On failure the
 /// pair is removed.
 pub fn attach(pid: u32, a: &BridgeAttach) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("opening the container's network namespace: {e}"))?;
+    attach_netns(&ns, a)
+}
+
+/// [`attach`] for a network namespace given as an open file (one the lab
+/// holds for an OCI runtime, which joins it by path).
+pub fn attach_netns(ns: &std::fs::File, a: &BridgeAttach) -> Result<(), String> {
     let fail = |what: &str, e: io::Error| format!("{what}: {e}");
     let mut nl = Netlink::open().map_err(|e| fail("opening rtnetlink", e))?;
     let bridge = nl
@@ -432,13 +440,11 @@ pub fn attach(pid: u32, a: &BridgeAttach) -> Result<(), String> {
         .map_err(|e| fail("looking up the bridge", e))?
         .ok_or_else(|| format!("bridge {} is gone", a.bridge))?;
     let host = nl
-        .create_veth(&a.host_if, "eth0", pid)
+        .create_veth(&a.host_if, "eth0", ns)
         .map_err(|e| fail(&format!("creating veth {}", a.host_if), e))?;
     let mut inside = || -> Result<(), String> {
         nl.set_up(host, Some(bridge))
             .map_err(|e| fail("attaching the veth to the bridge", e))?;
-        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-            .map_err(|e| fail("opening the container's network namespace", e))?;
         let (ip, gw, len) = (a.ip, a.subnet.gateway(), a.subnet.len);
         std::thread::scope(|s| {
             s.spawn(|| -> Result<(), String> {

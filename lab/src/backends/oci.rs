@@ -48,6 +48,9 @@ pub struct OciPeer {
     /// Sentry keeps its own, so the agent's ready stamp cannot be placed
     /// on the host's timeline).
     host_clock: bool,
+    /// Whether it joins the lab bridge for `--network bridge` (through a
+    /// network namespace the lab holds and names in `config.json`).
+    bridge: bool,
 }
 
 pub static CRUN: OciPeer = OciPeer {
@@ -58,6 +61,7 @@ pub static CRUN: OciPeer = OciPeer {
     global_args: &[],
     hide_unified_on_hybrid: true,
     host_clock: true,
+    bridge: true,
 };
 pub static RUNC: OciPeer = OciPeer {
     name: "runc",
@@ -67,6 +71,7 @@ pub static RUNC: OciPeer = OciPeer {
     global_args: &[],
     hide_unified_on_hybrid: false,
     host_clock: true,
+    bridge: true,
 };
 /// gVisor: a user-space kernel (the Sentry) between the workload and the
 /// host's. The platform is how the Sentry intercepts the workload's system
@@ -83,6 +88,7 @@ pub static GVISOR: OciPeer = OciPeer {
     global_args: &["--platform=ptrace", "--network=none"],
     hide_unified_on_hybrid: false,
     host_clock: false,
+    bridge: false,
 };
 
 impl OciPeer {
@@ -120,7 +126,13 @@ impl Backend for OciPeer {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        super::peer::check(self.name, spec, attach)
+        super::peer::check_net(self.name, spec, attach, self.bridge)
+    }
+    fn supports_network(&self) -> bool {
+        self.bridge
+    }
+    fn supports(&self, scenario: &isolab_abi::catalog::Scenario, spec: &InstanceSpec) -> bool {
+        self.guest(spec).runs(scenario) && (self.bridge || !scenario.needs_network())
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         run(home, self, spec)
@@ -137,7 +149,12 @@ pub fn oci_config(
     args: &[String],
     limits: &Limits,
     volumes: &[isolab_runtime::container::Volume],
+    netns: Option<&Path>,
 ) -> serde_json::Value {
+    let network = match netns {
+        Some(p) => serde_json::json!({ "type": "network", "path": p }),
+        None => serde_json::json!({ "type": "network" }),
+    };
     let (nofile_soft, nofile_hard) = isolab_runtime::container::nofile_limits();
     let caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
     let mut resources = serde_json::Map::new();
@@ -191,7 +208,7 @@ pub fn oci_config(
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("/{PARENT}/{id}"),
-            "namespaces": [ {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"} ],
+            "namespaces": [ {"type": "pid"}, network, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"} ],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "seccomp": {
@@ -220,7 +237,27 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
             .unwrap_or_default())
     })?;
     let layout = crate::backends::container::layout()?;
-    let id = format!("isolab-{}-{}", peer.name, crate::instances::new_id());
+    let nid = crate::instances::new_id();
+    let id = format!("isolab-{}-{nid}", peer.name);
+    // --network bridge: a network namespace the lab holds, on the bridge
+    // before the runtime starts (as CNI plugins or netavark prepare one
+    // for containerd and podman), joined by the runtime by path. A
+    // scenario that talks to the host gets the host's server.
+    let server = crate::network::scenario_peer(home, spec)?;
+    let mut spec = spec.clone();
+    if let Some((param, _)) = &server {
+        spec.params.push(param.clone());
+    }
+    let spec = &spec;
+    let net = match spec.net.mode {
+        crate::network::Mode::Bridge => {
+            let held = crate::network::HeldNetns::new()?;
+            let attached = crate::network::Attached::new(home, &spec.net, &nid)?;
+            attached.attach_netns(&held)?;
+            Some((held, attached))
+        }
+        _ => None,
+    };
     // The bundle goes when this run ends, however it ends.
     let b = bundle(home, spec, &id)?;
     let (dir, rootfs) = (b.dir.clone(), b.rootfs.clone());
@@ -236,6 +273,7 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
             &args,
             &spec.limits,
             &spec.volumes,
+            net.as_ref().map(|(held, _)| held.path.as_path()),
         ))?,
     )?;
     let hide_unified = peer.hide_unified_on_hybrid && layout.mode == CgroupMode::Hybrid;
@@ -293,6 +331,9 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         .unwrap_or_default();
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
+    // The namespace, its veth, the lease and the host's server go now.
+    drop(net);
+    drop(server);
     let _ = fs::remove_dir_all(state_root.join(&id));
     let note = format!(
         "launch = spawn of {}; {}{}",
@@ -307,7 +348,11 @@ fn run(home: &Home, peer: &OciPeer, spec: &InstanceSpec) -> Result<Outcome> {
         } else {
             ""
         }
-    );
+    ) + if spec.net.mode == crate::network::Mode::Bridge {
+        "; on the lab bridge through a network namespace the harness prepared before launch (as CNI does): that setup is outside the timed window, where the lab's own container times it as its network phase"
+    } else {
+        ""
+    };
     super::peer::Finished {
         name: peer.name,
         spec,

@@ -14,13 +14,36 @@ use crate::home::Home;
 /// Refuses, in one sentence each, what a peer running the agent's
 /// scenarios does not take.
 pub(crate) fn check(name: &str, spec: &InstanceSpec, attach: Attach) -> Result<()> {
+    check_net(name, spec, attach, false)
+}
+
+/// [`check`], for a peer that can join the lab bridge (`bridge`: crun
+/// and runc, through a network namespace the lab holds).
+pub(crate) fn check_net(
+    name: &str,
+    spec: &InstanceSpec,
+    attach: Attach,
+    bridge: bool,
+) -> Result<()> {
     crate::backend::refuse_vm_options(name, spec)?;
     if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
         bail!("the {name} peer runs the agent's scenarios only: drop -t and the command");
     }
-    if spec.user.is_some() || spec.workdir.is_some() || spec.net.mode != crate::network::Mode::None
-    {
-        bail!("-u, -w and --network host|bridge apply to --backend container in this build: drop them for the {name} peer");
+    if spec.user.is_some() || spec.workdir.is_some() {
+        bail!(
+            "-u and -w apply to --backend container in this build: drop them for the {name} peer"
+        );
+    }
+    match spec.net.mode {
+        crate::network::Mode::None => {}
+        crate::network::Mode::Bridge if bridge => {}
+        m => {
+            bail!(
+            "--network {} is for --backend container{} in this build: drop it for the {name} peer",
+            m.as_str(),
+            if m == crate::network::Mode::Bridge { ", crun and runc" } else { "" }
+        )
+        }
     }
     Ok(())
 }
