@@ -940,3 +940,55 @@ fn network_none_and_host() {
     // (--network bridge is tested in tests/network.rs, inside a network
     // namespace of the test's own: it would change the host's network.)
 }
+
+#[test]
+fn a_default_image_built_without_busybox_says_how_to_rebuild() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let have_busybox = std::process::Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require("busybox (apt-get install busybox-static)", have_busybox) {
+        return;
+    }
+    let home = home();
+    // A PATH without busybox: the default image is built with the agent only.
+    let bare = tempfile::tempdir().unwrap();
+    let o = isolab()
+        .args(["run", "--", "/bin/sh", "-c", "true"])
+        .env("ISOLAB_HOME", home.path())
+        .env("PATH", bare.path())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("apt-get install busybox-static"),
+        "{}",
+        stderr(&o)
+    );
+    // busybox is there now: the same image says it predates it, and how to rebuild.
+    let o = isolab()
+        .args(["run", "--", "/bin/sh", "-c", "true"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(
+        e.contains("built before a static busybox was installed")
+            && e.contains("isolab image rm default"),
+        "{e}"
+    );
+    let o = isolab()
+        .args(["image", "rm", "default"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = isolab()
+        .args(["run", "--", "/bin/sh", "-c", "echo rebuilt"])
+        .env("ISOLAB_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("rebuilt"), "{}", stderr(&o));
+}

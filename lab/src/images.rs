@@ -34,6 +34,28 @@ pub const DEFAULT_PATH: &str = "PATH=/bin:/usr/bin:/sbin:/usr/sbin";
 /// The agent's path inside the image.
 pub const AGENT_PATH: &str = "/isolab-agent";
 
+/// An entrypoint error, with the way out when the default image lacks
+/// the program because it was built without busybox (before a static
+/// busybox was installed, or on a host with none).
+pub fn entrypoint_hint(home: &Home, img: &Image, error: String) -> String {
+    let has_busybox = || {
+        isolab_runtime::image::resolve_in_layers(&home.store().lower_dirs(img), "/bin/busybox")
+            .is_ok()
+    };
+    if img.name != DEFAULT_IMAGE || !error.contains("does not exist") || has_busybox() {
+        return error;
+    }
+    let host = crate::host::which("busybox").filter(|p| crate::host::is_static(p));
+    match host {
+        Some(_) => format!(
+            "{error}; the default image was built before a static busybox was installed here: remove it with `isolab image rm {DEFAULT_IMAGE}` and the next run rebuilds it with busybox's shell and tools"
+        ),
+        None => format!(
+            "{error}; the default image holds a shell and tools only when a static busybox is installed (apt-get install busybox-static), then `isolab image rm {DEFAULT_IMAGE}` to rebuild it"
+        ),
+    }
+}
+
 /// Builds (or rebuilds) the default image from the embedded agent and a
 /// static busybox when one is installed.
 pub fn build_default(home: &Home) -> Result<Image> {

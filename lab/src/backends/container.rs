@@ -135,7 +135,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
     let argv = argv_of(opts, &img.config);
     store
         .check_entrypoint(&img, &argv[0])
-        .map_err(|e| anyhow!(e))?;
+        .map_err(|e| anyhow!(images::entrypoint_hint(home, &img, e)))?;
     for e in &opts.env {
         if !e.contains('=') {
             bail!("invalid environment entry {e:?}: use -e KEY=VALUE");
