@@ -353,6 +353,11 @@ struct RunArgs {
     /// Map root inside to unprivileged host ids (user namespace).
     #[arg(long)]
     userns: bool,
+    /// The namespaces the container gets, as a comma list of mount, pid,
+    /// uts, ipc, net and cgroup (default: all). Leave one out to share the
+    /// host's and see what it isolates; mount must stay.
+    #[arg(long, value_name = "LIST")]
+    namespaces: Option<String>,
     /// Do not install the default seccomp filter.
     #[arg(long)]
     no_seccomp: bool,
@@ -867,6 +872,24 @@ impl RunArgs {
             .map(|v| isolab_runtime::container::Volume::parse(v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!(e))?;
+        let mut network_override = None;
+        let namespaces = match &self.namespaces {
+            None => Default::default(),
+            Some(list) => {
+                let (ns, net) = isolab_runtime::container::Namespaces::parse(list)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                if !ns.uts && self.hostname.is_some() {
+                    anyhow::bail!("--hostname needs the uts namespace: without it the name is the host's; add uts to --namespaces or drop --hostname");
+                }
+                if !net {
+                    match self.network {
+                            NetworkArg::Bridge => anyhow::bail!("--namespaces without net shares the host's network: add net, or drop --network bridge"),
+                            _ => network_override = Some(NetworkArg::Host),
+                        }
+                }
+                ns
+            }
+        };
         Ok(InstanceSpec {
             image: self.image.clone(),
             scenario: self.scenario.clone(),
@@ -879,7 +902,7 @@ impl RunArgs {
             user: self.user.clone(),
             net: {
                 let net = isolab_lab::network::NetSpec {
-                    mode: self.network.mode(),
+                    mode: network_override.unwrap_or(self.network).mode(),
                     publish: self
                         .publish
                         .iter()
@@ -897,6 +920,7 @@ impl RunArgs {
                 cpus: self.cpus,
             },
             userns: self.userns,
+            namespaces,
             seccomp: !self.no_seccomp,
             volumes,
             vm: VmSpec {

@@ -992,3 +992,66 @@ fn a_default_image_built_without_busybox_says_how_to_rebuild() {
         .unwrap();
     assert!(stdout(&o).contains("rebuilt"), "{}", stderr(&o));
 }
+
+#[test]
+fn namespaces_one_at_a_time_show_what_each_isolates() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let home = home();
+    let run = |ns: Option<&str>, script: &str| {
+        let mut args = vec!["run"];
+        if let Some(ns) = ns {
+            args.extend(["--namespaces", ns]);
+        }
+        args.extend(["--", "/bin/sh", "-c", script]);
+        let o = isolab()
+            .args(&args)
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    let pids = "ls /proc | grep -c '^[0-9]'";
+    let own: u32 = run(None, pids).parse().unwrap();
+    let shared: u32 = run(Some("mount,uts,ipc,net,cgroup"), pids).parse().unwrap();
+    assert!(own <= 4, "its own pid namespace: {own} processes");
+    assert!(
+        shared > 20,
+        "the host's pid namespace shows the host's processes: {shared}"
+    );
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        run(Some("mount,pid,ipc,net,cgroup"), "hostname"),
+        host_name.trim()
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name,
+        "without its own uts namespace the container must not rename the host"
+    );
+    let ifs = run(
+        Some("mount,pid,uts,ipc,cgroup"),
+        "cat /proc/net/dev | tail -n +3 | wc -l",
+    );
+    assert!(
+        ifs.parse::<u32>().unwrap() > 1,
+        "the host's interfaces: {ifs}"
+    );
+    for (list, want) in [
+        ("pid,net", "must keep mount"),
+        ("mount,time", "unknown namespace \"time\""),
+    ] {
+        let o = isolab()
+            .args(["run", "--namespaces", list])
+            .env("ISOLAB_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && stderr(&o).contains(want),
+            "{list}: {}",
+            stderr(&o)
+        );
+    }
+}

@@ -155,6 +155,8 @@ pub struct InstanceSpec {
     pub user: Option<String>,
     pub limits: Limits,
     pub userns: bool,
+    /// `--namespaces`: which of pid, uts, ipc and cgroup (containers).
+    pub namespaces: isolab_runtime::container::Namespaces,
     pub seccomp: bool,
     pub volumes: Vec<Volume>,
     /// `--network`, `-p`, `--bridge`, `--subnet` (containers only).
@@ -183,6 +185,7 @@ impl Default for InstanceSpec {
             user: None,
             limits: Limits::default(),
             userns: false,
+            namespaces: Default::default(),
             seccomp: true,
             volumes: vec![],
             net: Default::default(),
@@ -345,6 +348,9 @@ pub(crate) fn refuse_vm_options(backend: &str, spec: &InstanceSpec) -> Result<()
 pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
     if spec.net.mode != crate::network::Mode::None {
         bail!("--network {} is for containers in this build: a VM here has its own network stack and no network device yet (virtio-net is still to come): drop it", spec.net.mode.as_str());
+    }
+    if spec.namespaces != Default::default() {
+        bail!("--namespaces picks a container's namespaces; a VM has a kernel of its own: drop it");
     }
     if !spec.volumes.is_empty() {
         bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");

@@ -517,6 +517,7 @@ fn run_step(
         stdio: Stdio::Into(w),
         volumes: vec![],
         network: container::Network::None,
+        namespaces: Default::default(),
         cgroup: home.cgroup_name(&id),
     };
     let layout = crate::backends::container::layout()?;

@@ -230,6 +230,24 @@ pub fn cli_args(backend: &str, spec: &InstanceSpec) -> Vec<String> {
     if spec.userns {
         a.push("--userns".into());
     }
+    if spec.namespaces != Default::default() {
+        let n = spec.namespaces;
+        let mut list = vec!["mount"];
+        for (on, name) in [
+            (n.pid, "pid"),
+            (n.uts, "uts"),
+            (n.ipc, "ipc"),
+            (n.cgroup, "cgroup"),
+        ] {
+            if on {
+                list.push(name);
+            }
+        }
+        if spec.net.mode != crate::network::Mode::Host {
+            list.push("net");
+        }
+        a.extend(["--namespaces".into(), list.join(",")]);
+    }
     if !spec.seccomp {
         a.push("--no-seccomp".into());
     }

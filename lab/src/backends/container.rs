@@ -188,6 +188,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         hostname,
         limits: opts.limits.clone(),
         userns: opts.userns,
+        namespaces: opts.namespaces,
         seccomp: opts.seccomp,
         stdio,
         volumes: opts.volumes.clone(),

@@ -29,6 +29,11 @@ pub(crate) fn check_net(
     if matches!(attach, Attach::Terminal { tty: true, .. }) || !spec.command.is_empty() {
         bail!("the {name} peer runs the agent's scenarios only: drop -t and the command");
     }
+    if spec.namespaces != Default::default() {
+        bail!(
+            "--namespaces picks the lab's own container's namespaces: drop it for the {name} peer"
+        );
+    }
     if spec.user.is_some() || spec.workdir.is_some() {
         bail!(
             "-u and -w apply to --backend container in this build: drop them for the {name} peer"

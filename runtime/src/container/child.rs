@@ -160,8 +160,10 @@ pub(super) fn child_main(
             }
         }
     }
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
-        rep.fail(Stage::Cgroup, &format!("unshare(CLONE_NEWCGROUP): {e}"));
+    if spec.namespaces.cgroup {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+            rep.fail(Stage::Cgroup, &format!("unshare(CLONE_NEWCGROUP): {e}"));
+        }
     }
     rep.mark(Stage::Cgroup);
     if let Err(e) = setup_mounts(plan, spec) {
@@ -587,7 +589,11 @@ pub(super) fn pivot_into(merged: &CString) -> Result<(), String> {
 }
 
 pub(super) fn finish_environment(spec: &Spec) -> Result<(), String> {
-    nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    // Without a UTS namespace of its own the name is the host's: setting
+    // it would rename the host.
+    if spec.namespaces.uts {
+        nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    }
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| format!("working dir {}: {e}", spec.cwd))?;
     use nix::sys::resource::{setrlimit, Resource};
     let (soft, hard) = nofile_limits();

@@ -144,8 +144,17 @@ pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, Containe
 
     let (req_r, req_w) = pipe()?;
     let (net_r, net_w) = pipe()?;
-    let mut flags =
-        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let ns = spec.namespaces;
+    let mut flags = libc::CLONE_NEWNS as u64;
+    for (on, flag) in [
+        (ns.pid, libc::CLONE_NEWPID),
+        (ns.uts, libc::CLONE_NEWUTS),
+        (ns.ipc, libc::CLONE_NEWIPC),
+    ] {
+        if on {
+            flags |= flag as u64;
+        }
+    }
     if spec.network != Network::Host {
         flags |= libc::CLONE_NEWNET as u64;
     }
@@ -510,6 +519,7 @@ mod tests {
             stdio: Stdio::Into(fs::File::open("/dev/null").unwrap().into()),
             volumes: vec![],
             network: Network::None,
+            namespaces: Namespaces::default(),
             cgroup: "guard-test".into(),
         };
         let Err(e) = launch(spec, &layout) else {

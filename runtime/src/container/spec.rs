@@ -78,10 +78,69 @@ pub struct Spec {
     /// Its network: its own namespace with only loopback, the host's, or
     /// its own with a veth on the lab bridge.
     pub network: Network,
+    /// Which of the other namespaces it gets (`--namespaces`; all by
+    /// default). The mount namespace is always made: it is how the
+    /// container gets a root of its own.
+    pub namespaces: Namespaces,
     /// The name of the container's cgroup under the lab's parent (the
     /// caller prefixes it with its home's tag, so `prune` in one home
     /// never touches another's).
     pub cgroup: String,
+}
+
+/// The namespaces a container gets besides mount and network (the
+/// network is [`Network`]). Leaving one out shares the host's: the lab's
+/// `--namespaces` shows each one's effect and cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespaces {
+    pub pid: bool,
+    pub uts: bool,
+    pub ipc: bool,
+    pub cgroup: bool,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            pid: true,
+            uts: true,
+            ipc: true,
+            cgroup: true,
+        }
+    }
+}
+
+impl Namespaces {
+    /// Parses `--namespaces mount,pid,uts,ipc,net,cgroup` (any subset that
+    /// keeps `mount`); returns the set and whether `net` is in it.
+    pub fn parse(list: &str) -> Result<(Namespaces, bool), String> {
+        let mut n = Namespaces {
+            pid: false,
+            uts: false,
+            ipc: false,
+            cgroup: false,
+        };
+        let (mut net, mut mount) = (false, false);
+        for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "mount" | "mnt" => mount = true,
+                "pid" => n.pid = true,
+                "uts" => n.uts = true,
+                "ipc" => n.ipc = true,
+                "cgroup" => n.cgroup = true,
+                "net" | "network" => net = true,
+                other => {
+                    return Err(format!(
+                        "unknown namespace {other:?} in --namespaces: use a comma list of mount, pid, uts, ipc, net, cgroup (user is --userns)"
+                    ))
+                }
+            }
+        }
+        if !mount {
+            return Err("--namespaces must keep mount: the mount namespace is how the container gets its own root (overlay and pivot_root)".into());
+        }
+        Ok((n, net))
+    }
 }
 
 /// A container's network, as Docker's `--network` names them.
