@@ -294,6 +294,9 @@ struct RunArgs {
     /// Print one JSON object: marks, phases, exit code, memory figures.
     #[arg(long, conflicts_with_all = ["interactive", "tty", "detach"])]
     json: bool,
+    /// Show the agent's result line as it is (JSON), not in words.
+    #[arg(long, conflicts_with = "json")]
+    raw: bool,
     /// Keep stdin open (with -t: `-it` behaves like `docker run -it`).
     #[arg(short, long)]
     interactive: bool,
@@ -920,6 +923,7 @@ impl RunArgs {
                 cpus: self.cpus,
             },
             userns: self.userns,
+            raw_output: self.raw,
             namespaces,
             seccomp: !self.no_seccomp,
             volumes,

@@ -66,7 +66,7 @@ fn a_container_cannot_type_into_the_users_terminal() {
     let slave = pty.slave;
     let fd = |f: &std::os::fd::OwnedFd| Stdio::from(f.try_clone().unwrap());
     let mut c = cmd(&h);
-    c.args(["run", "--scenario", "probes"])
+    c.args(["run", "--raw", "--scenario", "probes"])
         .stdin(fd(&slave))
         .stdout(fd(&slave))
         .stderr(fd(&slave));

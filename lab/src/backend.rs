@@ -155,6 +155,8 @@ pub struct InstanceSpec {
     pub user: Option<String>,
     pub limits: Limits,
     pub userns: bool,
+    /// `run --raw`: the agent's result line printed as it is, not in words.
+    pub raw_output: bool,
     /// `--namespaces`: which of pid, uts, ipc and cgroup (containers).
     pub namespaces: isolab_runtime::container::Namespaces,
     pub seccomp: bool,
@@ -185,6 +187,7 @@ impl Default for InstanceSpec {
             user: None,
             limits: Limits::default(),
             userns: false,
+            raw_output: false,
             namespaces: Default::default(),
             seccomp: true,
             volumes: vec![],
@@ -310,9 +313,13 @@ pub trait Backend: Send + Sync {
         _interactive: bool,
     ) -> Result<i32> {
         let o = self.run(home, spec)?;
-        let mut out = crate::capture::Human::new(std::io::stdout());
-        let _ = std::io::Write::write_all(&mut out, o.output.as_bytes());
-        let _ = out.finish();
+        if spec.raw_output {
+            print!("{}", o.output);
+        } else {
+            let mut out = crate::capture::Human::new(std::io::stdout());
+            let _ = std::io::Write::write_all(&mut out, o.output.as_bytes());
+            let _ = out.finish();
+        }
         Ok(o.report.exit_code)
     }
     /// Whether this backend makes containers inside this very process, so

@@ -97,8 +97,18 @@ pub fn human_line(line: &str) -> Option<String> {
             human_value(&m.unit, m.value)
         ));
     }
-    if !r.data.is_null() {
-        out.push_str("\n  (structured data: run with --json, or `logs --raw`)");
+    if let Some(probes) = r.data.get("probes").and_then(|p| p.as_array()) {
+        for p in probes {
+            let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            out.push_str(&format!(
+                "\n  {:<26} {:<14} {}",
+                field("name"),
+                field("verdict"),
+                field("value")
+            ));
+        }
+    } else if !r.data.is_null() {
+        out.push_str("\n  (structured data: run with --json or --raw, or `logs --raw`)");
     }
     Some(out)
 }

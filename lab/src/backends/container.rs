@@ -381,7 +381,7 @@ fn run_terminal(home: &Home, opts: &InstanceSpec, tty: bool, interactive: bool) 
         stderr: err_w,
     };
     // The agent's result line in words (a command's output is its own).
-    let human = opts.command.is_empty();
+    let human = opts.command.is_empty() && !opts.raw_output;
     let Started {
         running,
         net,
