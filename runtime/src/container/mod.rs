@@ -1,6 +1,7 @@
 //! Launching one container: a short list of named stages, each stamped.
 //!
 //! ```text
+//! ANCHOR: start_map
 //! parent (isolab)                         child (becomes pid 1 of the container)
 //! ---------------                         ------------------------------------
 //! launch mark
@@ -10,7 +11,7 @@
 //! clone3(NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET)
 //!                                         clone      (first instruction)
 //! [bridge: veth pair, eth0 address,
-//!  route — net::attach] ─────────────────▶ network    (none: lo up; bridge: waits for this)
+//!  route — net::attach] ────────────────▶ network    (none: lo up; bridge: waits for this)
 //!                                         rootfs     private mounts, overlay of the layers
 //!                                         cgroup     write "0" to tasks; unshare(NEWCGROUP)
 //!                                         mounts     /proc, /dev, /sys, masks, read-only paths
@@ -23,6 +24,7 @@
 //!                                                    launcher: execve(entrypoint)
 //! marks pipe hits EOF (CLOEXEC) ◀──────── (agent) ready
 //! wait → exit mark, cgroup stats, cleanup
+//! ANCHOR_END: start_map
 //! ```
 //!
 //! The child never panics and never returns: any failure is written to the
