@@ -197,6 +197,7 @@ pub(super) fn startup(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
     }
     write(&out.join("startup.md"), &t)?;
+    write(&out.join("headline.md"), &headline(run, c))?;
     let refs: Vec<Reference> = REFERENCES
         .iter()
         .map(|r| Reference {
@@ -427,6 +428,56 @@ pub(super) fn disk_read(run: &Run, c: &Collected, out: &Path) -> Result<Vec<Path
     }
     write(&out.join("disk-read.md"), &dt)?;
     Ok(Vec::new())
+}
+
+/// The introduction's headline: each peer's launch-to-exit time as a
+/// ratio to the lab's engine of its kind, measured side by side in this
+/// run, with its 95 % CI; a backend this run lacks is left out, never
+/// shown as "n/a". Absolute medians follow, marked as this host's.
+pub(super) fn headline(run: &Run, c: &Collected) -> String {
+    let med = |b: &str| {
+        c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.to_owned()))
+            .and_then(|v| stats::median(v))
+    };
+    let mut ratios = Vec::new();
+    for b in backends_in(c, sc::STARTUP, "launch_to_exit") {
+        let Some(base) = crate::backends::baseline_of(&b) else {
+            continue;
+        };
+        let (Some(x), Some(y)) = (
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), b.clone())),
+            c.get(&(sc::STARTUP.into(), "launch_to_exit".into(), base.to_owned())),
+        ) else {
+            continue;
+        };
+        if let Some((r, (lo, hi))) = stats::ratio_of_medians(x, y) {
+            ratios.push(format!(
+                "{} took **{r:.2}×** [{lo:.2}, {hi:.2}] the time of {}",
+                shown(run, &b),
+                shown(run, base)
+            ));
+        }
+    }
+    let mut text = String::new();
+    if ratios.is_empty() {
+        text.push_str("This run has no peer beside the lab's own engines, so no side-by-side ratio: install crun, runc or QEMU (see `isolab doctor`) and rerun.");
+    } else {
+        text.push_str("Measured side by side in this run, launch to exit (medians, 95 % CI): ");
+        text.push_str(&ratios.join("; "));
+        text.push('.');
+    }
+    let abs: Vec<String> = ["container", "microvm"]
+        .iter()
+        .filter_map(|b| med(b).map(|v| format!("{} {:.1} ms", shown(run, b), v / 1e6)))
+        .collect();
+    if !abs.is_empty() {
+        text.push_str(&format!(
+            " For orientation only — absolute times belong to this host and its load: {}.",
+            abs.join(", ")
+        ));
+    }
+    text.push('\n');
+    text
 }
 
 /// Networks: UDP round trips and a TCP stream between the host and the

@@ -485,16 +485,36 @@ pub(super) fn device_nodes(f: &Facts, out: &mut Vec<Probe>) {
         }
     })
     .unwrap_or(-1);
-    out.push(p(
-        "clock_settime",
-        if e == libc::EINVAL {
-            "would be allowed".into()
-        } else {
-            errname(e)
-        },
-        refused(e),
-        "setting the host's clock is refused",
-    ));
+    // EINVAL means the call reached the kernel, whose time code checks
+    // the value *before* the capability (do_sys_settimeofday64): it says
+    // nothing about permission. CAP_SYS_TIME, which that check asks for,
+    // does. A seccomp refusal (EPERM) comes before either.
+    let cap_sys_time = f
+        .status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << 25) != 0); // CAP_SYS_TIME
+    out.push(match e {
+        libc::EINVAL if cap_sys_time => p(
+            "clock_settime",
+            "reaches the kernel; CAP_SYS_TIME held",
+            Exposed,
+            "setting the host's clock is refused",
+        ),
+        libc::EINVAL => p(
+            "clock_settime",
+            "reaches the kernel; no CAP_SYS_TIME",
+            Isolated,
+            "setting the host's clock is refused (the kernel would ask for CAP_SYS_TIME, which is not held)",
+        ),
+        _ => p(
+            "clock_settime",
+            errname(e),
+            refused(e),
+            "setting the host's clock is refused",
+        ),
+    });
 }
 
 /// Probes: kernel features that cross the boundary.
