@@ -464,6 +464,11 @@ struct BenchArgs {
     /// repetitions, warmup, image); its keys replace the flags' values.
     #[arg(long, value_name = "FILE.toml")]
     matrix: Option<PathBuf>,
+    /// Run every instance on this network (bridge: the lab's container,
+    /// crun and runc on the lab bridge; host: the lab's container on the
+    /// host's). The startup waterfall then shows the network phase.
+    #[arg(long, value_enum, default_value = "none")]
+    network: NetworkArg,
 }
 
 impl BenchArgs {
@@ -479,6 +484,7 @@ impl BenchArgs {
             warmup: self.warmup,
             results: self.results,
             image: self.image,
+            network: self.network.mode(),
         };
         if let Some(m) = &self.matrix {
             o.apply_matrix(m)?;

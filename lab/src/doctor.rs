@@ -146,6 +146,7 @@ pub fn examine(opts: &Options) -> Report {
     let guest_kernel = guest_kernel_check(&mut checks, &opts.boot_dir);
     let peers = peer_checks(&mut checks, &layout);
     let busybox_static = tool_checks(&mut checks);
+    network_check(&mut checks);
     let (memory_available_bytes, disk) = resource_checks(&mut checks, &opts.state_dir);
     let container_backend_ready = root
         && overlayfs
@@ -537,6 +538,47 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         );
     }
     peers
+}
+
+/// `--network bridge` and `-p` on this host: rtnetlink, how published
+/// ports are served, whether remote clients reach them, and the bridge.
+fn network_check(checks: &mut Vec<Check>) {
+    let netlink = isolab_runtime::net::Netlink::open().and_then(|mut nl| nl.routes().map(|r| r.len()));
+    match netlink {
+        Ok(_) => {
+            let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .is_ok_and(|s| s.trim() == "1");
+            let nft = host::which("nft").is_some();
+            let how = match (nft, forwarding) {
+                (true, true) => "-p: nftables DNAT for local and remote clients, a userspace proxy for 127.0.0.1".to_owned(),
+                (true, false) => "-p: nftables DNAT for this host's own clients, a userspace proxy for 127.0.0.1 and for remote clients (ip_forward is off; isolab never turns it on)".to_owned(),
+                (false, _) => "-p: a userspace proxy only (no nft: DNAT needs nftables)".to_owned(),
+            };
+            let bridge = std::env::var("ISOLAB_BRIDGE").unwrap_or_else(|_| crate::network::DEFAULT_BRIDGE.into());
+            let exists = isolab_runtime::net::Netlink::open()
+                .and_then(|mut nl| nl.link_index(&bridge))
+                .ok()
+                .flatten()
+                .is_some();
+            add(
+                checks,
+                "network",
+                if nft { Status::Ok } else { Status::Warn },
+                format!(
+                    "--network bridge: rtnetlink works; bridge {bridge} {}; {how}",
+                    if exists { "exists" } else { "is made on first use" }
+                ),
+                (!nft).then_some("apt-get install nftables (else published ports go through the proxy only)"),
+            );
+        }
+        Err(e) => add(
+            checks,
+            "network",
+            Status::Missing,
+            format!("rtnetlink: {e}: --network bridge cannot make its bridge and veths"),
+            Some("run as root on a kernel with netlink (any Linux)"),
+        ),
+    }
 }
 
 fn tool_checks(checks: &mut Vec<Check>) -> Option<PathBuf> {

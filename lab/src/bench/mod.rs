@@ -40,6 +40,9 @@ pub struct BenchOptions {
     /// Where run directories go.
     pub results: PathBuf,
     pub image: String,
+    /// `--network bridge|host`: every instance on that network (only the
+    /// backends that join it are benched); none by default.
+    pub network: crate::network::Mode,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +54,7 @@ impl Default for BenchOptions {
             warmup: 3,
             results: "results".into(),
             image: crate::images::DEFAULT_IMAGE.into(),
+            network: crate::network::Mode::None,
         }
     }
 }
@@ -177,8 +181,12 @@ fn run_one(
     backend: &dyn Backend,
     image: &str,
     scenario: &Scenario,
+    network: crate::network::Mode,
 ) -> Result<Outcome> {
-    let spec = bench_spec(home, backend, image, scenario)?;
+    let mut spec = bench_spec(home, backend, image, scenario)?;
+    if network != crate::network::Mode::None {
+        spec.net.mode = network;
+    }
     if backend.runs_in_process() {
         crate::run::as_process(home, backend, &spec)
     } else {
@@ -251,7 +259,29 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
         bail!("bench needs root (namespaces, overlayfs, cgroups): run it with sudo");
     }
     let mut notes = Vec::new();
-    let backends = pick_backends(&a.backends, &mut notes)?;
+    let mut backends = pick_backends(&a.backends, &mut notes)?;
+    if a.network != crate::network::Mode::None {
+        backends.retain(|b| {
+            let ok = b.supports_network()
+                && (a.network == crate::network::Mode::Bridge || b.name() == "container");
+            if !ok {
+                let s = format!(
+                    "{}: skipped (it does not join --network {})",
+                    b.name(),
+                    a.network.as_str()
+                );
+                eprintln!("isolab: {s}");
+                notes.push(s);
+            }
+            ok
+        });
+        if backends.is_empty() {
+            bail!(
+                "no backend here joins --network {}: bench container (or, on the bridge, crun and runc)",
+                a.network.as_str()
+            );
+        }
+    }
     let mut scenarios = pick_scenarios(&a.scenarios)?;
     let default_spec = InstanceSpec::default();
     for s in &scenarios {
@@ -374,6 +404,7 @@ fn manifest_for(
     parameters.insert("repetitions".into(), serde_json::json!(a.repetitions));
     parameters.insert("warmup".into(), serde_json::json!(a.warmup));
     parameters.insert("image".into(), serde_json::json!(a.image));
+    parameters.insert("network".into(), serde_json::json!(a.network.as_str()));
     parameters.insert(
         "order".into(),
         serde_json::json!("interleaved, rotated every repetition"),
@@ -437,7 +468,7 @@ fn measure(
                     continue;
                 }
                 bar.set_message(format!("{} {}", b.name(), scenario.name));
-                let res = run_one(home, b, &a.image, scenario);
+                let res = run_one(home, b, &a.image, scenario, a.network);
                 bar.inc(1);
                 if rep < a.warmup {
                     continue;
