@@ -340,9 +340,21 @@ pub fn attach(home: &Home, cfg: &BridgeConfig, id: &str) -> Result<BridgeAttach>
     })
 }
 
-/// Releases `id`'s lease on every bridge of this home; returns the
-/// addresses released.
+/// Releases `id`'s lease on every bridge of this home and its NAT table
+/// (for an instance whose owner is gone); returns what was released.
 pub fn release(home: &Home, id: &str) -> Vec<String> {
+    let mut out = release_leases(home, id);
+    if let Some(t) = Nat::table_name(home, id) {
+        if nft_delete_table(&t) {
+            out.push(format!("nftables table {t}"));
+        }
+    }
+    out
+}
+
+/// Releases `id`'s leases only (its owner knows it has no NAT table, and
+/// spares the end of every bridged run an `nft` process).
+fn release_leases(home: &Home, id: &str) -> Vec<String> {
     let mut out = Vec::new();
     for bridge in bridges(home) {
         let r = with_leases(home, &bridge, |l| {
@@ -359,11 +371,6 @@ pub fn release(home: &Home, id: &str) -> Vec<String> {
         });
         if let Ok(ips) = r {
             out.extend(ips.iter().map(|ip| format!("lease {ip} on {bridge}")));
-        }
-    }
-    if let Some(t) = Nat::table_name(home, id) {
-        if nft_delete_table(&t) {
-            out.push(format!("nftables table {t}"));
         }
     }
     out
@@ -529,7 +536,7 @@ impl Attached {
         if let Some(n) = self.nat.take() {
             nft_delete_table(&n.table);
         }
-        release(&self.home, &self.id);
+        release_leases(&self.home, &self.id);
     }
 }
 
