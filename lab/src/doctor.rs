@@ -543,7 +543,8 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
 /// `--network bridge` and `-p` on this host: rtnetlink, how published
 /// ports are served, whether remote clients reach them, and the bridge.
 fn network_check(checks: &mut Vec<Check>) {
-    let netlink = isolab_runtime::net::Netlink::open().and_then(|mut nl| nl.routes().map(|r| r.len()));
+    let netlink =
+        isolab_runtime::net::Netlink::open().and_then(|mut nl| nl.routes().map(|r| r.len()));
     match netlink {
         Ok(_) => {
             let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
@@ -554,7 +555,8 @@ fn network_check(checks: &mut Vec<Check>) {
                 (true, false) => "-p: nftables DNAT for this host's own clients, a userspace proxy for 127.0.0.1 and for remote clients (ip_forward is off; isolab never turns it on)".to_owned(),
                 (false, _) => "-p: a userspace proxy only (no nft: DNAT needs nftables)".to_owned(),
             };
-            let bridge = std::env::var("ISOLAB_BRIDGE").unwrap_or_else(|_| crate::network::DEFAULT_BRIDGE.into());
+            let bridge = std::env::var("ISOLAB_BRIDGE")
+                .unwrap_or_else(|_| crate::network::DEFAULT_BRIDGE.into());
             let exists = isolab_runtime::net::Netlink::open()
                 .and_then(|mut nl| nl.link_index(&bridge))
                 .ok()
@@ -566,9 +568,15 @@ fn network_check(checks: &mut Vec<Check>) {
                 if nft { Status::Ok } else { Status::Warn },
                 format!(
                     "--network bridge: rtnetlink works; bridge {bridge} {}; {how}",
-                    if exists { "exists" } else { "is made on first use" }
+                    if exists {
+                        "exists"
+                    } else {
+                        "is made on first use"
+                    }
                 ),
-                (!nft).then_some("apt-get install nftables (else published ports go through the proxy only)"),
+                (!nft).then_some(
+                    "apt-get install nftables (else published ports go through the proxy only)",
+                ),
             );
         }
         Err(e) => add(

@@ -698,6 +698,9 @@ fn udp_proxy(s: UdpSocket, target: SocketAddrV4, stop: Arc<AtomicBool>) {
     // One upstream socket per client, each with a thread relaying the
     // container's answers back to that client.
     let clients: Arc<Mutex<BTreeMap<std::net::SocketAddr, UdpSocket>>> = Default::default();
+    // Joined before returning: each holds a clone of the published socket,
+    // which must be closed when the proxy stops.
+    let mut relays = Vec::new();
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
         let Ok((n, from)) = s.recv_from(&mut buf) else {
@@ -714,19 +717,22 @@ fn udp_proxy(s: UdpSocket, target: SocketAddrV4, stop: Arc<AtomicBool>) {
                 continue;
             };
             let stop2 = stop.clone();
-            std::thread::spawn(move || {
+            relays.push(std::thread::spawn(move || {
                 let mut b = vec![0u8; 65536];
                 while !stop2.load(Ordering::SeqCst) {
                     if let Ok(n) = up2.recv(&mut b) {
                         let _ = back.send_to(&b[..n], from);
                     }
                 }
-            });
+            }));
             slot.insert(up);
         }
         if let Some(up) = map.get(&from) {
             let _ = up.send(&buf[..n]);
         }
+    }
+    for r in relays {
+        let _ = r.join();
     }
 }
 
@@ -871,6 +877,52 @@ mod tests {
         assert!(s.check().unwrap_err().to_string().contains("twice"));
         s.publish[1] = Publish::parse("8080:81/udp").unwrap();
         s.check().unwrap();
+    }
+
+    #[test]
+    fn the_udp_proxy_relays_each_client_and_stops() {
+        // A UDP echo server stands in for the container.
+        let server =
+            isolab_scenarios::workloads::peer::Server::start(Ipv4Addr::LOCALHOST.into()).unwrap();
+        // A free port (another process could take it between the probe
+        // and the bind: try again then).
+        let (p, proxy) = (0..20)
+            .find_map(|_| {
+                let free = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = free.local_addr().ok()?.port();
+                drop(free);
+                let p = Publish {
+                    host_ip: Ipv4Addr::LOCALHOST,
+                    host_port: port,
+                    container_port: server.addr.port(),
+                    proto: Proto::Udp,
+                };
+                Proxy::bind(&p, Ipv4Addr::LOCALHOST).ok().map(|x| (p, x))
+            })
+            .expect("a free UDP port");
+        let port = p.host_port;
+        // The same port again is refused in one sentence.
+        let again = Proxy::bind(&p, Ipv4Addr::LOCALHOST)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(again.contains("already in use"), "{again}");
+        for client in 0..2u8 {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c.connect(("127.0.0.1", port)).unwrap();
+            for i in 0..3u8 {
+                c.send(&[client, i]).unwrap();
+                let mut b = [0u8; 8];
+                let n = c.recv(&mut b).unwrap();
+                assert_eq!(&b[..n], &[client, i], "client {client} datagram {i}");
+            }
+        }
+        proxy.stop();
+        assert!(
+            UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+            "a stopped proxy frees its port"
+        );
     }
 
     #[test]
