@@ -168,36 +168,33 @@ pub fn run_all(home: &Home, network: crate::network::Mode) -> Vec<Column> {
             network: None,
             probes,
         });
-        // `--network bridge|host`: the lab's container once more, on it.
-        if b.supports_network() && network != crate::network::Mode::None && b.available().is_ok() {
-            let mut spec = probe_spec.clone();
-            spec.net.mode = network;
-            let probes = b
+        // One more column of the same backend, with the spec changed.
+        let again = |spec: InstanceSpec, guest: Guest, network: Option<&'static str>| Column {
+            backend: b.name().into(),
+            guest,
+            network,
+            probes: b
                 .run(home, &spec)
                 .map_err(|e| format!("{e:#}"))
-                .and_then(|o| from_report(&o.report));
-            cols.push(Column {
-                backend: b.name().into(),
-                guest,
-                network: Some(network.as_str()),
-                probes,
-            });
+                .and_then(|o| from_report(&o.report)),
+        };
+        // `--network bridge|host`: the backends that join it once more, on
+        // it (the bridge: the lab's container, crun and runc; the host's
+        // network: the lab's container).
+        let joins = b.supports_network()
+            && (network == crate::network::Mode::Bridge
+                || (network == crate::network::Mode::Host && b.name() == "container"));
+        if joins && b.available().is_ok() {
+            let mut spec = probe_spec.clone();
+            spec.net.mode = network;
+            cols.push(again(spec, guest, Some(network.as_str())));
         }
         // Where KVM boots a stock kernel, the lab's monitor also runs the
         // probes in a Linux guest: the agent asks them from inside a VM.
         if b.kind() == Kind::Vm && b.timed() && b.available().is_ok() && kvm_boots_linux {
             let mut spec = probe_spec.clone();
             spec.vm.guest = Some(Guest::Linux);
-            let probes = b
-                .run(home, &spec)
-                .map_err(|e| format!("{e:#}"))
-                .and_then(|o| from_report(&o.report));
-            cols.push(Column {
-                backend: b.name().into(),
-                guest: Guest::Linux,
-                network: None,
-                probes,
-            });
+            cols.push(again(spec, Guest::Linux, None));
         }
     }
     cols
