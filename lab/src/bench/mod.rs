@@ -306,6 +306,8 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
             scenarios.retain(|s| s.name != sc::DISK_READ);
         }
     }
+    // The image (built here on a first run) before anything is timed.
+    crate::images::open(home, &a.image)?;
     a.scenarios = scenarios.iter().map(|s| s.name.to_owned()).collect();
     let host = crate::host::host_info();
     let started = crate::clock::unix_now();
