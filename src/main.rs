@@ -327,8 +327,12 @@ struct RunArgs {
     /// none, unlike Docker's, so that a run never changes the host's
     /// network unless asked and every backend's figures start from the
     /// same (no) network.
-    #[arg(long, value_enum, default_value = "none")]
-    network: NetworkArg,
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|host|bridge|container:NAME"
+    )]
+    network: String,
     /// Publish a container port on the host (with --network bridge):
     /// [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable).
     #[arg(
@@ -891,10 +895,10 @@ impl RunArgs {
                     anyhow::bail!("--hostname needs the uts namespace: without it the name is the host's; add uts to --namespaces or drop --hostname");
                 }
                 if !net {
-                    match self.network {
-                            NetworkArg::Bridge => anyhow::bail!("--namespaces without net shares the host's network: add net, or drop --network bridge"),
-                            _ => network_override = Some(NetworkArg::Host),
-                        }
+                    match self.network.as_str() {
+                        "none" | "host" => network_override = Some(isolab_lab::network::Mode::Host),
+                        other => anyhow::bail!("--namespaces without net shares the host's network: add net, or drop --network {other}"),
+                    }
                 }
                 ns
             }
@@ -910,8 +914,10 @@ impl RunArgs {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             net: {
+                let (mode, container) = isolab_lab::network::NetSpec::mode_from(&self.network)?;
                 let net = isolab_lab::network::NetSpec {
-                    mode: network_override.unwrap_or(self.network).mode(),
+                    mode: network_override.unwrap_or(mode),
+                    container,
                     publish: self
                         .publish
                         .iter()

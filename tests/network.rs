@@ -251,6 +251,21 @@ fn a_published_port_reaches_busybox_httpd_with_curl_and_is_cleaned_up() {
         ],
     );
     assert!(ok(&o, "a neighbour's wget").contains("hello-from-isolab"));
+    // A container in web's own network namespace (a pod) reaches it on
+    // their shared loopback.
+    let o = ns.isolab(
+        h,
+        &[
+            "run",
+            "--network",
+            "container:web",
+            "--",
+            "/bin/sh",
+            "-c",
+            "wget -qO- http://127.0.0.1/",
+        ],
+    );
+    assert!(ok(&o, "a pod member's wget").contains("hello-from-isolab"));
     // The same host port again: one sentence, nothing left behind.
     let o = ns.isolab(
         h,

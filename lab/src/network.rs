@@ -44,6 +44,8 @@ pub enum Mode {
     Host,
     /// Its own namespace, a veth on the lab bridge.
     Bridge,
+    /// Another container's network namespace ([`NetSpec::container`]).
+    Container,
 }
 
 impl Mode {
@@ -52,6 +54,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Host => "host",
             Mode::Bridge => "bridge",
+            Mode::Container => "container",
         }
     }
 }
@@ -163,6 +166,23 @@ pub struct NetSpec {
     /// `--bridge`, `--subnet` (bridge mode).
     pub bridge: Option<String>,
     pub subnet: Option<String>,
+    /// `--network container:NAME`: whose network namespace to join.
+    pub container: Option<String>,
+}
+
+impl NetSpec {
+    /// Parses `--network none|host|bridge|container:NAME`.
+    pub fn mode_from(s: &str) -> Result<(Mode, Option<String>)> {
+        Ok(match s {
+            "none" => (Mode::None, None),
+            "host" => (Mode::Host, None),
+            "bridge" => (Mode::Bridge, None),
+            _ => match s.strip_prefix("container:") {
+                Some(name) if !name.is_empty() => (Mode::Container, Some(name.to_owned())),
+                _ => bail!("invalid --network {s:?}: use none, host, bridge or container:NAME"),
+            },
+        })
+    }
 }
 
 impl NetSpec {
@@ -173,6 +193,7 @@ impl NetSpec {
                 self.mode.as_str(),
                 match self.mode {
                     Mode::Host => "already listens on the host's own ports",
+                    Mode::Container => "shares another container's network: publish the ports of that one",
                     _ => "has no interface to publish from",
                 }
             );
@@ -289,7 +310,7 @@ pub fn scenario_peer(
         return Ok(None);
     }
     let ip: Ipv4Addr = match spec.net.mode {
-        Mode::None => bail!(
+        Mode::None | Mode::Container => bail!(
             "the {} scenario talks to a server on the host: run it with --network bridge (through a veth and the bridge) or --network host (over the host's loopback)",
             sc.name
         ),

@@ -215,8 +215,12 @@ pub fn cli_args(backend: &str, spec: &InstanceSpec) -> Vec<String> {
             ),
         ]);
     }
-    if spec.net.mode != crate::network::Mode::None {
-        a.extend(["--network".into(), spec.net.mode.as_str().into()]);
+    match (spec.net.mode, &spec.net.container) {
+        (crate::network::Mode::None, _) => {}
+        (crate::network::Mode::Container, Some(c)) => {
+            a.extend(["--network".into(), format!("container:{c}")]);
+        }
+        (m, _) => a.extend(["--network".into(), m.as_str().into()]),
     }
     for p in &spec.net.publish {
         a.extend(["-p".into(), p.to_string().replace("->", ":")]);

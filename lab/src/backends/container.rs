@@ -195,6 +195,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         network: match opts.net.mode {
             Mode::None => Network::None,
             Mode::Host => Network::Host,
+            Mode::Container => Network::Join(joined_netns(home, opts)?),
             Mode::Bridge => Network::Bridge(
                 net.as_ref()
                     .expect("a bridged spec leases its address first")
@@ -210,6 +211,21 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
         net,
         peer: peer.map(|p| p.1),
     })
+}
+
+/// `--network container:NAME`: the network namespace of that running
+/// container of this home's lab runtime.
+fn joined_netns(home: &Home, opts: &InstanceSpec) -> Result<std::path::PathBuf> {
+    let name = opts.net.container.as_deref().unwrap_or_default();
+    let other = crate::instances::find(home, name)?;
+    if other.backend != "container" || other.effective() != crate::instances::Effective::Running {
+        bail!(
+            "--network container:{name} joins a running container of the lab's runtime; {name} is {} ({}): start it, or pick another",
+            other.effective(),
+            other.backend
+        );
+    }
+    Ok(format!("/proc/{}/ns/net", other.pid).into())
 }
 
 /// Prepares and starts a container, recording it as running.

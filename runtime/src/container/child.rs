@@ -30,6 +30,9 @@ pub(super) struct ChildPlan {
     /// The sealed launcher the init execs through (see `launcher`), or
     /// none when isolab's own binary is already protected.
     launcher: Option<RawFd>,
+    /// `Network::Join`: the namespace file, opened (close-on-exec) by the
+    /// parent before the clone.
+    join_netns: Option<fs::File>,
 }
 
 pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
@@ -59,6 +62,18 @@ impl ChildPlan {
             env: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
             ignored: ignored_signals(),
             launcher,
+            join_netns: match &spec.network {
+                Network::Join(path) => {
+                    Some(fs::File::open(path).map_err(|e| ContainerError::Setup {
+                        stage: Stage::Network.name().into(),
+                        message: format!(
+                            "opening the network namespace {} to join: {e}",
+                            path.display()
+                        ),
+                    })?)
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -134,6 +149,19 @@ pub(super) fn child_main(
             }
         }
         Network::Host => {}
+        Network::Join(_) => {
+            let joined = match &plan.join_netns {
+                Some(f) => nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string()),
+                None => Err("no namespace to join".to_owned()),
+            };
+            if let Err(e) = joined {
+                rep.fail(
+                    Stage::Network,
+                    &format!("joining the network namespace: {e}"),
+                );
+            }
+        }
         Network::Bridge(_) => {
             let mut b = [0u8; 1];
             let _ = nix::unistd::read(net_r.as_raw_fd(), &mut b);

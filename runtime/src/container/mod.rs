@@ -157,7 +157,7 @@ pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, Containe
             flags |= flag as u64;
         }
     }
-    if spec.network != Network::Host {
+    if matches!(spec.network, Network::None | Network::Bridge(_)) {
         flags |= libc::CLONE_NEWNET as u64;
     }
     let mut args = CloneArgs {

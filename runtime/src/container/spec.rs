@@ -156,6 +156,9 @@ pub enum Network {
     /// end is on the lab bridge (`--network bridge`). Its `/etc/hosts`,
     /// `/etc/resolv.conf` and `/etc/hostname` are the runtime's files.
     Bridge(crate::net::BridgeAttach),
+    /// Another container's network namespace, joined by its file
+    /// (`/proc/PID/ns/net`): `--network container:NAME`, as pods share one.
+    Join(PathBuf),
 }
 
 /// A host path bound into the container, as `docker run -v` does.
