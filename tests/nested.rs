@@ -304,7 +304,9 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
     let mut cases: Vec<(String, String)> = vec![("doctor".into(), "isolab doctor".into())];
     let linux_scenarios: Vec<&str> = catalog::CATALOG
         .iter()
-        .filter(|s| s.guests.agent && s.benchable && s.name != catalog::name::PROBES)
+        .filter(|s| {
+            s.guests.agent && s.benchable && s.name != catalog::name::PROBES && !s.needs_network()
+        })
         .map(|s| s.name)
         .collect();
     for s in &linux_scenarios {

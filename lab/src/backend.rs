@@ -359,6 +359,12 @@ pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
     if spec.namespaces != Default::default() {
         bail!("--namespaces picks a container's namespaces; a VM has a kernel of its own: drop it");
     }
+    if spec.command.is_empty() && spec.scenario_entry().is_ok_and(|s| s.needs_network()) {
+        bail!(
+            "the {} scenario talks to a server on the host, and a VM here has no network device yet (virtio-net is still to come): run it with --backend container (or crun, runc) and --network bridge",
+            spec.scenario
+        );
+    }
     if !spec.volumes.is_empty() {
         bail!("-v binds a host path into a container; a VM has no host filesystem to share: use --disk with --backend microvm");
     }

@@ -39,6 +39,19 @@ pub(crate) fn check_net(
             "-u and -w apply to --backend container in this build: drop them for the {name} peer"
         );
     }
+    if spec.scenario_entry().is_ok_and(|s| s.needs_network())
+        && spec.net.mode != crate::network::Mode::Bridge
+    {
+        bail!(
+            "the {} scenario talks to a server on the host: {}",
+            spec.scenario,
+            if bridge {
+                format!("add --network bridge to run it under {name}")
+            } else {
+                format!("the {name} peer has no network to the host in this build; run it with --backend container, crun or runc and --network bridge")
+            }
+        );
+    }
     match spec.net.mode {
         crate::network::Mode::None => {}
         crate::network::Mode::Bridge if bridge => {}
