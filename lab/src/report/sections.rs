@@ -485,7 +485,7 @@ pub(super) fn headline(run: &Run, c: &Collected) -> String {
 /// in the same instance (so the ratio is side by side by construction).
 pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut t = String::from(
-        "| backend | path | UDP RTT median (µs) | p99 (µs) | loopback RTT (µs) | RTT ÷ loopback | TCP stream (MiB/s) | loopback stream (MiB/s) |\n|---|---|---|---|---|---|---|---|\n",
+        "| backend | UDP RTT p50 (µs) | p99 | loopback p50 | ÷ loopback | TCP stream (MiB/s) | loopback |\n|---|---|---|---|---|---|---|\n",
     );
     let med = |scenario: &str, metric: &str, b: &str| {
         c.get(&(scenario.into(), metric.into(), b.to_owned()))
@@ -508,7 +508,7 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         let lstream = med(sc::NET_STREAM, "net.tcp_stream_loopback", b);
         writeln!(
             t,
-            "| {} | veth → lab bridge → host | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             shown(run, b),
             us(rtt),
             us(p99),
