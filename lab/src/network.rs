@@ -557,6 +557,11 @@ impl Attached {
         if let Some(n) = self.nat.take() {
             nft_delete_table(&n.table);
         }
+        // The kernel deletes a veth pair when the namespace of one end
+        // goes, but asynchronously (a work queue), after the container has
+        // been reaped: delete the host end now, so that nothing is left
+        // when the run returns. Gone already is fine.
+        let _ = net::remove_link(&self.attach.host_if);
         release_leases(&self.home, &self.id);
     }
 }
