@@ -13,7 +13,8 @@
 //!
 //! Usage: `isolab-vmm [--kernel PATH] [--initrd PATH] [--cmdline STR]
 //! [--mem MIB] [--vcpus N] [--timeout SECS] [--echo] [--pit] [--interactive]
-//! [--disk PATH | --disk-ro PATH]… [--no-jail]`; prints one JSON
+//! [--disk PATH | --disk-ro PATH]… [--net-fd N [--mac MAC]] [--no-jail]`;
+//! prints one JSON
 //! `VmReport` on stdout, or one sentence on stderr and exits 1.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,8 +68,25 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
                 path: PathBuf::from(val()?),
                 read_only: a == "--disk-ro",
             }),
+            "--net-fd" => {
+                let fd = val()?
+                    .parse()
+                    .map_err(|_| "--net-fd takes an open tap descriptor's number".to_owned())?;
+                let mac = cfg.net.map_or(vmm::NetConfig::DEFAULT_MAC, |n| n.mac);
+                cfg.net = Some(vmm::NetConfig { tap_fd: fd, mac });
+            }
+            "--mac" => {
+                let mac = vmm::NetConfig::parse_mac(&val()?)?;
+                let tap_fd = cfg.net.map_or(-1, |n| n.tap_fd);
+                cfg.net = Some(vmm::NetConfig { tap_fd, mac });
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if cfg.net.is_some_and(|n| n.tap_fd < 0) {
+        return Err(
+            "--mac sets the network device's address: add --net-fd N, the tap it sends on".into(),
+        );
     }
     Ok(cfg)
 }

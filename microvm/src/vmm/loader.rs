@@ -78,7 +78,7 @@ pub(super) fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<u64, 
     // ACPI, for kernels that cannot learn of a virtio device from their
     // command line (see `acpi`).
     let devices = crate::arch::x86_64::acpi::virtio_devices(
-        cfg.disks.len(),
+        super::machine::virtio_devices(cfg),
         crate::devices::virtio::MMIO_WINDOW,
     );
     let acpi = crate::arch::x86_64::acpi::acpi_tables(cfg.vcpus, &devices)

@@ -66,8 +66,10 @@ pub enum VmmError {
     Boot(String),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::BlockError),
-    #[error("{0} disks asked for; the monitor places at most {max}: attach fewer", max = layout::VIRTIO_MAX_DEVICES)]
+    #[error("{0} virtio devices asked for (disks and network); the monitor places at most {max}: attach fewer disks", max = layout::VIRTIO_MAX_DEVICES)]
     TooManyDisks(usize),
+    #[error("--net-fd {fd}: {why}: pass a tap device opened with IFF_TAP | IFF_NO_PI (no IFF_VNET_HDR), as the lab does")]
+    NotATap { fd: i32, why: String },
     #[error("{0}")]
     Vcpu(String),
     #[error("vCPU thread: {0}")]
@@ -96,6 +98,43 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A network device for the guest: virtio-net over a tap the caller
+/// opened (`IFF_TAP | IFF_NO_PI`, no vnet header) and put where it wants
+/// it, e.g. on a bridge. The monitor uses a duplicate of the descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap_fd: i32,
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// A locally administered unicast address, for a run that names none.
+    pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x15, 0x0a, 0x00, 0x00, 0x01];
+
+    /// `02:15:0a:00:00:05` → bytes; a multicast address is refused (a
+    /// NIC's own address is unicast).
+    pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+        let bad = || {
+            format!("--mac {s:?}: write six hex bytes with colons, e.g. 02:15:0a:00:00:05 (unicast: the first byte even)")
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (b, p) in mac.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if mac[0] & 1 != 0 {
+            return Err(bad());
+        }
+        Ok(mac)
+    }
+}
+
 /// A VM to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -122,6 +161,8 @@ pub struct VmConfig {
     /// virtio-blk disks, announced on the command line in this order
     /// (`/dev/vda`, `/dev/vdb` … in a Linux guest).
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net device, announced after the disks.
+    pub net: Option<NetConfig>,
     /// Enter at the kernel's PVH entry (its Xen ELF note: 32-bit protected
     /// mode, paging off, `hvm_start_info` in rbx) instead of the Linux
     /// 64-bit entry.
@@ -151,6 +192,7 @@ impl Default for VmConfig {
             unpack_bzimage: true,
             serial_input: false,
             disks: Vec::new(),
+            net: None,
             pvh: false,
             jail: false,
         }
@@ -186,6 +228,9 @@ pub struct VmReport {
     /// What each virtio-blk disk did, in `disks` order.
     #[serde(default)]
     pub disks: Vec<crate::devices::virtio::block::BlockStats>,
+    /// What the virtio-net device moved, if the VM had one.
+    #[serde(default)]
+    pub net: Option<crate::devices::virtio::NetStats>,
 }
 
 pub(super) struct Stamps(pub(super) Vec<Mark>);
@@ -313,13 +358,19 @@ pub(super) fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, 
     Ok(mem)
 }
 
+/// How many virtio devices the VM has: its disks, then its network.
+pub fn virtio_devices(cfg: &VmConfig) -> usize {
+    cfg.disks.len() + usize::from(cfg.net.is_some())
+}
+
 /// The command line the guest gets: the configured one, then one
-/// `virtio_mmio.device=` word per disk, as Firecracker announces its
-/// devices to a kernel without ACPI or a device tree. The bare lab guest
-/// finds its disk the same way.
+/// `virtio_mmio.device=` word per virtio device (disks, then the
+/// network), as Firecracker announces its devices to a kernel without
+/// ACPI or a device tree. The bare lab guest finds its devices the same
+/// way.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     let mut s = cfg.cmdline.clone();
-    for i in 0..cfg.disks.len() {
+    for i in 0..virtio_devices(cfg) {
         let (base, irq) = virtio_slot(i);
         if !s.is_empty() {
             s.push(' ');

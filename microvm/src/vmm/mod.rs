@@ -29,7 +29,7 @@ use loader::load_kernel;
 use machine::{create_memory, kvm_err, Stamps};
 pub use machine::{
     hypervisor_leaves, kernel_cmdline, open_kvm, virtio_slot, DiskConfig, HypervisorLeaves,
-    KernelImage, Mark, VmConfig, VmReport, VmmError,
+    KernelImage, Mark, NetConfig, VmConfig, VmReport, VmmError,
 };
 use steps::{attach_devices, create_vcpus, run_vcpus, Ran, Seen};
 
@@ -40,6 +40,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     // Disks first: a missing or odd-sized image is the user's to fix, and
     // nothing has been created yet.
     let blocks = open_disks(cfg)?;
+    let net = open_net(cfg)?;
     let kvm = open_kvm(&cfg.kvm_device)?;
     st.mark(Stage::KvmOpen);
     let vm = create_vm(&kvm, cfg.pit)?;
@@ -57,7 +58,7 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     } else {
         crate::jail::JailLevel::None
     };
-    let mut devices = attach_devices(cfg, &vm, &mem, blocks)?;
+    let mut devices = attach_devices(cfg, &vm, &mem, blocks, net)?;
     let vcpus = create_vcpus(&kvm, &vm, cfg, entry)?;
     // ANCHOR_END: boot
     st.mark(Stage::VcpusReady);
@@ -78,8 +79,8 @@ pub fn boot(cfg: &VmConfig) -> Result<VmReport, VmmError> {
 }
 
 fn open_disks(cfg: &VmConfig) -> Result<Vec<Block>, VmmError> {
-    if cfg.disks.len() > layout::VIRTIO_MAX_DEVICES {
-        return Err(VmmError::TooManyDisks(cfg.disks.len()));
+    if machine::virtio_devices(cfg) > layout::VIRTIO_MAX_DEVICES {
+        return Err(VmmError::TooManyDisks(machine::virtio_devices(cfg)));
     }
     Ok(cfg
         .disks
@@ -137,7 +138,43 @@ fn report(st: Stamps, run: Ran, seen: Seen) -> VmReport {
         unhandled_pio: seen.unhandled_pio,
         nop_writes: seen.nop_writes,
         disks: seen.disk_stats,
+        net: seen.net_stats,
     }
+}
+
+/// The network device over a duplicate of the caller's tap, checked to be
+/// a tap that carries bare Ethernet frames.
+fn open_net(cfg: &VmConfig) -> Result<Option<crate::devices::virtio::Net>, VmmError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(n) = cfg.net else {
+        return Ok(None);
+    };
+    let bad = |why: String| VmmError::NotATap { fd: n.tap_fd, why };
+    // struct ifreq: the name, then the flags (a short).
+    let mut ifr = [0u8; 40];
+    const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+    // SAFETY: TUNGETIFF fills an ifreq-sized buffer we own.
+    if unsafe { libc::ioctl(n.tap_fd, TUNGETIFF, ifr.as_mut_ptr()) } != 0 {
+        return Err(bad(format!(
+            "not a tun/tap descriptor ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let flags = u16::from_ne_bytes([ifr[16], ifr[17]]) as i32;
+    if flags & libc::IFF_TAP == 0 || flags & libc::IFF_NO_PI == 0 || flags & libc::IFF_VNET_HDR != 0
+    {
+        return Err(bad(format!("its flags are {flags:#x}")));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor this code owns.
+    let dup = unsafe { libc::fcntl(n.tap_fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(bad(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: `dup` is a fresh descriptor nothing else owns.
+    let tap = unsafe { OwnedFd::from_raw_fd(dup) };
+    crate::devices::virtio::Net::new(tap, n.mac)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]

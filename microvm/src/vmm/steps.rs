@@ -14,7 +14,7 @@ use crate::arch::x86_64::regs;
 use crate::devices::legacy::{
     EventFdTrigger, GuestMark, LabPorts, SerialDevice, SerialSink, I8042,
 };
-use crate::devices::virtio::{Block, MmioTransport};
+use crate::devices::virtio::{Block, MmioTransport, Net, NetStats};
 use crate::devices::Bus;
 use crate::ports;
 use crate::vcpu::{self, StopReason};
@@ -31,6 +31,10 @@ pub(super) struct Devices {
     pub(super) pio: Arc<Bus>,
     pub(super) mmio: Arc<Bus>,
     pub(super) disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    pub(super) net: Option<Arc<Mutex<MmioTransport<Net>>>>,
+    /// Ends the network device's receive thread.
+    net_stop: Option<EventFd>,
+    net_thread: Option<std::thread::JoinHandle<()>>,
     pub(super) input_stop: Arc<AtomicBool>,
     pub(super) input_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -40,6 +44,7 @@ pub(super) fn attach_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     blocks: Vec<Block>,
+    net: Option<Net>,
 ) -> Result<Devices, VmmError> {
     let captured = Arc::new(Mutex::new(Vec::new()));
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
@@ -87,6 +92,38 @@ pub(super) fn attach_devices(
             .map_err(bus_err)?;
         disks.push(transport);
     }
+    let (mut net_transport, mut net_stop, mut net_thread) = (None, None, None);
+    if let Some(dev) = net {
+        let (base, irq) = virtio_slot(disks.len());
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+        vm.register_irqfd(&evt, irq)
+            .map_err(kvm_err("connect a virtio interrupt (irqfd)"))?;
+        let transport = MmioTransport::new(dev, mem.clone(), Box::new(evt))
+            .map_err(|e| VmmError::Boot(format!("virtio queue: {e}")))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, crate::devices::virtio::MMIO_WINDOW, transport.clone())
+            .map_err(bus_err)?;
+        // Each queue's notify as an ioeventfd (the register's value is
+        // the queue's index): the device thread takes it from there.
+        let kick = |queue: u32| -> Result<EventFd, VmmError> {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+            let at = kvm_ioctls::IoEventAddress::Mmio(
+                base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY),
+            );
+            vm.register_ioevent(&evt, &at, queue)
+                .map_err(kvm_err("connect a virtio queue notify (ioeventfd)"))?;
+            Ok(evt)
+        };
+        let kicks = [kick(0)?, kick(1)?];
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+        let thread_stop = stop.try_clone().map_err(VmmError::Thread)?;
+        net_thread = Some(
+            crate::devices::virtio::net::net_thread(transport.clone(), thread_stop, kicks)
+                .map_err(VmmError::Thread)?,
+        );
+        net_stop = Some(stop);
+        net_transport = Some(transport);
+    }
     Ok(Devices {
         serial,
         captured,
@@ -94,6 +131,9 @@ pub(super) fn attach_devices(
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         disks,
+        net: net_transport,
+        net_stop,
+        net_thread,
         input_stop,
         input_thread,
     })
@@ -113,6 +153,7 @@ pub(super) struct Seen {
     /// The guest's result page's text, if it wrote one.
     pub(super) result: Option<String>,
     pub(super) disk_stats: Vec<crate::devices::virtio::block::BlockStats>,
+    pub(super) net_stats: Option<NetStats>,
 }
 
 impl Devices {
@@ -120,6 +161,12 @@ impl Devices {
     pub(super) fn stop_and_read(&mut self, mem: &GuestMemoryMmap) -> Seen {
         self.input_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.input_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(stop) = self.net_stop.take() {
+            let _ = stop.write(1);
+        }
+        if let Some(t) = self.net_thread.take() {
             let _ = t.join();
         }
         let (guest_marks, exit_code, nop_writes) = {
@@ -151,6 +198,13 @@ impl Devices {
                 .iter()
                 .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).device().stats)
                 .collect(),
+            net_stats: self.net.as_ref().map(|n| {
+                n.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .device()
+                    .stats()
+                    .clone()
+            }),
         }
     }
 }

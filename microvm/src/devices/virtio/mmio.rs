@@ -64,6 +64,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     /// The size the driver gave queue `i` (tests: QUEUE_NUM is write-only).
     #[cfg(test)]
     pub fn queue_size(&self, i: usize) -> u16 {
@@ -138,7 +142,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status = v;
     }
 
-    fn notify(&mut self, index: u32) {
+    /// Whether the driver set DRIVER_OK and the device needs no reset.
+    pub fn live(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && !self.has(VIRTIO_CONFIG_S_NEEDS_RESET)
+    }
+
+    /// Runs queue `index` as the driver's notify does (also called by a
+    /// device's own thread when the host side has something for it).
+    pub fn notify(&mut self, index: u32) {
         if !self.has(VIRTIO_CONFIG_S_DRIVER_OK) || self.has(VIRTIO_CONFIG_S_NEEDS_RESET) {
             return;
         }

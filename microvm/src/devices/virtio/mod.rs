@@ -1,5 +1,5 @@
 //! virtio over MMIO: the transport (`mmio`, the register block of virtio
-//! 1.x §4.2.2) and the devices behind it (`block`). The split virtqueues
+//! 1.x §4.2.2) and the devices behind it (`block`, `net`). The split virtqueues
 //! themselves are rust-vmm's `virtio-queue`, which checks every descriptor
 //! the guest hands over against guest memory.
 //!
@@ -9,9 +9,11 @@
 //! the host read or write — which is what the lab wants to show.
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 pub use block::{Block, BlockError};
 pub use mmio::MmioTransport;
+pub use net::{Net, NetStats};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
