@@ -195,6 +195,42 @@ fn bad_input_is_one_sentence() {
     assert!(stderr(&o).contains("is not a kernel"), "{}", stderr(&o));
     let o = vmm().args(["--frob"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
+    // The network device: a MAC that is not one, a MAC with no tap, a
+    // descriptor that is not a tap. One sentence each.
+    for (args, want) in [
+        (
+            &["--mac", "03:00:00:00:00:01"][..],
+            "unicast: the first byte even",
+        ),
+        (&["--mac", "02:00:00:00:01"][..], "six hex bytes"),
+        (&["--mac", "02:15:0a:00:00:05"][..], "add --net-fd N"),
+        (
+            &["--net-fd", "0"][..],
+            "--net-fd 0: not a tun/tap descriptor",
+        ),
+    ] {
+        let o = vmm()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    }
+    // The bare guest's network scenarios without a network device.
+    let o = vmm()
+        .args(["--cmdline", "isolab.scenario=net-rtt isolab.ip=10.0.0.2"])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        r["result"]
+            .as_str()
+            .unwrap()
+            .contains("no virtio network device"),
+        "{r}"
+    );
     let o = isolab()
         .args(["run", "--backend", "microvm", "--scenario", "file-io"])
         .output()
@@ -394,7 +430,9 @@ fn the_bare_guest_drives_a_virtio_disk() {
     let nine: Vec<&str> = std::iter::repeat_n(["--disk-ro", d], 9).flatten().collect();
     let o = vmm().args(&nine).output().unwrap();
     assert!(
-        stderr(&o).contains("9 disks asked for; the monitor places at most 8"),
+        stderr(&o).contains(
+            "9 virtio devices asked for (disks and network); the monitor places at most 8"
+        ),
         "{}",
         stderr(&o)
     );

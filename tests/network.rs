@@ -1,5 +1,6 @@
-//! Container networks (issue 16): `--network bridge`, `-p`, the lease
-//! store and cleanup — reached with the host's ordinary tools (curl, ping).
+//! Networks (issue 16): `--network bridge`, `-p`, the lease store and
+//! cleanup, for containers (veth) and both monitors (tap and virtio-net)
+//! — reached with the host's ordinary tools (curl, ping) and sockets.
 //!
 //! Every test builds its own network namespace (`ip netns add`) and runs
 //! isolab inside it with `nsenter --net`, so the lab bridge, the veths
@@ -360,11 +361,34 @@ fn bad_network_input_gets_one_sentence_and_leaves_nothing() {
             ],
             "is not this lab home's bridge",
         ),
+    ];
+    let vm_cases: &[(&[&str], &str)] = &[
         (
-            &["run", "--backend", "microvm", "--network", "bridge"],
-            "virtio-net is still to come",
+            &["run", "--backend", "microvm", "--network", "host"],
+            "only a container has",
+        ),
+        (
+            &[
+                "run",
+                "--backend",
+                "microvm",
+                "--guest",
+                "linux",
+                "--network",
+                "bridge",
+            ],
+            "use --guest bare",
+        ),
+        (
+            &["run", "--backend", "qemu", "--scenario", "net-echo"],
+            "add --network bridge",
         ),
     ];
+    // The VM cases need KVM to get past the backend's availability.
+    let cases: Vec<_> = cases
+        .iter()
+        .chain(vm_cases.iter().filter(|_| has_kvm()))
+        .collect();
     for (args, want) in cases {
         let o = ns.isolab(h, args);
         assert!(!o.status.success(), "{args:?} must fail");
@@ -494,6 +518,176 @@ fn net_rtt_runs_on_the_bridge_under_the_lab_crun_and_runc_and_leaves_nothing() {
     assert!(
         leases.contains("\"leases\": {}"),
         "every lease released: {leases}"
+    );
+    ok(&ns.isolab(h, &["prune"]), "prune");
+    assert_eq!(ns.state(), empty);
+    assert_eq!(host_state(), before);
+}
+
+/// Runs `f` on a thread that entered network namespace `path`: sockets it
+/// makes live there, as a client in that namespace would.
+fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = std::fs::File::open(path).expect("open netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Sends `msg` over UDP to `to` and returns the answer, if one comes.
+fn udp_ask(to: &str, msg: &[u8]) -> Option<Vec<u8>> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.send_to(msg, to).ok()?;
+    let mut b = [0u8; 256];
+    let (n, _) = s.recv_from(&mut b).ok()?;
+    Some(b[..n].to_vec())
+}
+
+fn vm_ready() -> bool {
+    tools_ready()
+        && require("KVM (/dev/kvm)", has_kvm())
+        && require(
+            "qemu-system-x86_64 (apt-get install qemu-system-x86)",
+            Command::new("sh")
+                .args(["-c", "command -v qemu-system-x86_64"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
+}
+
+#[test]
+fn both_monitors_put_the_bare_guest_on_the_bridge_with_virtio_net_and_leave_nothing() {
+    if !vm_ready() {
+        return;
+    }
+    let before = host_state();
+    let ns = NetNs::new("vm");
+    let empty = ns.state();
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    // net-rtt: the guest's UDP round trips to the host's echo server.
+    for backend in ["microvm", "qemu"] {
+        let o = ns.isolab(
+            h,
+            &[
+                "run",
+                "--json",
+                "--backend",
+                backend,
+                "--network",
+                "bridge",
+                "--scenario",
+                "net-rtt",
+                "--param",
+                "pings=200",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&ok(&o, backend)).unwrap();
+        let data = &v["result"]["data"];
+        assert_eq!(data["pings"], 200, "{backend}: {v}");
+        assert_eq!(data["lost"], 0, "{backend}: {v}");
+        let metric = |name: &str| {
+            v["result"]["metrics"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["name"] == name))
+                .and_then(|m| m["value"].as_f64())
+                .unwrap_or(0.0)
+        };
+        let (p50, p99) = (metric("net.udp_rtt_p50"), metric("net.udp_rtt_p99"));
+        assert!(p50 > 0.0 && p99 >= p50, "{backend}: p50 {p50} p99 {p99}");
+    }
+    // net-echo under our monitor, with a published port: ping, UDP echo
+    // through the proxy (loopback), through DNAT (the gateway address)
+    // and straight to the guest, then "stop".
+    let mut vm = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(env!("CARGO_BIN_EXE_isolab"))
+        .args([
+            "run",
+            "--raw",
+            "--backend",
+            "microvm",
+            "--network",
+            "bridge",
+            "-p",
+            "9007:7/udp",
+            "--timeout",
+            "60",
+            "--scenario",
+            "net-echo",
+        ])
+        .env("ISOLAB_HOME", h)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the echo VM");
+    let mut up = false;
+    for _ in 0..40 {
+        if ns.sh("ping -c1 -W1 10.213.0.2").status.success() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    if !up {
+        let _ = vm.kill();
+        let o = vm.wait_with_output().unwrap();
+        panic!("the guest never answered ping: {}", stderr(&o));
+    }
+    ok(&ns.sh("ping -c3 -i0.2 -W2 10.213.0.2"), "ping the guest");
+    let answers = in_netns(&ns.path(), || {
+        ["127.0.0.1:9007", "10.213.0.1:9007", "10.213.0.2:7"]
+            .map(|to| udp_ask(to, format!("hello {to}").as_bytes()))
+    });
+    for (to, a) in ["127.0.0.1:9007", "10.213.0.1:9007", "10.213.0.2:7"]
+        .iter()
+        .zip(&answers)
+    {
+        assert_eq!(
+            a.as_deref(),
+            Some(format!("hello {to}").as_bytes()),
+            "echo via {to}"
+        );
+    }
+    let rules = stdout(&ns.sh("nft list ruleset"));
+    let counted = rules
+        .lines()
+        .find(|l| l.contains("ip daddr != 127.0.0.0/8") && l.contains("dnat to 10.213.0.2:7"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        counted.is_some_and(|n| n >= 1),
+        "the gateway address went through DNAT to the VM: {rules}"
+    );
+    let stop = in_netns(&ns.path(), || udp_ask("10.213.0.2:7", b"stop"));
+    assert_eq!(stop.as_deref(), Some(&b"stop"[..]));
+    let o = vm.wait_with_output().unwrap();
+    let out = ok(&o, "the echo VM");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("@isolab "))
+        .unwrap_or_else(|| panic!("no result line: {out}"));
+    let v: serde_json::Value = serde_json::from_str(&line["@isolab ".len()..]).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["data"]["pings_answered"].as_u64().unwrap_or(0) >= 4,
+        "{v}"
+    );
+    assert_eq!(v["data"]["udp_echoes"], 4, "{v}");
+    let leases = std::fs::read_to_string(home.path().join("network/isolab0.json")).unwrap();
+    assert!(
+        leases.contains("\"leases\": {}"),
+        "every lease released: {leases}"
+    );
+    let links = stdout(&ns.sh("ip -o link | awk '{print $2}'"));
+    assert!(
+        !links.lines().any(|l| l.starts_with("vi")),
+        "no tap is left: {links}"
     );
     ok(&ns.isolab(h, &["prune"]), "prune");
     assert_eq!(ns.state(), empty);

@@ -21,6 +21,7 @@ pub mod name {
     pub const NET_LOOPBACK: &str = "net-loopback";
     pub const NET_RTT: &str = "net-rtt";
     pub const NET_STREAM: &str = "net-stream";
+    pub const NET_ECHO: &str = "net-echo";
     pub const DISK_READ: &str = "disk-read";
     pub const EXIT_COST: &str = "exit-cost";
     pub const INSPECT: &str = "inspect";
@@ -235,8 +236,8 @@ pub const CATALOG: &[Scenario] = &[
     },
     Scenario {
         name: name::NET_RTT,
-        about: "UDP echo round trips between the host and the instance over its network (median, p99), beside the same over the instance's own loopback",
-        guests: AGENT,
+        about: "UDP echo round trips between the host and the instance over its network (median, p99), beside the same over the instance's own loopback (the bare guest has none)",
+        guests: BOTH,
         bench_default: false,
         benchable: true,
         params: &[
@@ -263,6 +264,15 @@ pub const CATALOG: &[Scenario] = &[
             m("net.tcp_stream", "bytes_per_s"),
             m("net.tcp_stream_loopback", "bytes_per_s"),
         ],
+    },
+    Scenario {
+        name: name::NET_ECHO,
+        about: "answer ARP, ping and UDP echo on port 7 over the VM's network until a datagram \"stop\" comes (the bare guest's server, for -p and ping)",
+        guests: BARE,
+        bench_default: false,
+        benchable: false,
+        params: &[],
+        metrics: &[],
     },
     Scenario {
         name: name::INSPECT,

@@ -290,13 +290,16 @@ pub trait Backend: Send + Sync {
             Kind::Vm => spec.vm.guest(),
         }
     }
-    /// Whether it takes `--network host|bridge` (the lab's container).
+    /// Whether it takes `--network bridge` (the lab's container, crun,
+    /// runc, and both monitors with the bare guest).
     fn supports_network(&self) -> bool {
         false
     }
     /// Whether it runs `scenario` with this spec's guest.
     fn supports(&self, scenario: &Scenario, spec: &InstanceSpec) -> bool {
-        self.guest(spec).runs(scenario) && !scenario.needs_network()
+        let guest = self.guest(spec);
+        guest.runs(scenario)
+            && (!scenario.needs_network() || (self.supports_network() && guest != Guest::Linux))
     }
     /// Refuses, in one sentence, options this backend does not take.
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()>;
@@ -353,15 +356,29 @@ pub(crate) fn refuse_vm_options(backend: &str, spec: &InstanceSpec) -> Result<()
 
 /// VM backends take no host paths and no commands.
 pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
-    if spec.net.mode != crate::network::Mode::None {
-        bail!("--network {} is for containers in this build: a VM here has its own network stack and no network device yet (virtio-net is still to come): drop it", spec.net.mode.as_str());
+    use crate::network::Mode;
+    match spec.net.mode {
+        Mode::None => {}
+        Mode::Host | Mode::Container => bail!(
+            "--network {} shares a network namespace, which only a container has: a VM has its own kernel and network stack; use --network bridge (a tap and virtio-net on the lab bridge)",
+            spec.net.mode.as_str()
+        ),
+        Mode::Bridge if spec.vm.guest() == Guest::Linux => bail!(
+            "--network bridge reaches the bare guest in this build; the Linux guest does not configure a network device yet: use --guest bare"
+        ),
+        Mode::Bridge => {}
     }
     if spec.namespaces != Default::default() {
         bail!("--namespaces picks a container's namespaces; a VM has a kernel of its own: drop it");
     }
-    if spec.command.is_empty() && spec.scenario_entry().is_ok_and(|s| s.needs_network()) {
+    if spec.command.is_empty()
+        && spec.net.mode != Mode::Bridge
+        && spec
+            .scenario_entry()
+            .is_ok_and(|s| s.needs_network() || s.name == isolab_abi::catalog::name::NET_ECHO)
+    {
         bail!(
-            "the {} scenario talks to a server on the host, and a VM here has no network device yet (virtio-net is still to come): run it with --backend container (or crun, runc) and --network bridge",
+            "the {} scenario talks over the VM's network: add --network bridge (a tap on the lab bridge)",
             spec.scenario
         );
     }

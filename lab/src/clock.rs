@@ -4,6 +4,28 @@
 /// Nanoseconds of `CLOCK_MONOTONIC`: the clock every mark is read on.
 pub use isolab_runtime::container::monotonic_ns;
 
+/// Nanoseconds per TSC cycle on this host, measured once per process
+/// against `CLOCK_MONOTONIC` over 20 ms. A KVM guest's TSC runs at the
+/// host's rate (neither monitor scales it), so this turns the cycles a
+/// guest counted into time. None where there is no TSC.
+pub fn ns_per_tsc_cycle() -> Option<f64> {
+    static RATE: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: rdtsc has no preconditions in user space.
+            let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+            let (t0, c0) = (monotonic_ns(), tsc());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let (t1, c1) = (monotonic_ns(), tsc());
+            let cycles = c1.wrapping_sub(c0);
+            (cycles > 0).then(|| t1.saturating_sub(t0) as f64 / cycles as f64)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    })
+}
+
 /// UTC time as RFC 3339 (no external time crate needed for this).
 pub fn rfc3339_now() -> String {
     rfc3339(unix_now())

@@ -385,6 +385,35 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Gives the child each `(fd, target)` file as its descriptor `target`
+/// (not close-on-exec there), e.g. QEMU's guest RAM as 3 and a tap as 4.
+/// Every source is first copied above the targets, so that putting one
+/// in place never overwrites another still to be placed.
+pub fn pass_fds(cmd: &mut Command, fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; only fcntl and dup2
+    // on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::with_capacity(fds.len());
+            for &(fd, target) in &fds {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push((h, target));
+            }
+            for (h, target) in high {
+                // dup2 clears close-on-exec on the copy.
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes a message safe for a terminal: control characters other than
 /// newline and tab (escape sequences a hostile layer name or file could
 /// carry) become `\u{..}` escapes.

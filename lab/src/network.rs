@@ -572,6 +572,66 @@ impl Drop for Attached {
     }
 }
 
+/// A VM's network for one run (both monitors): with `--network bridge`,
+/// a lease, published ports, and a tap on the bridge that the monitor
+/// gets as an open descriptor; and, for a scenario that talks to the
+/// host, the host's server. Everything is made before the monitor is
+/// launched (outside its timed window, as for crun and runc) and goes when
+/// this is dropped, after the monitor has been reaped.
+pub struct VmNetwork {
+    pub attached: Option<Attached>,
+    /// The tap, to pass to the monitor.
+    pub tap: Option<fs::File>,
+    /// `key=value` scenario parameters for the guest: `ip=`, `gw=`,
+    /// `peer=`.
+    pub params: Vec<String>,
+    _server: Option<isolab_scenarios::workloads::peer::Server>,
+}
+
+impl VmNetwork {
+    pub fn new(home: &Home, spec: &crate::backend::InstanceSpec, id: &str) -> Result<VmNetwork> {
+        let server = scenario_peer(home, spec)?;
+        let mut me = VmNetwork {
+            attached: None,
+            tap: None,
+            params: server.iter().map(|(p, _)| p.clone()).collect(),
+            _server: server.map(|(_, s)| s),
+        };
+        if spec.net.mode == Mode::Bridge {
+            let attached = Attached::new(home, &spec.net, id)?;
+            let a = &attached.attach;
+            me.params.extend([
+                format!("ip={}/{}", a.ip, a.subnet.len),
+                format!("gw={}", a.subnet.gateway()),
+            ]);
+            // Dropped (and the lease released) if the tap fails.
+            let tap = net::attach_tap(a).map_err(|e| anyhow!(e))?;
+            me.tap = Some(tap);
+            me.attached = Some(attached);
+        }
+        Ok(me)
+    }
+
+    /// The guest NIC's address: locally administered, unicast, and the
+    /// leased IPv4 address in its last four bytes, so it is unique on the
+    /// bridge as the lease is.
+    pub fn mac(&self) -> Option<String> {
+        let ip = self.attached.as_ref()?.attach.ip.octets();
+        Some(format!(
+            "02:15:{:02x}:{:02x}:{:02x}:{:02x}",
+            ip[0], ip[1], ip[2], ip[3]
+        ))
+    }
+
+    /// What each published port goes through, for the run's notes.
+    pub fn describe(&self) -> Vec<String> {
+        self.attached
+            .as_ref()
+            .map(Attached::describe)
+            .unwrap_or_default()
+    }
+}
+
 /// A network namespace this process holds open for an OCI runtime, which
 /// joins it by path (`linux.namespaces[].path` in `config.json`): a thread
 /// that entered a new one and waits, so the path is

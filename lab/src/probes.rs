@@ -182,6 +182,7 @@ pub fn run_all(home: &Home, network: crate::network::Mode) -> Vec<Column> {
         // it (the bridge: the lab's container, crun and runc; the host's
         // network: the lab's container).
         let joins = b.supports_network()
+            && b.kind() == Kind::Container
             && (network == crate::network::Mode::Bridge
                 || (network == crate::network::Mode::Host && b.name() == "container"));
         if joins && b.available().is_ok() {

@@ -25,6 +25,7 @@ use isolab_abi::catalog::name as sc;
 use isolab_abi::{kernels, ports};
 
 mod disk;
+mod net;
 use disk::{disk_scenario, map_device_page, virtio_bases};
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -481,15 +482,19 @@ extern "C" fn workload(_: u64) -> ! {
         // Reads its virtio-blk disk end to end (or `isolab.kib`) by
         // polling, as a driver with no interrupts must: the monitor's
         // device model, exercised by a guest.
-        sc::DISK_READ => match disk_scenario(params.cmdline) {
-            Ok(()) => {}
-            Err(e) => {
+        sc::DISK_READ | sc::NET_RTT | sc::NET_ECHO => {
+            let run = match core::str::from_utf8(scenario).unwrap_or("") {
+                sc::DISK_READ => disk_scenario,
+                sc::NET_RTT => net::rtt_scenario,
+                _ => net::echo_scenario,
+            };
+            if let Err(e) = run(params.cmdline) {
                 ok = false;
                 put("\"error_detail\":\"");
                 put(e);
                 put("\",");
             }
-        },
+        }
         _ => ok = false,
     }
     put("\"ring\":");

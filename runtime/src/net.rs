@@ -411,6 +411,59 @@ pub fn ensure_bridge(name: &str, subnet: &Subnet, alias: &str) -> Result<(), Str
     Ok(())
 }
 
+/// Makes tap device `a.host_if` (`IFF_TAP | IFF_NO_PI`: bare Ethernet
+/// frames, no vnet header) on the bridge, up, and returns its open file:
+/// a VM monitor's end. The tap is not persistent: it goes when the last
+/// holder closes it, or earlier by [`remove_link`].
+pub fn attach_tap(a: &BridgeAttach) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| {
+            format!("opening /dev/net/tun for a VM's tap: {e} (load the tun module: modprobe tun)")
+        })?;
+    // struct ifreq: the name (16 bytes), then the flags (a short).
+    let mut ifr = [0u8; 40];
+    let name = a.host_if.as_bytes();
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "tap name {:?} does not fit the kernel's 15 bytes",
+            a.host_if
+        ));
+    }
+    ifr[..name.len()].copy_from_slice(name);
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as u16;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: TUNSETIFF reads (and may update) an ifreq-sized buffer we own.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+        return Err(format!(
+            "making tap {}: {}",
+            a.host_if,
+            io::Error::last_os_error()
+        ));
+    }
+    let fail = |what: &str, e: io::Error| format!("{what}: {e}");
+    let mut nl = Netlink::open().map_err(|e| fail("opening rtnetlink", e))?;
+    let bridge = nl
+        .link_index(&a.bridge)
+        .map_err(|e| fail("looking up the bridge", e))?
+        .ok_or_else(|| format!("bridge {} is gone", a.bridge))?;
+    let tap = nl
+        .link_index(&a.host_if)
+        .map_err(|e| fail("looking up the tap", e))?
+        .ok_or_else(|| format!("tap {} vanished", a.host_if))?;
+    nl.set_up(tap, Some(bridge)).map_err(|e| {
+        fail(
+            &format!("putting tap {} on bridge {}", a.host_if, a.bridge),
+            e,
+        )
+    })?;
+    Ok(tun)
+}
+
 /// Removes a link by name if it exists; returns whether it did.
 pub fn remove_link(name: &str) -> io::Result<bool> {
     let mut nl = Netlink::open()?;

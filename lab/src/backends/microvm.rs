@@ -32,6 +32,9 @@ impl Backend for MicroVm {
     fn kind(&self) -> Kind {
         Kind::Vm
     }
+    fn supports_network(&self) -> bool {
+        true
+    }
     fn available(&self) -> Result<(), Unavailable> {
         kvm_usable()?;
         if vmm_binary().is_none() {
@@ -295,8 +298,31 @@ pub fn derive_metrics(
             .as_f64()
             .map(|n| vec![m("vm.exit_cost", "ns_per_exit", dt / n.max(1.0))])
             .unwrap_or_default(),
-        _ => vec![],
+        _ => tsc_metrics(scenario, data),
     }
+}
+
+/// Metrics the bare guest timed itself with the TSC (per round trip: a
+/// mark is a VM exit, too coarse and too costly), in time at the host's
+/// TSC rate. The same for both monitors, which need no marks for it.
+pub fn tsc_metrics(scenario: &str, data: &serde_json::Value) -> Vec<protocol::Metric> {
+    let (sc::NET_RTT, Some(ns)) = (scenario, crate::clock::ns_per_tsc_cycle()) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for (key, name) in [
+        ("rtt_p50_cycles", "net.udp_rtt_p50"),
+        ("rtt_p99_cycles", "net.udp_rtt_p99"),
+    ] {
+        if let Some(c) = data[key].as_f64().filter(|c| *c > 0.0) {
+            out.push(protocol::Metric {
+                name: name.into(),
+                unit: "ns".into(),
+                value: c * ns,
+            });
+        }
+    }
+    out
 }
 
 /// The environment variable that names the monitor binary explicitly.
@@ -405,7 +431,21 @@ fn vmm_args(
 
 fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Result<Outcome> {
     let guest = opts.vm.guest();
-    let args = vmm_args(home, opts, echo, interactive)?;
+    // --network bridge: a lease and a tap on the bridge, made before the
+    // launch (as for QEMU, crun and runc); the guest learns its address
+    // from its command line, the monitor gets the tap as its fd 3.
+    let vmnet = crate::network::VmNetwork::new(
+        home,
+        opts,
+        &opts.record.clone().unwrap_or_else(crate::instances::new_id),
+    )?;
+    let mut spec = opts.clone();
+    spec.params.extend(vmnet.params.iter().cloned());
+    let opts = &spec;
+    let mut args = vmm_args(home, opts, echo, interactive)?;
+    if let Some(mac) = vmnet.mac() {
+        args.extend(["--net-fd".into(), "3".into(), "--mac".into(), mac]);
+    }
     let vmm = vmm_binary().ok_or_else(|| {
         anyhow!("isolab-vmm is missing next to isolab: build the workspace (cargo build --release)")
     })?;
@@ -420,6 +460,9 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
     cgroup.join_on_spawn(&mut cmd);
+    if let Some(tap) = &vmnet.tap {
+        crate::host::pass_fds(&mut cmd, vec![(std::os::fd::AsRawFd::as_raw_fd(tap), 3)]);
+    }
     let hold = holds(opts, echo);
     let mut child = cmd
         .args(&args)
@@ -471,6 +514,8 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     });
     let status = child.wait()?;
     let reaped = monotonic_ns();
+    let published = vmnet.describe();
+    drop(vmnet);
     let cgroup_peak = cgroup.finish(opts.vm.mem_mib())?;
     if !status.success() {
         let msg = stderr.trim().trim_start_matches("isolab-vmm: ");
@@ -491,6 +536,16 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
     let mut notes = vec![
         "launch = spawn of isolab-vmm; ready = the guest's write to the boot-marker port, stamped by the monitor on the host clock; reaped = monitor process reaped".to_owned(),
     ];
+    if spec.net.mode == crate::network::Mode::Bridge {
+        notes.push("on the lab bridge through a tap (virtio-net in the monitor) made before launch, outside the timed window, as for QEMU, crun and runc".into());
+        notes.extend(published);
+    }
+    if let Some(n) = &r.net {
+        notes.push(format!(
+            "virtio-net: {} frames received, {} sent, {} dropped",
+            n.rx_frames, n.tx_frames, n.dropped
+        ));
+    }
     if r.serial_dropped > 0 {
         notes.push(format!(
             "the guest flooded the serial port: {} bytes dropped",

@@ -29,6 +29,9 @@ impl Backend for Qemu {
     fn kind(&self) -> Kind {
         Kind::Vm
     }
+    fn supports_network(&self) -> bool {
+        true
+    }
     fn baseline(&self) -> Option<&'static str> {
         Some("microvm")
     }
@@ -142,24 +145,26 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         );
     };
     let guest = crate::images::bare_guest_file(home)?;
-    let mut cmdline = super::microvm::guest_cmdline(&opts.scenario, &opts.params)?;
+    // --network bridge: the same lease, tap and guest parameters as under
+    // our monitor; QEMU gets the tap as its fd 4.
+    let vmnet = crate::network::VmNetwork::new(home, opts, &crate::instances::new_id())?;
+    let mut params = opts.params.clone();
+    params.extend(vmnet.params.iter().cloned());
+    let mut cmdline = super::microvm::guest_cmdline(&opts.scenario, &params)?;
     let mut disk_args = Vec::new();
-    if opts.scenario == sc::DISK_READ {
-        // The same image disk, on QEMU's own virtio-blk (modern MMIO).
-        // QEMU does not put its transports on a PVH guest's command line,
-        // so we do, all of them: the guest takes the one holding a disk.
-        let disk = crate::images::image_disk(home)?;
-        disk_args = vec![
-            "-global".into(),
-            "virtio-mmio.force-legacy=false".into(),
-            "-drive".into(),
-            format!(
-                "id=d0,file={},format=raw,if=none,readonly=on",
-                disk.display()
-            ),
+    if let Some(mac) = vmnet.mac() {
+        disk_args.extend([
+            "-netdev".into(),
+            "tap,id=n0,fd=4,vhost=off".into(),
             "-device".into(),
-            "virtio-blk-device,drive=d0,serial=isolab-disk".into(),
-        ];
+            format!("virtio-net-device,netdev=n0,mac={mac},csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,mrg_rxbuf=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,ctrl_vq=off,status=off"),
+        ]);
+    }
+    if opts.scenario == sc::DISK_READ || vmnet.tap.is_some() {
+        // QEMU does not put its transports on a PVH guest's command line,
+        // so we do, all of them: the guest takes the one holding a disk
+        // (or a network device).
+        disk_args.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
         for i in 0..QEMU_VIRTIO_TRANSPORTS {
             cmdline.push_str(&format!(
                 " virtio_mmio.device=512@{:#x}:{}",
@@ -167,6 +172,19 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
                 QEMU_VIRTIO_IRQ + i
             ));
         }
+    }
+    if opts.scenario == sc::DISK_READ {
+        // The same image disk, on QEMU's own virtio-blk (modern MMIO).
+        let disk = crate::images::image_disk(home)?;
+        disk_args.extend([
+            "-drive".into(),
+            format!(
+                "id=d0,file={},format=raw,if=none,readonly=on",
+                disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=d0,serial=isolab-disk".into(),
+        ]);
     }
     // `idle` holds until the harness has read the cgroup, as under our
     // monitor (see `microvm::holds`).
@@ -188,7 +206,11 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     crate::host::in_host_mount_namespace(&mut cmd);
     crate::host::die_with_parent(&mut cmd);
     cgroup.join_on_spawn(&mut cmd);
-    pass_as_fd3(&mut cmd, &ram);
+    let mut fds = vec![(std::os::fd::AsRawFd::as_raw_fd(&ram), 3)];
+    if let Some(tap) = &vmnet.tap {
+        fds.push((std::os::fd::AsRawFd::as_raw_fd(tap), 4));
+    }
+    crate::host::pass_fds(&mut cmd, fds);
     let mut child = cmd
         .args(&args)
         .stdin(if hold {
@@ -253,6 +275,8 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     drop(input);
     let status = child.wait()?;
     let exit_ns = monotonic_ns();
+    let published = vmnet.describe();
+    drop(vmnet);
     drop(watchdog);
     let stderr = stderr_reader
         .and_then(|t| t.join().ok())
@@ -280,7 +304,7 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
         )
     })?;
     let mut res = protocol::parse_output("qemu", &output).map_err(|e| anyhow!("{e}"))?;
-    res.metrics.clear();
+    res.metrics = super::microvm::tsc_metrics(&opts.scenario, &res.data);
     let mut marks = vec![
         Mark::new(Stage::Launch.name(), launch),
         Mark::new(Stage::Reaped.name(), exit_ns),
@@ -304,6 +328,10 @@ fn run_qemu(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
     report.memory_bytes = memory;
     report.result = Some(serde_json::to_value(&res)?);
     report.notes = vec!["launch = spawn of qemu-system-x86_64; ready = arrival of the guest's one ready byte on QEMU's serial output (QEMU has no boot-marker port, so no in-guest rates such as disk.read_rate); the result is read from the guest's RAM (a shared memfd) after QEMU has exited".into()];
+    if opts.net.mode == crate::network::Mode::Bridge {
+        report.notes.push("on the lab bridge through a tap (QEMU's virtio-net-device, no vhost, no offloads) made before launch, outside the timed window, as for our monitor".into());
+        report.notes.extend(published);
+    }
     report.derive();
     Ok(Outcome { report, output })
 }
@@ -315,7 +343,7 @@ fn guest_ram_memfd() -> Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// QEMU's RAM from the file at its fd 3 (see `pass_as_fd3`), shared.
+/// QEMU's RAM from the file at its fd 3 (see `crate::host::pass_fds`), shared.
 fn ram_backend_args(mem_mib: u64) -> Vec<String> {
     vec![
         "-object".into(),
@@ -325,29 +353,6 @@ fn ram_backend_args(mem_mib: u64) -> Vec<String> {
         "-machine".into(),
         "memory-backend=isolab-ram".into(),
     ]
-}
-
-/// Gives the child `file` as its fd 3 (not close-on-exec there).
-fn pass_as_fd3(cmd: &mut std::process::Command, file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let fd = file.as_raw_fd();
-    // SAFETY: runs in the forked child before exec; dup2 of an fd we own
-    // onto 3 (dup2 clears close-on-exec on the copy), or, when the file is
-    // fd 3 already (dup2 is then a no-op), clearing close-on-exec itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The result page's text in QEMU's guest RAM (guest-physical addresses

@@ -277,7 +277,7 @@ pub fn run(home: &Home, mut a: BenchOptions) -> Result<(bool, PathBuf)> {
         });
         if backends.is_empty() {
             bail!(
-                "no backend here joins --network {}: bench container (or, on the bridge, crun and runc)",
+                "no backend here joins --network {}: bench container (or, on the bridge, crun, runc, microvm and qemu)",
                 a.network.as_str()
             );
         }
