@@ -485,8 +485,9 @@ pub(super) fn headline(run: &Run, c: &Collected) -> String {
 /// in the same instance (so the ratio is side by side by construction).
 pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut t = String::from(
-        "| backend | UDP RTT p50 (µs) | p99 | loopback p50 | ÷ loopback | TCP stream (MiB/s) | loopback |\n|---|---|---|---|---|---|---|\n",
+        "| backend | UDP RTT p50 (µs) | p99 | loopback p50 | ÷ loopback | RTT ÷ the lab's own | TCP stream (MiB/s) | loopback |\n|---|---|---|---|---|---|---|---|\n",
     );
+    let samples = |b: &str| c.get(&(sc::NET_RTT.into(), "net.udp_rtt_p50".into(), b.to_owned()));
     let med = |scenario: &str, metric: &str, b: &str| {
         c.get(&(scenario.into(), metric.into(), b.to_owned()))
             .and_then(|v| stats::median(v))
@@ -506,9 +507,20 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         let ratio = rtt.zip(lo).map(|(a, l)| a / l);
         let stream = med(sc::NET_STREAM, "net.tcp_stream", b);
         let lstream = med(sc::NET_STREAM, "net.tcp_stream_loopback", b);
+        // A peer's RTT beside the lab's own engine of its kind (crun and
+        // runc beside the container, QEMU beside the monitor): medians of
+        // the same run, with the ratio's 95 % CI.
+        let base = crate::backends::baseline_of(b)
+            .and_then(|base| Some((base, stats::ratio_of_medians(samples(b)?, samples(base)?)?)));
+        let vs = base.map_or("—".into(), |(base, (r, (lo, hi)))| {
+            format!("{r:.2} [{lo:.2}, {hi:.2}] of {}", shown(run, base))
+        });
+        if let Some((base, (r, _))) = base {
+            num(out, &format!("{b}_net_rtt_vs_{base}"), format!("{r:.2}"))?;
+        }
         writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {vs} | {} | {} |",
             shown(run, b),
             us(rtt),
             us(p99),
