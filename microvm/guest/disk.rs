@@ -85,6 +85,26 @@ pub(crate) fn map_device_page(base: u64) {
     }
 }
 
+/// Sets up queue `q` of the device at `base` (between FEATURES_OK and
+/// DRIVER_OK): `size` entries, its descriptor table, available and used
+/// rings at `mem`, +0x400 and +0x800; then makes it live.
+pub(crate) fn setup_queue(base: u64, q: u32, size: u16, mem: u64) -> Result<(), &'static str> {
+    mmio_w32(base + 0x30, q);
+    if mmio_r32(base + 0x44) != 0 || mmio_r32(base + 0x34) < size as u32 {
+        return Err("a virtio queue is live already or too small");
+    }
+    mmio_w32(base + 0x38, size as u32);
+    for (reg, addr) in [(0x80, mem), (0x90, mem + 0x400), (0xa0, mem + 0x800)] {
+        mmio_w32(base + reg, addr as u32);
+        mmio_w32(base + reg + 4, (addr >> 32) as u32);
+    }
+    mmio_w32(base + 0x44, 1);
+    if mmio_r32(base + 0x44) != 1 {
+        return Err("the device did not accept a virtio queue");
+    }
+    Ok(())
+}
+
 /// `4K@0xd0000000:5` → 0xd0000000.
 pub(crate) fn virtio_base(v: &[u8]) -> Option<u64> {
     let at = v.iter().position(|&c| c == b'@')?;
@@ -135,20 +155,7 @@ impl Disk {
         if mmio_r32(base + 0x70) & 8 == 0 {
             return Err("the device refused our features");
         }
-        mmio_w32(base + 0x30, 0);
-        if mmio_r32(base + 0x44) != 0 || mmio_r32(base + 0x34) < VQ_SIZE as u32 {
-            return Err("queue 0 is live already or too small");
-        }
-        mmio_w32(base + 0x38, VQ_SIZE as u32);
-        let vq = core::ptr::addr_of!(VQ_MEM) as u64;
-        for (reg, addr) in [(0x80, vq), (0x90, vq + 0x400), (0xa0, vq + 0x800)] {
-            mmio_w32(base + reg, addr as u32);
-            mmio_w32(base + reg + 4, (addr >> 32) as u32);
-        }
-        mmio_w32(base + 0x44, 1);
-        if mmio_r32(base + 0x44) != 1 {
-            return Err("the device did not accept queue 0");
-        }
+        setup_queue(base, 0, VQ_SIZE, core::ptr::addr_of!(VQ_MEM) as u64)?;
         mmio_w32(base + 0x70, 1 | 2 | 8 | 4);
         let sectors = mmio_r32(base + 0x100) as u64 | (mmio_r32(base + 0x104) as u64) << 32;
         Ok((

@@ -9,7 +9,7 @@
 //! interrupt. A send is one notify (a VM exit); a frame arrives when the
 //! monitor's receive thread (or QEMU's) moves the used ring, which the
 //! guest sees without any exit; a receive buffer goes back with a notify.
-use super::disk::{mmio_r32, mmio_w32, peek_volatile, poke};
+use super::disk::{mmio_r32, mmio_w32, peek_volatile, poke, setup_queue};
 use super::*;
 
 const QSZ: u16 = 8;
@@ -172,24 +172,8 @@ impl Nic {
         if mmio_r32(base + 0x70) & 8 == 0 {
             return Err("the network device refused our features");
         }
-        for (q, mem) in [
-            (0u32, core::ptr::addr_of!(RXQ_MEM) as u64),
-            (1, core::ptr::addr_of!(TXQ_MEM) as u64),
-        ] {
-            mmio_w32(base + 0x30, q);
-            if mmio_r32(base + 0x44) != 0 || mmio_r32(base + 0x34) < QSZ as u32 {
-                return Err("a network queue is live already or too small");
-            }
-            mmio_w32(base + 0x38, QSZ as u32);
-            for (reg, addr) in [(0x80, mem), (0x90, mem + 0x400), (0xa0, mem + 0x800)] {
-                mmio_w32(base + reg, addr as u32);
-                mmio_w32(base + reg + 4, (addr >> 32) as u32);
-            }
-            mmio_w32(base + 0x44, 1);
-            if mmio_r32(base + 0x44) != 1 {
-                return Err("the network device did not accept a queue");
-            }
-        }
+        setup_queue(base, 0, QSZ, core::ptr::addr_of!(RXQ_MEM) as u64)?;
+        setup_queue(base, 1, QSZ, core::ptr::addr_of!(TXQ_MEM) as u64)?;
         mmio_w32(base + 0x70, 1 | 2 | 8 | 4);
         let (lo, hi) = (mmio_r32(base + 0x100), mmio_r32(base + 0x104));
         let mac = [

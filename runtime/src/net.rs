@@ -446,11 +446,7 @@ pub fn attach_tap(a: &BridgeAttach) -> Result<std::fs::File, String> {
         ));
     }
     let fail = |what: &str, e: io::Error| format!("{what}: {e}");
-    let mut nl = Netlink::open().map_err(|e| fail("opening rtnetlink", e))?;
-    let bridge = nl
-        .link_index(&a.bridge)
-        .map_err(|e| fail("looking up the bridge", e))?
-        .ok_or_else(|| format!("bridge {} is gone", a.bridge))?;
+    let (mut nl, bridge) = open_bridge(&a.bridge)?;
     let tap = nl
         .link_index(&a.host_if)
         .map_err(|e| fail("looking up the tap", e))?
@@ -462,6 +458,16 @@ pub fn attach_tap(a: &BridgeAttach) -> Result<std::fs::File, String> {
         )
     })?;
     Ok(tun)
+}
+
+/// A netlink socket and the bridge's index, or why not.
+fn open_bridge(name: &str) -> Result<(Netlink, u32), String> {
+    let mut nl = Netlink::open().map_err(|e| format!("opening rtnetlink: {e}"))?;
+    let bridge = nl
+        .link_index(name)
+        .map_err(|e| format!("looking up the bridge: {e}"))?
+        .ok_or_else(|| format!("bridge {name} is gone"))?;
+    Ok((nl, bridge))
 }
 
 /// Removes a link by name if it exists; returns whether it did.
@@ -487,11 +493,7 @@ pub fn attach(pid: u32, a: &BridgeAttach) -> Result<(), String> {
 /// holds for an OCI runtime, which joins it by path).
 pub fn attach_netns(ns: &std::fs::File, a: &BridgeAttach) -> Result<(), String> {
     let fail = |what: &str, e: io::Error| format!("{what}: {e}");
-    let mut nl = Netlink::open().map_err(|e| fail("opening rtnetlink", e))?;
-    let bridge = nl
-        .link_index(&a.bridge)
-        .map_err(|e| fail("looking up the bridge", e))?
-        .ok_or_else(|| format!("bridge {} is gone", a.bridge))?;
+    let (mut nl, bridge) = open_bridge(&a.bridge)?;
     let host = nl
         .create_veth(&a.host_if, "eth0", ns)
         .map_err(|e| fail(&format!("creating veth {}", a.host_if), e))?;

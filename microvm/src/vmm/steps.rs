@@ -81,28 +81,12 @@ pub(super) fn attach_devices(
     let mut mmio = Bus::new();
     let mut disks = Vec::new();
     for (i, block) in blocks.into_iter().enumerate() {
-        let (base, irq) = virtio_slot(i);
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
-        vm.register_irqfd(&evt, irq)
-            .map_err(kvm_err("connect a virtio interrupt (irqfd)"))?;
-        let transport = MmioTransport::new(block, mem.clone(), Box::new(evt))
-            .map_err(|e| VmmError::Boot(format!("virtio queue: {e}")))?;
-        let transport = Arc::new(Mutex::new(transport));
-        mmio.insert(base, crate::devices::virtio::MMIO_WINDOW, transport.clone())
-            .map_err(bus_err)?;
-        disks.push(transport);
+        disks.push(place_virtio(vm, mem, &mut mmio, i, block)?);
     }
     let (mut net_transport, mut net_stop, mut net_thread) = (None, None, None);
     if let Some(dev) = net {
-        let (base, irq) = virtio_slot(disks.len());
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
-        vm.register_irqfd(&evt, irq)
-            .map_err(kvm_err("connect a virtio interrupt (irqfd)"))?;
-        let transport = MmioTransport::new(dev, mem.clone(), Box::new(evt))
-            .map_err(|e| VmmError::Boot(format!("virtio queue: {e}")))?;
-        let transport = Arc::new(Mutex::new(transport));
-        mmio.insert(base, crate::devices::virtio::MMIO_WINDOW, transport.clone())
-            .map_err(bus_err)?;
+        let base = virtio_slot(disks.len()).0;
+        let transport = place_virtio(vm, mem, &mut mmio, disks.len(), dev)?;
         // Each queue's notify as an ioeventfd (the register's value is
         // the queue's index): the device thread takes it from there.
         let kick = |queue: u32| -> Result<EventFd, VmmError> {
@@ -137,6 +121,27 @@ pub(super) fn attach_devices(
         input_stop,
         input_thread,
     })
+}
+
+/// Puts `device` behind a virtio-mmio transport in slot `slot` of the MMIO
+/// bus, its interrupt line an irqfd.
+fn place_virtio<D: crate::devices::virtio::VirtioDevice + 'static>(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slot: usize,
+    device: D,
+) -> Result<Arc<Mutex<MmioTransport<D>>>, VmmError> {
+    let (base, irq) = virtio_slot(slot);
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Thread)?;
+    vm.register_irqfd(&evt, irq)
+        .map_err(kvm_err("connect a virtio interrupt (irqfd)"))?;
+    let transport = MmioTransport::new(device, mem.clone(), Box::new(evt))
+        .map_err(|e| VmmError::Boot(format!("virtio queue: {e}")))?;
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(base, crate::devices::virtio::MMIO_WINDOW, transport.clone())
+        .map_err(|e| VmmError::Boot(e.to_string()))?;
+    Ok(transport)
 }
 
 /// What the devices saw, read once the vCPUs have stopped.
