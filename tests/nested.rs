@@ -134,9 +134,11 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 stty -F /dev/ttyS1 raw -echo
 out() {{ cat >> /dev/ttyS1; }}
 M=/lib/modules/{release}/kernel
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd fs/overlayfs/overlay; do
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd fs/overlayfs/overlay \
+    drivers/net/tun net/llc/llc net/802/stp net/bridge/bridge; do
   insmod $M/$m.ko 2>>/tmp/insmod.err
 done
+ip link set lo up
 if [ ! -c /dev/kvm ]; then
   {{ echo "@@nokvm"; grep -c -w svm /proc/cpuinfo; cat /tmp/insmod.err; dmesg | tail -20; }} | out
   poweroff -f
@@ -274,7 +276,16 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
             || m.starts_with("kernel/drivers/block/virtio_blk")
             || m.starts_with("kernel/arch/x86/kvm/kvm")
             || m == "kernel/virt/lib/irqbypass.ko"
-            || m == "kernel/fs/overlayfs/overlay.ko";
+            || m == "kernel/fs/overlayfs/overlay.ko"
+            // The bridge and taps of --network bridge, and the guest's
+            // virtio-net driver, which isolab packs into its initramfs.
+            || m == "kernel/drivers/net/tun.ko"
+            || m == "kernel/net/llc/llc.ko"
+            || m == "kernel/net/802/stp.ko"
+            || m == "kernel/net/bridge/bridge.ko"
+            || m == "kernel/drivers/net/virtio_net.ko"
+            || m == "kernel/drivers/net/net_failover.ko"
+            || m == "kernel/net/core/failover.ko";
         if wanted {
             put(&root, &mods.join(m), &format!("/lib/modules/{release}/{m}"));
         }
@@ -338,6 +349,12 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
         "distro-pvh".into(),
         "isolab run --backend microvm --guest linux --scenario startup --pvh --timeout 300 --json"
             .into(),
+    ));
+    // The Linux guest on the lab bridge: virtio-net, the agent's
+    // interface from the command line, UDP round trips to the host.
+    cases.push((
+        "linux-net-rtt".into(),
+        "isolab run --backend microvm --guest linux --network bridge --scenario net-rtt --param pings=200 --timeout 300 --json".into(),
     ));
     // An image's own program in the Linux VM (the image as its disk).
     cases.push((
@@ -501,6 +518,31 @@ fn the_linux_guest_and_a_cgroup_v2_host_in_a_nested_kvm_host() {
             ok,
             format!(
                 "{name}: rc {:?}\n{}\nstderr: {}",
+                c.rc,
+                c.stdout.chars().take(3000).collect::<String>(),
+                c.stderr
+            ),
+        );
+    }
+    if let Some(c) = case("linux-net-rtt") {
+        let v = json_of(c);
+        let metric = |v: &serde_json::Value, name: &str| {
+            v["result"]["metrics"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["name"] == name))
+                .and_then(|m| m["value"].as_f64())
+                .unwrap_or(0.0)
+        };
+        check(
+            c.rc == Some(0)
+                && v.as_ref().is_some_and(|v| {
+                    v["result"]["ok"] == true
+                        && v["result"]["data"]["net_interface"] == "eth0"
+                        && metric(v, "net.udp_rtt_p50") > 0.0
+                        && metric(v, "net.udp_rtt_loopback_p50") > 0.0
+                }),
+            format!(
+                "linux-net-rtt: the Linux guest configures eth0 and reaches the host's echo server: rc {:?}\n{}\nstderr: {}",
                 c.rc,
                 c.stdout.chars().take(3000).collect::<String>(),
                 c.stderr

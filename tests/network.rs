@@ -368,16 +368,8 @@ fn bad_network_input_gets_one_sentence_and_leaves_nothing() {
             "only a container has",
         ),
         (
-            &[
-                "run",
-                "--backend",
-                "microvm",
-                "--guest",
-                "linux",
-                "--network",
-                "bridge",
-            ],
-            "use --guest bare",
+            &["run", "--backend", "qemu-tcg", "--network", "bridge"],
+            "qemu-tcg has no network device",
         ),
         (
             &["run", "--backend", "qemu", "--scenario", "net-echo"],

@@ -298,8 +298,7 @@ pub trait Backend: Send + Sync {
     /// Whether it runs `scenario` with this spec's guest.
     fn supports(&self, scenario: &Scenario, spec: &InstanceSpec) -> bool {
         let guest = self.guest(spec);
-        guest.runs(scenario)
-            && (!scenario.needs_network() || (self.supports_network() && guest != Guest::Linux))
+        guest.runs(scenario) && (!scenario.needs_network() || self.supports_network())
     }
     /// Refuses, in one sentence, options this backend does not take.
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()>;
@@ -362,9 +361,6 @@ pub(crate) fn refuse_container_options(spec: &InstanceSpec) -> Result<()> {
         Mode::Host | Mode::Container => bail!(
             "--network {} shares a network namespace, which only a container has: a VM has its own kernel and network stack; use --network bridge (a tap and virtio-net on the lab bridge)",
             spec.net.mode.as_str()
-        ),
-        Mode::Bridge if spec.vm.guest() == Guest::Linux => bail!(
-            "--network bridge reaches the bare guest in this build; the Linux guest does not configure a network device yet: use --guest bare"
         ),
         Mode::Bridge => {}
     }

@@ -29,6 +29,10 @@ pub const WANTED_MODULES: [(&str, &str); 2] =
 pub const IMAGE_MODULES: [(&str, &str); 2] =
     [("virtio_pci", "VIRTIO_PCI"), ("overlay", "OVERLAY_FS")];
 
+/// Packed only when the guest is on the lab bridge: the virtio-net
+/// driver (and, through modules.dep, what it needs).
+pub const NET_MODULES: [(&str, &str); 1] = [("virtio_net", "VIRTIO_NET")];
+
 /// A prepared Linux guest.
 pub struct LinuxGuest {
     pub kernel: PathBuf,
@@ -77,7 +81,7 @@ pub fn module_closure(modules_dep: &str, names: &[&str]) -> Result<Vec<String>> 
 }
 
 /// Finds the kernel, packs modules it wants, writes the initramfs.
-pub fn prepare(home: &Home, spec: &VmSpec, for_image: bool) -> Result<LinuxGuest> {
+pub fn prepare(home: &Home, spec: &VmSpec, for_image: bool, net: bool) -> Result<LinuxGuest> {
     use isolab_microvm::kernel;
     let kpath = match &spec.kernel {
         Some(k) => k.clone(),
@@ -101,9 +105,11 @@ pub fn prepare(home: &Home, spec: &VmSpec, for_image: bool) -> Result<LinuxGuest
     // Modules the kernel has as modules, if its config is next to it.
     let config = std::fs::read_to_string(format!("/boot/config-{kver}")).unwrap_or_default();
     let extra: &[(&str, &str)] = if for_image { &IMAGE_MODULES } else { &[] };
+    let net_extra: &[(&str, &str)] = if net { &NET_MODULES } else { &[] };
     let wanted: Vec<&str> = WANTED_MODULES
         .iter()
         .chain(extra)
+        .chain(net_extra)
         .filter(|(_, sym)| config.contains(&format!("CONFIG_{sym}=m")))
         .map(|(m, _)| *m)
         .collect();

@@ -66,9 +66,12 @@ impl Backend for MicroVm {
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         boot(home, spec, false, false)
     }
-    /// A monitor whose owner is gone is ended through its cgroup.
+    /// A monitor whose owner is gone is ended through its cgroup; its
+    /// lease and NAT table are released (its tap went with it).
     fn kill_stale(&self, home: &Home, id: &str) -> bool {
-        super::container::kill_instance_cgroup(home, id)
+        let killed = super::container::kill_instance_cgroup(home, id);
+        crate::network::release(home, id);
+        killed
     }
     fn run_attached(
         &self,
@@ -363,8 +366,12 @@ fn vmm_args(
     let mut cmdline = guest_cmdline(&opts.scenario, &opts.params)?;
     let mut image_disk = None;
     if guest == Guest::Linux {
-        let linux =
-            crate::linux_guest::prepare(home, &opts.vm, crate::linux_guest::runs_an_image(opts))?;
+        let linux = crate::linux_guest::prepare(
+            home,
+            &opts.vm,
+            crate::linux_guest::runs_an_image(opts),
+            opts.net.mode == crate::network::Mode::Bridge,
+        )?;
         // An image's own program: the image as the first disk, read-only,
         // and what to start appended to the initramfs.
         let initrd = if crate::linux_guest::runs_an_image(opts) {
@@ -439,6 +446,13 @@ fn boot(home: &Home, opts: &InstanceSpec, echo: bool, interactive: bool) -> Resu
         opts,
         &opts.record.clone().unwrap_or_else(crate::instances::new_id),
     )?;
+    if let (Some(id), Some(a)) = (&opts.record, &vmnet.attached) {
+        // `ps` shows a detached VM's address and ports, as a container's.
+        let mut record = crate::instances::Record::open(home, id)?;
+        record.state.ip = Some(a.attach.ip);
+        record.state.ports = opts.net.publish.clone();
+        record.save()?;
+    }
     let mut spec = opts.clone();
     spec.params.extend(vmnet.params.iter().cloned());
     let opts = &spec;

@@ -59,6 +59,9 @@ impl Backend for QemuTcg {
         if spec.vm.guest == Some(Guest::Bare) {
             bail!("qemu-tcg boots the Linux guest only: drop --guest bare (the bare guest runs on --backend microvm or qemu)");
         }
+        if spec.net.mode != crate::network::Mode::None {
+            bail!("qemu-tcg has no network device in this build: drop --network, or use --backend microvm (either guest) or qemu (the bare guest) on the bridge");
+        }
         if spec.vm.pvh {
             bail!("--pvh picks our monitor's boot entry: use it with --backend microvm");
         }
@@ -142,7 +145,8 @@ fn run_tcg(home: &Home, opts: &InstanceSpec) -> Result<Outcome> {
             .timeout
             .unwrap_or(std::time::Duration::from_secs(300)),
     );
-    let linux = crate::linux_guest::prepare(home, &vm, crate::linux_guest::runs_an_image(opts))?;
+    let linux =
+        crate::linux_guest::prepare(home, &vm, crate::linux_guest::runs_an_image(opts), false)?;
     // An image's own program: its disk on QEMU's virtio-blk (PCI), the
     // start spec appended to the initramfs.
     let image = if crate::linux_guest::runs_an_image(opts) {

@@ -332,6 +332,109 @@ mod vm_init {
         Ok(())
     }
 
+    /// `isolab.ip=A.B.C.D/LEN` (and `isolab.gw=`): the address the lab
+    /// leased for this VM on its bridge. Configures the first interface
+    /// other than `lo` (the virtio-net device's, once its driver has
+    /// probed it) with it, brings it up and adds the default route, as a
+    /// kernel's `ip=` would. Returns the interface's name.
+    fn network_up(params: &BTreeMap<String, String>) -> Option<Result<String, String>> {
+        let spec = params.get("ip")?;
+        Some(configure_interface(
+            spec,
+            params.get("gw").map(String::as_str),
+        ))
+    }
+
+    fn configure_interface(spec: &str, gw: Option<&str>) -> Result<String, String> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let (ip, len) = spec.split_once('/').map_or((spec, "24"), |(a, l)| (a, l));
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| format!("bad isolab.ip {spec:?}"))?;
+        let len: u32 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=32).contains(l))
+            .ok_or_else(|| format!("bad prefix length in isolab.ip {spec:?}"))?;
+        let gw: Option<std::net::Ipv4Addr> = match gw {
+            Some(g) => Some(g.parse().map_err(|_| format!("bad isolab.gw {g:?}"))?),
+            None => None,
+        };
+        // The device's interface appears when its driver has probed it.
+        let mut name = None;
+        for _ in 0..300 {
+            name = std::fs::read_dir("/sys/class/net").ok().and_then(|d| {
+                let mut names: Vec<String> = d
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n != "lo")
+                    .collect();
+                names.sort();
+                names.into_iter().next()
+            });
+            if name.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let name = name
+            .ok_or("no network interface appeared (is virtio_net in the kernel or its modules?)")?;
+        // SAFETY: socket() with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh socket we own.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sin = |a: std::net::Ipv4Addr| {
+            // SAFETY: sockaddr_in is plain old data; zeroed is valid.
+            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_addr.s_addr = u32::from(a).to_be();
+            // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes).
+            unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(s) }
+        };
+        let ioctl = |req: libc::c_ulong, what: &str, ifr: &mut libc::ifreq| {
+            // SAFETY: the interface ioctls read (or fill) a valid ifreq.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), req as _, ifr as *mut libc::ifreq) } < 0 {
+                return Err(format!(
+                    "{what} on {name}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        };
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_addr = sin(ip);
+        ioctl(libc::SIOCSIFADDR as _, "setting the address", &mut ifr)?;
+        let mask = std::net::Ipv4Addr::from(u32::MAX << (32 - len));
+        ifr.ifr_ifru.ifru_netmask = sin(mask);
+        ioctl(libc::SIOCSIFNETMASK as _, "setting the netmask", &mut ifr)?;
+        ioctl(libc::SIOCGIFFLAGS as _, "reading the flags", &mut ifr)?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        ioctl(libc::SIOCSIFFLAGS as _, "bringing it up", &mut ifr)?;
+        if let Some(gw) = gw {
+            // SAFETY: rtentry is plain old data; zeroed is a valid value.
+            let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+            rt.rt_dst = sin(std::net::Ipv4Addr::UNSPECIFIED);
+            rt.rt_genmask = sin(std::net::Ipv4Addr::UNSPECIFIED);
+            rt.rt_gateway = sin(gw);
+            rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+            // SAFETY: SIOCADDRT reads a valid rtentry.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &rt) } < 0 {
+                return Err(format!(
+                    "adding the default route via {gw}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(name)
+    }
+
     /// What to start from the image, written by the lab into the
     /// initramfs: the image's entrypoint and command, environment,
     /// working directory and user, resolved on the host.
@@ -498,6 +601,7 @@ mod vm_init {
             }
         }
         let lo = loopback_up();
+        let net = network_up(&params);
         let mut r = match &exec_spec {
             Some(bytes) => exec_image(bytes),
             None => super::run_scenario(&scenario, &params, ready),
@@ -508,14 +612,28 @@ mod vm_init {
                 r.error.as_deref().unwrap_or("")
             ));
         }
-        r.data = match std::mem::take(&mut r.data) {
-            serde_json::Value::Object(mut m) => {
-                m.insert("modules_loaded".into(), serde_json::json!(modules));
-                serde_json::Value::Object(m)
+        if let Some(Err(e)) = &net {
+            r.ok = false;
+            r.error = Some(format!(
+                "{} (configuring the network: {e})",
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
+        let data = match std::mem::take(&mut r.data) {
+            serde_json::Value::Null => Some(serde_json::Map::new()),
+            serde_json::Value::Object(m) => Some(m),
+            other => {
+                r.data = other;
+                None
             }
-            serde_json::Value::Null => serde_json::json!({ "modules_loaded": modules }),
-            other => other,
         };
+        if let Some(mut m) = data {
+            m.insert("modules_loaded".into(), serde_json::json!(modules));
+            if let Some(Ok(name)) = &net {
+                m.insert("net_interface".into(), serde_json::json!(name));
+            }
+            r.data = serde_json::Value::Object(m);
+        }
         let line = r.to_line();
         // The line goes to the result page the monitor reads once the VM
         // has stopped; the console gets it only for someone watching
