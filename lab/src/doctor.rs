@@ -587,6 +587,21 @@ fn network_check(checks: &mut Vec<Check>) {
             Some("run as root on a kernel with netlink (any Linux)"),
         ),
     }
+    // A VM on the bridge: a tap from /dev/net/tun, handed to the monitor.
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun");
+    add(
+        checks,
+        "tap",
+        if tun.is_ok() { Status::Ok } else { Status::Warn },
+        match &tun {
+            Ok(_) => "--network bridge for microvm and qemu: /dev/net/tun opens (a tap per VM, virtio-net in the guest)".to_owned(),
+            Err(e) => format!("/dev/net/tun: {e}: VMs cannot join the bridge (containers can)"),
+        },
+        tun.is_err().then_some("modprobe tun (and run as root)"),
+    );
 }
 
 fn tool_checks(checks: &mut Vec<Check>) -> Option<PathBuf> {
