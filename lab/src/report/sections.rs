@@ -537,7 +537,7 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
     }
     if backends.is_empty() {
-        t = "This run has no network figures: the network scenarios are not in the default set, because they make the lab bridge on your host. Run `sudo isolab bench --backends container --scenarios net-rtt,net-stream` and then `isolab report` on that run to fill this table.\n".into();
+        t = "This run has no network figures: the network scenarios are not in the default set, because they make the lab bridge on your host. Run `sudo isolab bench --backends container,crun,microvm,qemu --scenarios net-rtt,net-stream` (the VMs run `net-rtt` only) and then `isolab report` on that run to fill this table.\n".into();
     }
     write(&out.join("network.md"), &t)?;
     Ok(Vec::new())
