@@ -114,6 +114,20 @@ impl Sha256 {
 /// The `cpu` scenario's work unit: SHA-256 over `blocks` 64-byte blocks of
 /// a fixed generated pattern, chained so no work can be skipped. Returns
 /// the final digest's first 8 bytes as a checksum the harness can verify.
+/// The index of the `p`th percentile in `len` sorted values: the agent and
+/// the bare guest pick their medians and p99s the same way.
+pub const fn percentile_index(len: usize, p: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let i = ((len - 1) * p).div_ceil(100);
+    if i < len {
+        i
+    } else {
+        len - 1
+    }
+}
+
 pub fn cpu_work(blocks: u64) -> u64 {
     let mut h = Sha256::new();
     let mut buf = [0u8; 64];

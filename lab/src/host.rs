@@ -388,22 +388,29 @@ pub fn die_with_parent(cmd: &mut Command) {
 /// Gives the child each `(fd, target)` file as its descriptor `target`
 /// (not close-on-exec there), e.g. QEMU's guest RAM as 3 and a tap as 4.
 /// Every source is first copied above the targets, so that putting one
-/// in place never overwrites another still to be placed.
+/// in place never overwrites another still to be placed. At most four:
+/// the child (forked from a process with threads) must not allocate.
 pub fn pass_fds(cmd: &mut Command, fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>) {
     use std::os::unix::process::CommandExt;
+    const MAX: usize = 4;
+    assert!(fds.len() <= MAX, "pass_fds takes at most {MAX} descriptors");
+    let n = fds.len();
+    let mut list = [(-1, -1); MAX];
+    list[..n].copy_from_slice(&fds);
     // SAFETY: runs in the forked child before exec; only fcntl and dup2
-    // on descriptors this process owns.
+    // on descriptors this process owns, on a fixed-size array (no
+    // allocation after fork).
     unsafe {
         cmd.pre_exec(move || {
-            let mut high = Vec::with_capacity(fds.len());
-            for &(fd, target) in &fds {
+            let mut high = [(-1, -1); MAX];
+            for (slot, &(fd, target)) in high.iter_mut().zip(&list[..n]) {
                 let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
                 if h < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                high.push((h, target));
+                *slot = (h, target);
             }
-            for (h, target) in high {
+            for &(h, target) in &high[..n] {
                 // dup2 clears close-on-exec on the copy.
                 if libc::dup2(h, target) < 0 {
                     return Err(std::io::Error::last_os_error());

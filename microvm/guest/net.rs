@@ -546,7 +546,7 @@ pub(crate) fn rtt_scenario(cmdline: &[u8]) -> Result<(), &'static str> {
         if n == 0 {
             0
         } else {
-            rtts[((n - 1) * p + 50) / 100]
+            rtts[kernels::percentile_index(n, p)]
         }
     };
     put("\"pings\":");

@@ -321,8 +321,7 @@ fn percentile(sorted: &[u64], p: u64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
-    let i = ((sorted.len() as u64 - 1) * p).div_ceil(100) as usize;
-    sorted[i.min(sorted.len() - 1)]
+    sorted[crate::kernels::percentile_index(sorted.len(), p as usize)]
 }
 
 /// Round trips of one 32-byte datagram to `to`; each one's time, sorted.

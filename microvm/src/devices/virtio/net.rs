@@ -324,6 +324,11 @@ pub fn net_thread(
             // The tap went away (its bridge deleted): nothing more comes.
             return;
         }
+        // The receive queue only when something is for it (a frame, new
+        // buffers, a wake): a send alone costs no read of the tap.
+        if fds[1].revents | fds[2].revents | fds[4].revents == 0 {
+            continue;
+        }
         if t.live() {
             t.notify(RXQ as u32);
         } else {
