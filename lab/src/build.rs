@@ -519,6 +519,7 @@ fn run_step(
         network: container::Network::None,
         namespaces: Default::default(),
         cgroup: home.cgroup_name(&id),
+        oci: None,
     };
     let layout = crate::backends::container::layout()?;
     let mut running = container::launch(spec, &layout)?;

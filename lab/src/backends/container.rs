@@ -204,6 +204,7 @@ fn prepare(home: &Home, opts: &InstanceSpec, stdio: Stdio) -> Result<Prepared> {
             ),
         },
         cgroup: home.cgroup_name(&id),
+        oci: None,
     };
     Ok(Prepared {
         spec,

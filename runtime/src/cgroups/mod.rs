@@ -181,6 +181,17 @@ impl Cgroup {
                 fs::write(&f, enable.trim()).map_err(io_err(&f))?;
             }
         }
+        // A nested name (an engine's container under the lab's parent for
+        // it): the levels in between delegate the controllers too.
+        let mut mid = parent.clone();
+        let levels: Vec<&str> = name.split('/').collect();
+        for level in &levels[..levels.len().saturating_sub(1)] {
+            mid.push(level);
+            if !enable.is_empty() {
+                let f = mid.join("cgroup.subtree_control");
+                fs::write(&f, enable.trim()).map_err(io_err(&f))?;
+            }
+        }
         let dir = parent.join(name);
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         self.dirs.push(("unified".into(), dir));
@@ -389,6 +400,24 @@ pub fn kill_named(layout: &CgroupLayout, name: &str) -> bool {
         }
     }
     found
+}
+
+/// The processes in the instance cgroup `name` (every hierarchy, no
+/// duplicates): `isolab-oci kill --all`.
+pub fn named_pids(layout: &CgroupLayout, name: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = parents(layout)
+        .iter()
+        .flat_map(|p| {
+            fs::read_to_string(p.join(name).join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// Removes every instance cgroup `<tag>-*` under `isolab/` whose name is

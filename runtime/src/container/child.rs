@@ -33,6 +33,12 @@ pub(super) struct ChildPlan {
     /// `Network::Join`: the namespace file, opened (close-on-exec) by the
     /// parent before the clone.
     join_netns: Option<fs::File>,
+    /// OCI mode: bind `merged` (the bundle's rootfs) instead of mounting
+    /// the overlay, and stay alive when the creator exits.
+    oci: bool,
+    /// OCI `create`: the start gate (the exec FIFO), opened `O_PATH` by
+    /// the parent; the init reopens it for writing through /proc.
+    gate: Option<OwnedFd>,
 }
 
 pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
@@ -43,6 +49,31 @@ pub(super) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
 
 impl ChildPlan {
     pub(super) fn new(spec: &Spec, launcher: Option<RawFd>) -> Result<ChildPlan, ContainerError> {
+        let merged = match &spec.oci {
+            Some(o) => o.rootfs.clone(),
+            None => spec.instance_dir.join("merged"),
+        };
+        let gate = match spec.oci.as_ref().and_then(|o| o.gate.as_ref()) {
+            Some(fifo) => {
+                let path = cstr(fifo.as_os_str().as_bytes())?;
+                // SAFETY: open with a NUL-terminated path; O_PATH opens
+                // nothing for I/O and does not block on a FIFO.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(ContainerError::Setup {
+                        stage: Stage::Exec.name().into(),
+                        message: format!(
+                            "opening the start gate {}: {}",
+                            fifo.display(),
+                            std::io::Error::last_os_error()
+                        ),
+                    });
+                }
+                // SAFETY: a fresh descriptor nothing else owns.
+                Some(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+            None => None,
+        };
         let lowers: Vec<String> = spec
             .lower_dirs
             .iter()
@@ -56,7 +87,9 @@ impl ChildPlan {
         );
 
         Ok(ChildPlan {
-            merged: cstr(spec.instance_dir.join("merged").as_os_str().as_bytes())?,
+            oci: spec.oci.is_some(),
+            gate,
+            merged: cstr(merged.as_os_str().as_bytes())?,
             overlay_opts: cstr(opts)?,
             argv: spec.argv.iter().map(cstr).collect::<Result<_, _>>()?,
             env: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
@@ -82,12 +115,17 @@ impl ChildPlan {
 pub(super) struct Reporter {
     out: fs::File,
     text: String,
+    /// Past an OCI start gate: the creator is gone, marks go nowhere and
+    /// a failure goes to the container's stderr.
+    quiet: bool,
 }
 
 impl Reporter {
     fn mark(&mut self, stage: Stage) {
-        self.text
-            .push_str(&format!("{} {}\n", stage.name(), monotonic_ns()));
+        if !self.quiet {
+            self.text
+                .push_str(&format!("{} {}\n", stage.name(), monotonic_ns()));
+        }
     }
     fn flush(&mut self) {
         let _ = self.out.write_all(self.text.as_bytes());
@@ -131,12 +169,18 @@ pub(super) fn child_main(
     let mut rep = Reporter {
         out: fs::File::from(marks_w),
         text: String::with_capacity(512),
+        quiet: false,
     };
     rep.mark(Stage::Clone);
     // Die with isolab: a SIGKILLed isolab must not leave a container (and
-    // so its mounts, which live only in its namespace) behind.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // so its mounts, which live only in its namespace) behind. An OCI
+    // engine's created container outlives `create` by design: the
+    // engine's monitor (conmon, the shim) becomes its parent and `delete`
+    // ends it.
+    if plan.gate.is_none() {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    }
     // The network is set up before the cgroup join, like the rootfs below:
     // it is the runtime's work (crun and runc, and Docker's network
     // driver, do it from outside the container's cgroup as well). A
@@ -240,6 +284,9 @@ pub(super) fn child_main(
     }
     drop(go_r);
     drop(req_w);
+    if let Some(gate) = &plan.gate {
+        wait_at_gate(&mut rep, gate);
+    }
     if let Err(e) = drop_privileges(profile, spec.user) {
         rep.fail(Stage::Seccomp, &e);
     }
@@ -307,6 +354,32 @@ pub(super) fn child_main(
     )
 }
 
+/// OCI `create`: tells the creator the container is created (which ends
+/// its `launch`), lets go of the marks pipe, and blocks opening the exec
+/// FIFO for writing until `start` opens it for reading. The privileges
+/// and the seccomp filter are applied after the gate, so the init can
+/// still open a FIFO the runtime made.
+fn wait_at_gate(rep: &mut Reporter, gate: &OwnedFd) {
+    rep.text.push_str(&format!("created {}\n", monotonic_ns()));
+    rep.flush();
+    // The creator has what it waits for; from here a failure goes to the
+    // stderr the engine gave.
+    // SAFETY: F_DUPFD_CLOEXEC on fd 2 returns a new descriptor we own.
+    let err = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+    if err >= 0 {
+        // SAFETY: a fresh descriptor nothing else owns; the old marks
+        // pipe end closes as it is replaced.
+        rep.out = unsafe { fs::File::from_raw_fd(err) };
+    }
+    rep.quiet = true;
+    let path = format!("/proc/self/fd/{}", gate.as_raw_fd());
+    let opened = fs::OpenOptions::new().write(true).open(&path);
+    match opened.and_then(|mut f| f.write_all(b"0")) {
+        Ok(()) => {}
+        Err(e) => rep.fail(Stage::Exec, &format!("waiting at the start gate: {e}")),
+    }
+}
+
 pub(super) fn m(
     src: Option<&str>,
     target: &Path,
@@ -334,6 +407,17 @@ pub(super) fn mount_rootfs(plan: &ChildPlan) -> Result<(), String> {
         none,
     )?;
     let root = PathBuf::from(std::ffi::OsStr::from_bytes(plan.merged.as_bytes()));
+    if plan.oci {
+        // The engine's rootfs, bound onto itself: pivot_root needs a mount
+        // point, and the bind lives only in this mount namespace.
+        return m(
+            Some(&root.display().to_string()),
+            &root,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        );
+    }
     let opts = plan.overlay_opts.to_str().map_err(|e| e.to_string())?;
     m(
         Some("overlay"),
@@ -808,6 +892,9 @@ pub(super) fn setup_stdio(stdio: &Stdio) -> Result<(), String> {
             dup_to(fd.as_raw_fd(), 1)?;
             dup_to(fd.as_raw_fd(), 2)
         }
+        // The engine's streams, kept as they are; the engine (conmon, the
+        // shim) owns the session.
+        Stdio::Inherit => Ok(()),
         Stdio::Pty(slave) => {
             nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
             // SAFETY: TIOCSCTTY on a pty slave fd we own.

@@ -104,7 +104,16 @@ pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, Containe
             "no entrypoint: give a command or use an image with one".into(),
         ));
     }
-    for sub in ["upper", "work", "merged"] {
+    let subs: &[&str] = if spec.oci.is_some() {
+        &[]
+    } else {
+        &["upper", "work", "merged"]
+    };
+    fs::create_dir_all(&spec.instance_dir).map_err(|source| ContainerError::InstanceDir {
+        path: spec.instance_dir.clone(),
+        source,
+    })?;
+    for sub in subs {
         let p = spec.instance_dir.join(sub);
         fs::create_dir_all(&p).map_err(|source| ContainerError::InstanceDir {
             path: p.clone(),
@@ -235,12 +244,15 @@ pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, Containe
         let message = crate::launcher::failure_message(&spec.argv[0], &message).unwrap_or(message);
         return Err(ContainerError::Setup { stage, message });
     }
-    if !marks.iter().any(|m| m.name == Stage::Exec.name()) {
+    // OCI `create` ends at the start gate, everything else at exec.
+    let gated = spec.oci.as_ref().is_some_and(|o| o.gate.is_some());
+    let last = if gated { CREATED } else { Stage::Exec.name() };
+    if !marks.iter().any(|m| m.name == last) {
         guard.child = None;
         let status = nix::sys::wait::waitpid(pid, None);
         return Err(ContainerError::Setup {
             stage: Stage::Exec.name().into(),
-            message: format!("the container's init ended before exec ({status:?})"),
+            message: format!("the container's init ended before {last} ({status:?})"),
         });
     }
     Ok(Running {
@@ -374,7 +386,33 @@ fn write_id_maps(pid: nix::unistd::Pid) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The mark an OCI `create`'s init writes at its start gate.
+pub const CREATED: &str = "created";
+
+/// A created OCI container handed over to its engine: nothing of it is
+/// undone when this process exits.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    pub pid: i32,
+    /// The container's cgroup directories (one per v1 controller, or the
+    /// v2 one), for `delete`.
+    pub cgroup_dirs: Vec<PathBuf>,
+    pub marks: Vec<Mark>,
+}
+
 impl Running {
+    /// Hands the container over (OCI `create`): it keeps running, its
+    /// cgroup and directory stay, and this process may exit; `delete`
+    /// ends and removes them later.
+    pub fn detach(mut self) -> Detached {
+        self.waited = true;
+        Detached {
+            pid: self.pid.as_raw(),
+            cgroup_dirs: self.cgroup.paths(),
+            marks: std::mem::take(&mut self.marks),
+        }
+    }
+
     /// Keep `upper/` after exit (detached instances keep their writable
     /// layer until `rm`, as Docker does).
     pub fn keep_instance_dir(&mut self, keep: bool) {
@@ -523,6 +561,7 @@ mod tests {
             network: Network::None,
             namespaces: Namespaces::default(),
             cgroup: "guard-test".into(),
+            oci: None,
         };
         let Err(e) = launch(spec, &layout) else {
             panic!("a 1 MiB memory limit must be refused");

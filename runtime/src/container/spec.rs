@@ -52,6 +52,26 @@ pub enum Stdio {
     Into(OwnedFd),
     /// A pty slave: becomes the controlling terminal, fds 0, 1 and 2.
     Pty(OwnedFd),
+    /// This process's own fds 0, 1 and 2, as they are: only for an OCI
+    /// engine calling the runtime (`isolab-oci`), which hands the runtime
+    /// the container's streams (conmon's and the shim's pipes) as runc
+    /// and crun take them.
+    Inherit,
+}
+
+/// What changes when an engine drives the runtime through the OCI command
+/// line (`isolab-oci create`/`start`) instead of the lab running a
+/// container to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciMode {
+    /// The bundle's root filesystem, prepared by the engine: bound onto
+    /// itself and pivoted into, instead of the overlay of `lower_dirs`.
+    pub rootfs: PathBuf,
+    /// `create`'s start gate: a FIFO the container's init opens for
+    /// writing once it is set up, which blocks until `start` opens it for
+    /// reading (runc's exec FIFO). [`launch`](super::launch) returns when
+    /// the init reaches the gate; None runs straight through (`run`).
+    pub gate: Option<PathBuf>,
 }
 
 /// Everything needed to start one container.
@@ -86,6 +106,10 @@ pub struct Spec {
     /// caller prefixes it with its home's tag, so `prune` in one home
     /// never touches another's).
     pub cgroup: String,
+    /// Driven by an OCI engine: the bundle's rootfs, the start gate, and
+    /// a container that outlives the process that created it (no parent
+    /// death signal). None: the lab's own containers.
+    pub oci: Option<OciMode>,
 }
 
 /// The namespaces a container gets besides mount and network (the
