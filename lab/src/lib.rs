@@ -42,6 +42,7 @@ pub mod images;
 pub mod instances;
 pub mod linux_guest;
 pub mod network;
+pub mod oci_runtime;
 pub mod probes;
 pub mod report;
 pub mod run;
