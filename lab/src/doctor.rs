@@ -472,6 +472,7 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
     // Peers.
     let mut peers = BTreeMap::new();
     for (name, program, pkg) in [
+        ("isolab-oci", "isolab-oci", "isolab"),
         ("crun", "crun", "crun"),
         ("runc", "runc", "runc"),
         ("gvisor", "runsc", "runsc"),
@@ -480,9 +481,31 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         ("docker", "dockerd", "docker.io"),
         ("qemu", "qemu-system-x86_64", "qemu-system-x86"),
     ] {
-        let found = host::peer_version(program);
-        let install = format!("apt-get install {pkg}");
+        let (found, install) = if name == "isolab-oci" {
+            // Built beside isolab, not a package.
+            let found = crate::backends::oci::ISOLAB_OCI.program().and_then(|p| {
+                let out = std::process::Command::new(&p)
+                    .arg("--version")
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let v = host::parse_version(text.lines().next()?)?;
+                Some((p, v))
+            });
+            (
+                found,
+                "cargo build --release (isolab-oci is built beside isolab)".to_owned(),
+            )
+        } else {
+            (
+                host::peer_version(program),
+                format!("apt-get install {pkg}"),
+            )
+        };
         let caveat = match name {
+            "isolab-oci" => Some(
+                "the lab's own runtime behind the OCI command line: the isolab-oci peer runs it as crun and runc are run, podman-isolab and docker-isolab have those engines drive it; cgroupfs only, no terminal, no user namespace".to_owned(),
+            ),
             "crun" if layout.mode == CgroupMode::Hybrid => Some(
                 "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned(),
             ),

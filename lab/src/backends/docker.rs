@@ -36,24 +36,45 @@ use crate::home::Home;
 /// The Engine API version asked for (Debian 12's Engine speaks 1.41).
 const API: &str = "v1.41";
 
-/// Docker Engine, through its CLI or its REST API.
+/// Docker Engine, through its CLI or its REST API; `isolab`: `docker run
+/// --runtime isolab`, the lab's own runtime registered in the lab's
+/// dockerd (`--add-runtime isolab=…/isolab-oci`) and driven by
+/// containerd's shim.
 pub struct Docker {
     api: bool,
+    isolab: bool,
 }
 
-pub static DOCKER: Docker = Docker { api: false };
-pub static DOCKER_API: Docker = Docker { api: true };
+pub static DOCKER: Docker = Docker {
+    api: false,
+    isolab: false,
+};
+pub static DOCKER_API: Docker = Docker {
+    api: true,
+    isolab: false,
+};
+pub static DOCKER_ISOLAB: Docker = Docker {
+    api: false,
+    isolab: true,
+};
+
+/// The name isolab-oci is registered under in the lab's dockerd.
+const ISOLAB_RUNTIME: &str = "isolab";
 
 impl Backend for Docker {
     fn name(&self) -> &'static str {
         if self.api {
             "docker-api"
+        } else if self.isolab {
+            "docker-isolab"
         } else {
             "docker"
         }
     }
     fn about(&self) -> &'static str {
-        if self.api {
+        if self.isolab {
+            "docker run --rm --runtime isolab: dockerd, containerd and its shim driving the lab's own runtime (isolab-oci)"
+        } else if self.api {
             "Docker Engine through its REST API (create, start, logs, wait), the lab's own dockerd"
         } else {
             "docker run --rm, as a user types it, against the lab's own dockerd"
@@ -69,6 +90,9 @@ impl Backend for Docker {
         self.api.then_some("docker")
     }
     fn available(&self) -> Result<(), Unavailable> {
+        if self.isolab {
+            super::oci::ISOLAB_OCI.available()?;
+        }
         for (p, what) in [
             ("dockerd", "the Docker Engine daemon"),
             ("docker", "the docker CLI"),
@@ -94,10 +118,10 @@ impl Backend for Docker {
         super::peer::check(self.name(), spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
-        run(home, spec, self.api)
+        run(home, spec, self)
     }
     fn prune(&self, home: &Home) -> Vec<String> {
-        if self.api {
+        if self.api || self.isolab {
             return vec![];
         }
         let mut removed = Vec::new();
@@ -224,6 +248,11 @@ fn daemon(home: &Home) -> Result<PathBuf> {
             "--ip-masq=false",
             "--storage-driver=overlay2",
         ])
+        .args(
+            super::oci::ISOLAB_OCI
+                .program()
+                .map(|p| format!("--add-runtime={ISOLAB_RUNTIME}={}", p.display())),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -450,8 +479,8 @@ fn ensure_image(home: &Home, sock: &Path, spec: &InstanceSpec) -> Result<String>
     Ok(tag)
 }
 
-fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
-    let name = if api { "docker-api" } else { "docker" };
+fn run(home: &Home, spec: &InstanceSpec, d: &Docker) -> Result<Outcome> {
+    let (name, api) = (d.name(), d.api);
     // Before the timed window: the daemon (once per process) and the image.
     let sock = daemon(home)?;
     let image = ensure_image(home, &sock, spec)?;
@@ -553,6 +582,12 @@ fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
                 "--cgroup-parent",
                 &parent,
             ])
+            .args(
+                d.isolab
+                    .then_some(["--runtime", ISOLAB_RUNTIME])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(super::podman::volume_args(&spec.volumes))
             .arg(&image)
             .args(&argv)
@@ -597,7 +632,9 @@ fn run(home: &Home, spec: &InstanceSpec, api: bool) -> Result<Outcome> {
         output,
         memory,
         host_clock: true,
-        note: if api {
+        note: if d.isolab {
+            "launch = spawn of the docker CLI with --runtime isolab (isolab-oci create/start through containerd's shim); exit = the CLI's exit; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".to_owned()
+        } else if api {
             "launch = the lab's first REST call (create); exit = the wait call's answer; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".to_owned()
         } else {
             "launch = spawn of the docker CLI; exit = the CLI's exit; ready stamped by the agent (same host clock); the daemon was started, and the image loaded, before the timed window".to_owned()

@@ -28,15 +28,18 @@ use crate::backend::Backend;
 
 /// Every backend the lab knows, in the order tables show them.
 pub fn registry() -> &'static [&'static dyn Backend] {
-    static ALL: [&dyn Backend; 11] = [
+    static ALL: [&dyn Backend; 14] = [
         &container::Container,
+        &oci::ISOLAB_OCI,
         &oci::CRUN,
         &oci::RUNC,
         &oci::GVISOR,
         &bwrap::Bwrap,
-        &podman::Podman,
+        &podman::PODMAN,
+        &podman::PODMAN_ISOLAB,
         &docker::DOCKER,
         &docker::DOCKER_API,
+        &docker::DOCKER_ISOLAB,
         &microvm::MicroVm,
         &qemu::Qemu,
         &qemu_tcg::QemuTcg,
@@ -89,13 +92,16 @@ mod tests {
             names,
             [
                 "container",
+                "isolab-oci",
                 "crun",
                 "runc",
                 "gvisor",
                 "bwrap",
                 "podman",
+                "podman-isolab",
                 "docker",
                 "docker-api",
+                "docker-isolab",
                 "microvm",
                 "qemu",
                 "qemu-tcg"
@@ -121,7 +127,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string()
-            .contains("container, crun"));
+            .contains("container, isolab-oci, crun"));
     }
 
     #[test]

@@ -36,9 +36,12 @@ use crate::home::Home;
 /// writes, run by the program of that name.
 pub struct OciPeer {
     name: &'static str,
-    /// The OCI runtime's program (and its Debian package).
+    /// The OCI runtime's program, and how to install it.
     program: &'static str,
-    package: &'static str,
+    install: &'static str,
+    /// Found beside the isolab binary first (isolab's own `isolab-oci`,
+    /// built with it), then on PATH.
+    beside_isolab: bool,
     about: &'static str,
     /// Global options before the command (gVisor's platform).
     global_args: &'static [&'static str],
@@ -56,7 +59,8 @@ pub struct OciPeer {
 pub static CRUN: OciPeer = OciPeer {
     name: "crun",
     program: "crun",
-    package: "crun",
+    install: "apt-get install crun",
+    beside_isolab: false,
     about: "crun, from an OCI bundle the lab writes",
     global_args: &[],
     hide_unified_on_hybrid: true,
@@ -66,7 +70,8 @@ pub static CRUN: OciPeer = OciPeer {
 pub static RUNC: OciPeer = OciPeer {
     name: "runc",
     program: "runc",
-    package: "runc",
+    install: "apt-get install runc",
+    beside_isolab: false,
     about: "runc, from an OCI bundle the lab writes",
     global_args: &[],
     hide_unified_on_hybrid: false,
@@ -83,7 +88,8 @@ pub static RUNC: OciPeer = OciPeer {
 pub static GVISOR: OciPeer = OciPeer {
     name: "gvisor",
     program: "runsc",
-    package: "runsc",
+    install: "apt-get install runsc",
+    beside_isolab: false,
     about: "gVisor's runsc (user-space kernel, ptrace platform), from an OCI bundle the lab writes",
     global_args: &["--platform=ptrace", "--network=none"],
     hide_unified_on_hybrid: false,
@@ -91,8 +97,32 @@ pub static GVISOR: OciPeer = OciPeer {
     bridge: false,
 };
 
+/// The lab's own runtime behind the OCI command line (`isolab-oci`),
+/// run exactly as crun and runc are: a spawned process, the same bundle,
+/// `run`. Beside `container` (the same runtime called in-process) it shows
+/// what the command line costs; it ignores the config's capabilities,
+/// seccomp and masked paths and applies its own, which are the same.
+pub static ISOLAB_OCI: OciPeer = OciPeer {
+    name: "isolab-oci",
+    program: "isolab-oci",
+    install: "cargo build --release (isolab-oci is built beside isolab)",
+    beside_isolab: true,
+    about: "isolab's own runtime as an OCI runtime binary (isolab-oci run), from the bundle crun and runc get",
+    global_args: &[],
+    hide_unified_on_hybrid: false,
+    host_clock: true,
+    bridge: true,
+};
+
 impl OciPeer {
     pub fn program(&self) -> Option<PathBuf> {
+        if self.beside_isolab {
+            let beside = crate::selfprotect::original_exe()
+                .and_then(|e| e.parent().map(|d| d.join(self.program)));
+            if let Some(p) = beside.filter(|p| p.is_file()) {
+                return Some(p);
+            }
+        }
         crate::host::which(self.program)
     }
 }
@@ -114,7 +144,7 @@ impl Backend for OciPeer {
         if self.program().is_none() {
             return Err(Unavailable {
                 reason: format!("{} is not installed", self.program),
-                install: Some(format!("apt-get install {}", self.package)),
+                install: Some(self.install.to_owned()),
             });
         }
         if !nix::unistd::geteuid().is_root() {
@@ -510,7 +540,7 @@ fn prune(home: &Home, p: &OciPeer) -> Vec<String> {
     let state_root = home.peer_state_root(peer);
     for c in fs::read_dir(&state_root).into_iter().flatten().flatten() {
         let id = c.file_name().to_string_lossy().into_owned();
-        let _ = Command::new(p.program)
+        let _ = Command::new(p.program().unwrap_or_else(|| p.program.into()))
             .args(p.global_args)
             .arg("--root")
             .arg(&state_root)
@@ -519,6 +549,8 @@ fn prune(home: &Home, p: &OciPeer) -> Vec<String> {
         let _ = fs::remove_dir_all(c.path());
         removed.push(format!("{peer} container {id}"));
     }
+    // The state root itself, once empty.
+    let _ = fs::remove_dir(&state_root);
     removed.extend(super::peer::prune_bundles(home, &format!("isolab-{peer}-")));
     removed
 }

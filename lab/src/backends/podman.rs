@@ -31,15 +31,31 @@ use crate::home::Home;
 
 const PROGRAM: &str = "podman";
 
-/// `podman run --rootfs`, as the lab runs it.
-pub struct Podman;
+/// `podman run --rootfs`, as the lab runs it: with the host's runtime
+/// (crun, or runc where crun refuses the cgroup layout), or with isolab's
+/// own `isolab-oci` (`podman --runtime`), the proof that the lab's runtime
+/// is an OCI runtime an engine can drive.
+pub struct Podman {
+    isolab: bool,
+}
+
+pub static PODMAN: Podman = Podman { isolab: false };
+pub static PODMAN_ISOLAB: Podman = Podman { isolab: true };
 
 impl Backend for Podman {
     fn name(&self) -> &'static str {
-        "podman"
+        if self.isolab {
+            "podman-isolab"
+        } else {
+            "podman"
+        }
     }
     fn about(&self) -> &'static str {
-        "podman run --rootfs (daemonless: podman → conmon → OCI runtime), with podman's defaults"
+        if self.isolab {
+            "podman run --rootfs --runtime isolab-oci: podman and conmon driving the lab's own runtime"
+        } else {
+            "podman run --rootfs (daemonless: podman → conmon → OCI runtime), with podman's defaults"
+        }
     }
     fn kind(&self) -> Kind {
         Kind::Container
@@ -54,6 +70,9 @@ impl Backend for Podman {
                 install: Some("apt-get install podman".into()),
             });
         }
+        if self.isolab {
+            super::oci::ISOLAB_OCI.available()?;
+        }
         if !nix::unistd::geteuid().is_root() {
             return Err(Unavailable {
                 reason: "the podman peer needs root here (the image's overlay and the cgroup): run it with sudo".into(),
@@ -63,12 +82,16 @@ impl Backend for Podman {
         Ok(())
     }
     fn check(&self, spec: &InstanceSpec, attach: Attach) -> Result<()> {
-        super::peer::check("podman", spec, attach)
+        super::peer::check(self.name(), spec, attach)
     }
     fn run(&self, home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
-        run(home, spec)
+        run(home, spec, self)
     }
     fn prune(&self, home: &Home) -> Vec<String> {
+        if self.isolab {
+            // The storage and the bundles are the podman peer's.
+            return vec![];
+        }
         let mut removed = Vec::new();
         let (root, runroot) = storage(home);
         if root.exists() {
@@ -132,12 +155,11 @@ pub fn ulimits() -> Vec<String> {
     ]
 }
 
-fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
+fn run(home: &Home, spec: &InstanceSpec, p: &Podman) -> Result<Outcome> {
     let program = crate::host::which(PROGRAM).ok_or_else(|| {
         anyhow!(
             "{}",
-            Podman
-                .available()
+            p.available()
                 .err()
                 .map(|u| u.sentence())
                 .unwrap_or_default()
@@ -145,18 +167,24 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
     })?;
     let layout = super::container::layout()?;
     // crun 1.8 refuses the hybrid layout; runc does not.
-    let runtime = if layout.mode == CgroupMode::Hybrid {
-        "runc"
+    let runtime = if p.isolab {
+        super::oci::ISOLAB_OCI
+            .program()
+            .ok_or_else(|| anyhow!("isolab-oci vanished"))?
+            .display()
+            .to_string()
+    } else if layout.mode == CgroupMode::Hybrid {
+        "runc".to_owned()
     } else {
-        "crun"
+        "crun".to_owned()
     };
-    let id = format!("isolab-podman-{}", crate::instances::new_id());
+    let id = format!("isolab-{}-{}", p.name(), crate::instances::new_id());
     let b = super::oci::bundle(home, spec, &id)?;
     let cgroup = MonitorCgroup::with_limits(home, &id, &spec.limits)?;
     let parent = format!("/{PARENT}/{}", home.cgroup_name(&id));
     let mut cmd = Command::new(&program);
     crate::host::in_host_mount_namespace(&mut cmd);
-    cmd.args(global_args(home, runtime))
+    cmd.args(global_args(home, &runtime))
         .args([
             "run",
             "--rm",
@@ -217,7 +245,7 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         memory.insert("instance_cgroup_peak".to_owned(), p);
     }
     super::peer::Finished {
-        name: "podman",
+        name: p.name(),
         spec,
         id,
         launch,
@@ -227,7 +255,8 @@ fn run(home: &Home, spec: &InstanceSpec) -> Result<Outcome> {
         memory,
         host_clock: true,
         note: format!(
-        "launch = spawn of podman; ready stamped by the agent (same host clock); podman ran {runtime} through conmon{}, with rlimits at or below the host's (root here cannot raise them)",
+        "launch = spawn of podman; ready stamped by the agent (same host clock); podman ran {} through conmon{}, with rlimits at or below the host's (root here cannot raise them)",
+        if p.isolab { "isolab-oci (--runtime)" } else { runtime.as_str() },
         if runtime == "runc" {
             " (its default crun 1.8 refuses this hybrid cgroup layout)"
         } else {
