@@ -519,8 +519,15 @@ fn prepare(g: &Globals, id: &str, o: &CreateOptions) -> Result<(Config, PathBuf)
         )
     })?;
     crate::selfprotect::ensure_protected()?;
-    fs::create_dir_all(&g.root)
-        .with_context(|| format!("creating the state root {}", g.root.display()))?;
+    if !g.root.exists() {
+        // Only root reads containers' state (runc's root is 0700 too).
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&g.root)
+            .with_context(|| format!("creating the state root {}", g.root.display()))?;
+    }
     Ok((cfg, bundle))
 }
 
