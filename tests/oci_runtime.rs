@@ -75,6 +75,20 @@ fn detached(mut c: Command, out: &Path) -> Output {
     }
 }
 
+/// Force-deletes whatever is left in a state root, however a test ends
+/// (a failed assertion must not leave a container held at its gate).
+struct Sweep(PathBuf);
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = oci(&self.0)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .output();
+        }
+    }
+}
+
 fn ok(o: &Output, what: &str) {
     assert!(o.status.success(), "{what}: {}", stderr(o));
 }
@@ -122,6 +136,7 @@ fn isolab_oci_walks_the_oci_lifecycle_and_leaves_nothing() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("state");
+    let _sweep = Sweep(root.clone());
     let b = make_bundle(
         &tmp.path().join("b"),
         "echo started > /out/mark; echo to-stdout; exec sleep 1000",
@@ -303,6 +318,17 @@ fn isolab_oci_refuses_bad_input_in_one_sentence_and_leaves_nothing() {
             vec![
                 "create".into(),
                 "-b".into(),
+                tty.display().to_string(),
+                "--console-socket".into(),
+                "/nonexistent-isolab.sock".into(),
+                "t8".into(),
+            ],
+            "cannot be reached",
+        ),
+        (
+            vec![
+                "create".into(),
+                "-b".into(),
                 userns.display().to_string(),
                 "t3".into(),
             ],
@@ -360,17 +386,23 @@ fn isolab_oci_refuses_bad_input_in_one_sentence_and_leaves_nothing() {
             "not a signal",
         ),
         (vec!["start".into(), "nope".into()], "does not exist"),
+        (
+            vec!["exec".into(), "nope".into()],
+            "does not implement `exec`",
+        ),
     ];
+    // A case wrongly accepted would leave a container held at its gate.
+    let _sweep = Sweep(root.clone());
     for (args, needle) in cases {
         let log = tmp.path().join("log.json");
         let _ = std::fs::remove_file(&log);
-        let o = oci(&root)
-            .arg("--log")
+        // Streams into files: a container would hold pipes open.
+        let mut c = oci(&root);
+        c.arg("--log")
             .arg(&log)
             .args(["--log-format", "json"])
-            .args(&args)
-            .output()
-            .unwrap();
+            .args(&args);
+        let o = detached(c, &tmp.path().join("case.out"));
         let err = stderr(&o);
         assert!(!o.status.success(), "{args:?} accepted");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -389,7 +421,7 @@ fn isolab_oci_refuses_bad_input_in_one_sentence_and_leaves_nothing() {
             .flatten()
             .collect();
         assert!(left.is_empty(), "{args:?} left {left:?}");
-        for id in ["t1", "t2", "t3", "t4", "t5", "t6", "t7"] {
+        for id in ["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8"] {
             for d in cgroup_dirs(id) {
                 assert!(!d.exists(), "{args:?} left {}", d.display());
             }
@@ -431,6 +463,49 @@ fn podman_and_docker_drive_isolab_oci_and_its_probes_match_the_labs_own() {
         || !require("dockerd (apt-get install docker.io)", has("dockerd"))
     {
         return;
+    }
+    // podman as a user types it, with a terminal: conmon receives the
+    // pty's master over --console-socket and relays it.
+    if busybox().is_some() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = make_bundle(&tmp.path().join("b"), "unused", |_| {});
+        let o = Command::new("podman")
+            .arg("--root")
+            .arg(tmp.path().join("storage"))
+            .arg("--runroot")
+            .arg(tmp.path().join("run"))
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+                "--runtime",
+            ])
+            .arg(env!("CARGO_BIN_EXE_isolab-oci"))
+            .args(["run", "--rm", "-t", "--network", "none"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .arg("--rootfs")
+            .arg(b.join("rootfs"))
+            .args([
+                "/bin/sh",
+                "-c",
+                "[ -t 0 ] && [ -t 1 ] && echo tty-yes; exit 3",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).contains("tty-yes"),
+            "{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
     }
     let home = home();
     for backend in ["isolab-oci", "podman-isolab", "docker-isolab"] {
@@ -496,4 +571,52 @@ fn podman_and_docker_drive_isolab_oci_and_its_probes_match_the_labs_own() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("isolab-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// CVE-2019-5736 through an engine: a created-then-started container
+/// whose program leads back to `/proc/self/exe` finds the sealed launcher
+/// there, not the host's isolab-oci, and isolab-oci's file is unchanged.
+#[test]
+fn a_program_leading_back_to_proc_self_exe_cannot_reach_isolab_oci() {
+    if !require("root", is_root())
+        || !require(
+            "busybox (apt-get install busybox-static)",
+            busybox().is_some(),
+        )
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let _sweep = Sweep(root.clone());
+    let b = make_bundle(&tmp.path().join("b"), "unused", |c| {
+        c["process"]["args"] = serde_json::json!(["/evil"])
+    });
+    let evil = b.join("rootfs/evil");
+    std::fs::write(&evil, "#!/proc/self/exe\n").unwrap();
+    std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_isolab-oci"));
+    let before = std::fs::read(&exe).unwrap();
+    let id = format!("oci-evil-{}", std::process::id());
+    let out = tmp.path().join("evil.out");
+    let mut c = oci(&root);
+    c.args(["create", "-b"]).arg(&b).arg(&id);
+    ok(&detached(c, &out), "create");
+    ok(&oci(&root).args(["start", &id]).output().unwrap(), "start");
+    wait_for("the program to end", || {
+        state(&root, &id)["status"] == "stopped"
+    });
+    let err = std::fs::read_to_string(out.with_extension("err")).unwrap();
+    assert!(
+        err.contains("the launcher was started without isolab's report pipe: refusing"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&exe).unwrap() == before,
+        "isolab-oci's binary changed"
+    );
+    ok(
+        &oci(&root).args(["delete", &id]).output().unwrap(),
+        "delete",
+    );
 }

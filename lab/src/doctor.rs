@@ -504,7 +504,7 @@ fn peer_checks(checks: &mut Vec<Check>, layout: &CgroupLayout) -> BTreeMap<Strin
         };
         let caveat = match name {
             "isolab-oci" => Some(
-                "the lab's own runtime behind the OCI command line: the isolab-oci peer runs it as crun and runc are run, podman-isolab and docker-isolab have those engines drive it; cgroupfs only, no terminal, no user namespace".to_owned(),
+                "the lab's own runtime behind the OCI command line: the isolab-oci peer runs it as crun and runc are run, podman-isolab and docker-isolab have those engines drive it; cgroupfs only, no user namespace".to_owned(),
             ),
             "crun" if layout.mode == CgroupMode::Hybrid => Some(
                 "crun 1.8 refuses hybrid cgroups; isolab runs it in a private mount namespace with the cgroup2 mount hidden, so it sees pure v1".to_owned(),

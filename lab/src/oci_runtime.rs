@@ -12,7 +12,8 @@
 //! ```
 //!
 //! What the runtime takes from `config.json`: `process` (args, env, cwd,
-//! uid and gid, `terminal: false`), `root.path`, `hostname`, the
+//! uid and gid, `terminal` with the engine's `--console-socket`),
+//! `root.path`, `hostname`, the
 //! namespaces (a `network` with a `path` is joined; one without makes the
 //! container's own with `lo` only; none at all shares the host's),
 //! `linux.resources` (memory, pids, CPU quota), bind mounts, and the
@@ -22,7 +23,7 @@
 //! runtime's, not the engine's: the capability set, the seccomp filter,
 //! masked and read-only paths, `no_new_privs`, the rlimits, `/proc`,
 //! `/dev` and `/sys`. It refuses, in one sentence, what it cannot honour:
-//! a terminal, a user namespace, joining an existing pid/ipc/uts
+//! a user namespace, joining an existing pid/ipc/uts
 //! namespace, a read-only root, the systemd cgroup driver.
 //!
 //! The container's cgroup hangs under the lab's parent, `isolab/`, in
@@ -143,13 +144,18 @@ pub fn container_spec(
     id: &str,
     state_dir: &Path,
     gate: Option<PathBuf>,
+    terminal: Option<OwnedFd>,
 ) -> Result<container::Spec> {
     let process = cfg
         .process()
         .as_ref()
         .ok_or_else(|| anyhow!("the bundle's config.json has no process: give process.args"))?;
-    if process.terminal().unwrap_or(false) {
-        bail!("isolab-oci does not give containers a terminal yet: run without -t (process.terminal false)");
+    let wants_terminal = process.terminal().unwrap_or(false);
+    if wants_terminal && terminal.is_none() {
+        bail!("process.terminal is true but no --console-socket was given: give the socket that receives the terminal, or set terminal false");
+    }
+    if !wants_terminal && terminal.is_some() {
+        bail!("--console-socket was given but process.terminal is false: drop the socket or set terminal true");
     }
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
@@ -303,7 +309,10 @@ pub fn container_spec(
         limits,
         userns: false,
         seccomp: true,
-        stdio: Stdio::Inherit,
+        stdio: match terminal {
+            Some(slave) => Stdio::Pty(slave),
+            None => Stdio::Inherit,
+        },
         volumes,
         network,
         namespaces,
@@ -499,9 +508,6 @@ impl Drop for StateGuard {
 
 fn prepare(g: &Globals, id: &str, o: &CreateOptions) -> Result<(Config, PathBuf)> {
     check_id(id)?;
-    if o.console_socket.is_some() {
-        bail!("isolab-oci does not give containers a terminal yet: run without -t (no --console-socket)");
-    }
     if o.preserve_fds > 0 {
         bail!("isolab-oci does not pass extra descriptors yet: drop --preserve-fds");
     }
@@ -550,7 +556,19 @@ pub fn create(g: &Globals, id: &str, o: &CreateOptions) -> Result<()> {
     let gate = dir.join(GATE);
     nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .with_context(|| format!("making the start gate {}", gate.display()))?;
-    let spec = container_spec(&cfg, &bundle, id, &dir, Some(gate))?;
+    let wants_terminal = cfg
+        .process()
+        .as_ref()
+        .is_some_and(|p| p.terminal().unwrap_or(false));
+    let terminal = match &o.console_socket {
+        Some(sock) if wants_terminal => Some(console(
+            sock,
+            cfg.process().as_ref().and_then(|p| p.console_size()),
+        )?),
+        Some(_) => bail!("--console-socket was given but process.terminal is false: drop the socket or set terminal true"),
+        None => None,
+    };
+    let spec = container_spec(&cfg, &bundle, id, &dir, Some(gate), terminal)?;
     let rootfs = spec
         .oci
         .as_ref()
@@ -596,6 +614,42 @@ pub fn create(g: &Globals, id: &str, o: &CreateOptions) -> Result<()> {
     }
     guard.0 = None;
     Ok(())
+}
+
+/// The container's terminal: a new pty whose master goes to the engine
+/// over `socket` (`SCM_RIGHTS`, as runc sends it; conmon and the shim
+/// relay it), sized as the config asks. Returns the slave, which becomes
+/// the container's controlling terminal and fds 0, 1 and 2.
+fn console(socket: &Path, size: Option<oci_spec::runtime::Box>) -> Result<OwnedFd> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let pty = nix::pty::openpty(None, None).context("opening a pty for the container")?;
+    if let Some(b) = size {
+        let ws = libc::winsize {
+            ws_row: b.height() as u16,
+            ws_col: b.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on a pty master we own, with a winsize.
+        unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow!(
+            "the console socket {} cannot be reached ({e}): give the engine's listening socket",
+            socket.display()
+        )
+    })?;
+    let fds = [pty.master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"/dev/ptmx")];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .with_context(|| format!("sending the terminal to {}", socket.display()))?;
+    Ok(pty.slave)
 }
 
 /// Kills what is left of a container and removes its cgroup.
@@ -797,7 +851,10 @@ pub fn run(g: &Globals, id: &str, o: &CreateOptions) -> Result<i32> {
     {
         bail!("isolab-oci run does not run hooks: use create and start");
     }
-    let spec = container_spec(&cfg, &bundle, id, &dir, None)?;
+    if o.console_socket.is_some() {
+        bail!("isolab-oci run keeps the caller's streams: drop --console-socket, or use create and start");
+    }
+    let spec = container_spec(&cfg, &bundle, id, &dir, None, None)?;
     let layout = crate::backends::container::layout()?;
     let running = container::launch(spec, &layout).map_err(|e| anyhow!("{e}"))?;
     if let Some(p) = &o.pid_file {
@@ -871,7 +928,14 @@ mod tests {
 
     fn spec_of(v: serde_json::Value) -> Result<container::Spec> {
         let (dir, cfg) = bundle(v);
-        container_spec(&cfg, dir.path(), "c1", &dir.path().join("state"), None)
+        container_spec(
+            &cfg,
+            dir.path(),
+            "c1",
+            &dir.path().join("state"),
+            None,
+            None,
+        )
     }
 
     #[test]
@@ -931,7 +995,7 @@ mod tests {
             (
                 "terminal",
                 Box::new(|v| v["process"]["terminal"] = true.into()),
-                "terminal",
+                "--console-socket",
             ),
             (
                 "no args",

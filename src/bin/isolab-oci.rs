@@ -43,7 +43,7 @@ struct CreateArgs {
     /// Write the container's init pid here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
-    /// A terminal's socket: refused (no terminal support yet).
+    /// Where to send the container's terminal (process.terminal true).
     #[arg(long)]
     console_socket: Option<PathBuf>,
     /// Extra descriptors to pass: only 0 is taken.
@@ -95,6 +95,10 @@ enum Command {
     Features,
     /// Create and start a container, and wait for it.
     Run(CreateArgs),
+    /// Any other runtime command (exec, pause, update, ps, …): refused in
+    /// one sentence.
+    #[command(external_subcommand)]
+    Other(Vec<String>),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +139,10 @@ fn go(cli: &Cli, g: &Globals) -> anyhow::Result<u8> {
         Command::Kill { all, id, signal } => oci::kill(g, id, oci::parse_signal(signal)?, *all)?,
         Command::Delete { force, id } => oci::delete(g, id, *force)?,
         Command::Features => println!("{}", serde_json::to_string_pretty(&oci::features())?),
+        Command::Other(words) => anyhow::bail!(
+            "isolab-oci does not implement `{}` yet: it implements create, start, state, kill, delete, features and run",
+            words.first().map(String::as_str).unwrap_or("")
+        ),
         Command::Run(a) => {
             let code = oci::run(g, &a.id, &a.options())?;
             return Ok(code.clamp(0, 255) as u8);
