@@ -93,6 +93,19 @@ fn fixture_run(dir: &Path) {
                 i,
             );
         }
+        // The bare guest's UDP stream, QEMU beside the monitor.
+        for (b, rtt, stream) in [("microvm", 29e3, 2.1e8), ("qemu", 32e3, 1.9e8)] {
+            push(b, "net-rtt", "net.udp_rtt_p50", "ns", rtt + j, i);
+            push(b, "net-rtt", "net.udp_rtt_p99", "ns", 2.0 * rtt + j, i);
+            push(
+                b,
+                "net-stream",
+                "net.udp_stream",
+                "bytes_per_s",
+                stream + j,
+                i,
+            );
+        }
         push(
             "container",
             "idle",
@@ -274,6 +287,12 @@ fn report_writes_tables_charts_and_numbers() {
     // The networks table: each runtime's RTT beside its loopback floor.
     let net = std::fs::read_to_string(gen.join("network.md")).unwrap();
     assert!(net.contains("| crun | 6.3 | 12.6 | 5.0 | 1.26 |"), "{net}");
+    // The bare guest's stream is marked UDP, QEMU's set beside the monitor.
+    assert!(
+        net.contains("| 200 UDP |") || net.contains("200 UDP |"),
+        "{net}"
+    );
+    assert!(net.contains("181 UDP; 0.90"), "{net}");
     // The headline is ratios measured side by side, never "n/a".
     let head = std::fs::read_to_string(gen.join("headline.md")).unwrap();
     assert!(

@@ -591,6 +591,39 @@ fn both_monitors_put_the_bare_guest_on_the_bridge_with_virtio_net_and_leave_noth
         };
         let (p50, p99) = (metric("net.udp_rtt_p50"), metric("net.udp_rtt_p99"));
         assert!(p50 > 0.0 && p99 >= p50, "{backend}: p50 {p50} p99 {p99}");
+        // net-stream: 4 MiB over UDP in windows, every datagram counted.
+        let o = ns.isolab(
+            h,
+            &[
+                "run",
+                "--json",
+                "--backend",
+                backend,
+                "--network",
+                "bridge",
+                "--scenario",
+                "net-stream",
+                "--param",
+                "mib=4",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&ok(&o, backend)).unwrap();
+        let data = &v["result"]["data"];
+        let got = data["stream_datagrams"].as_u64().unwrap_or(0);
+        let lost = data["stream_lost"].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(got + lost, (4u64 << 20).div_ceil(1472), "{backend}: {v}");
+        assert!(lost * 100 <= got, "{backend}: at most 1% lost: {v}");
+        assert_eq!(
+            data["stream_bytes"].as_u64(),
+            Some(got * 1472),
+            "{backend}: {v}"
+        );
+        let stream = v["result"]["metrics"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == "net.udp_stream"))
+            .and_then(|m| m["value"].as_f64())
+            .unwrap_or(0.0);
+        assert!(stream > 0.0, "{backend}: {v}");
     }
     // net-echo under our monitor, with a published port: ping, UDP echo
     // through the proxy (loopback), through DNAT (the gateway address)

@@ -252,8 +252,8 @@ pub const CATALOG: &[Scenario] = &[
     },
     Scenario {
         name: name::NET_STREAM,
-        about: "one-way TCP throughput from the host into the instance over its network, beside the same over the instance's own loopback",
-        guests: AGENT,
+        about: "one-way throughput from the host into the instance over its network: TCP for the agent, beside the same over the instance's own loopback; UDP in windows for the bare guest, which has no TCP (and no loopback)",
+        guests: BOTH,
         bench_default: false,
         benchable: true,
         params: &[
@@ -263,6 +263,7 @@ pub const CATALOG: &[Scenario] = &[
         metrics: &[
             m("net.tcp_stream", "bytes_per_s"),
             m("net.tcp_stream_loopback", "bytes_per_s"),
+            m("net.udp_stream", "bytes_per_s"),
         ],
     },
     Scenario {

@@ -111,9 +111,6 @@ impl Sha256 {
     }
 }
 
-/// The `cpu` scenario's work unit: SHA-256 over `blocks` 64-byte blocks of
-/// a fixed generated pattern, chained so no work can be skipped. Returns
-/// the final digest's first 8 bytes as a checksum the harness can verify.
 /// The index of the `p`th percentile in `len` sorted values: the agent and
 /// the bare guest pick their medians and p99s the same way.
 pub const fn percentile_index(len: usize, p: usize) -> usize {
@@ -128,6 +125,33 @@ pub const fn percentile_index(len: usize, p: usize) -> usize {
     }
 }
 
+/// `net-stream` over UDP (the bare guest, which has no TCP): a request
+/// to the host's server is this magic, a little-endian `u32` window and a
+/// `u64` first sequence number; the server answers with `window`
+/// datagrams of [`STREAM_DATAGRAM`] bytes, each starting with its
+/// sequence number (little endian).
+pub const STREAM_MAGIC: [u8; 8] = *b"isostrm1";
+/// A stream datagram's payload: the most one 1514-byte Ethernet frame
+/// carries (1500 − 20 IPv4 − 8 UDP).
+pub const STREAM_DATAGRAM: usize = 1472;
+/// The largest window the server sends for one request.
+pub const STREAM_MAX_WINDOW: u32 = 64;
+
+/// A stream request's window (capped at [`STREAM_MAX_WINDOW`]) and first
+/// sequence number, or None if `b` is not one.
+pub fn stream_request(b: &[u8]) -> Option<(u32, u64)> {
+    if b.len() < 20 || b[..8] != STREAM_MAGIC {
+        return None;
+    }
+    let window = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&b[12..20]);
+    Some((window.min(STREAM_MAX_WINDOW), u64::from_le_bytes(seq)))
+}
+
+/// The `cpu` scenario's work unit: SHA-256 over `blocks` 64-byte blocks of
+/// a fixed generated pattern, chained so no work can be skipped. Returns
+/// the final digest's first 8 bytes as a checksum the harness can verify.
 pub fn cpu_work(blocks: u64) -> u64 {
     let mut h = Sha256::new();
     let mut buf = [0u8; 64];
@@ -193,6 +217,24 @@ mod tests {
 
     fn hex(d: &[u8]) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn stream_requests_parse_and_their_window_is_capped() {
+        let mut b = [0u8; 20];
+        b[..8].copy_from_slice(&STREAM_MAGIC);
+        b[8..12].copy_from_slice(&32u32.to_le_bytes());
+        b[12..20].copy_from_slice(&77u64.to_le_bytes());
+        assert_eq!(stream_request(&b), Some((32, 77)));
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(stream_request(&b), Some((STREAM_MAX_WINDOW, 77)));
+        assert_eq!(stream_request(&b[..19]), None, "too short");
+        b[0] = b'X';
+        assert_eq!(stream_request(&b), None, "no magic");
+        // An agent's ping (its sequence number first) is never a request.
+        let mut ping = [0u8; 32];
+        ping[..8].copy_from_slice(&5u64.to_le_bytes());
+        assert_eq!(stream_request(&ping), None);
     }
 
     #[test]

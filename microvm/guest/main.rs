@@ -482,10 +482,11 @@ extern "C" fn workload(_: u64) -> ! {
         // Reads its virtio-blk disk end to end (or `isolab.kib`) by
         // polling, as a driver with no interrupts must: the monitor's
         // device model, exercised by a guest.
-        sc::DISK_READ | sc::NET_RTT | sc::NET_ECHO => {
+        sc::DISK_READ | sc::NET_RTT | sc::NET_STREAM | sc::NET_ECHO => {
             let run = match core::str::from_utf8(scenario).unwrap_or("") {
                 sc::DISK_READ => disk_scenario,
                 sc::NET_RTT => net::rtt_scenario,
+                sc::NET_STREAM => net::stream_scenario,
                 _ => net::echo_scenario,
             };
             if let Err(e) = run(params.cmdline) {

@@ -1,8 +1,9 @@
 //! A polling virtio-net driver (virtio 1.x §5.1, MMIO transport) and just
 //! enough Ethernet, ARP, IPv4, ICMP and UDP for the bare guest's network
 //! scenarios: `net-rtt` (UDP round trips to the host's echo server, as the
-//! agent's are) and `net-echo` (answer ARP, ping and UDP echo on port 7
-//! until a datagram "stop" comes).
+//! agent's are), `net-stream` (UDP from the host's server into the guest,
+//! a window of datagrams per request) and `net-echo` (answer ARP, ping
+//! and UDP echo on port 7 until a datagram "stop" comes).
 //!
 //! Written from the spec and the RFCs, not from the monitor's device: it
 //! checks the device rather than agreeing with it. Nothing is taken by
@@ -12,7 +13,8 @@
 use super::disk::{mmio_r32, mmio_w32, peek_volatile, poke, setup_queue};
 use super::*;
 
-const QSZ: u16 = 8;
+/// Receive buffers (and queue size): also `net-stream`'s window.
+const QSZ: u16 = 32;
 const BUF: usize = 2048;
 const HDR: usize = 12;
 const DESC_F_WRITE: u16 = 2;
@@ -143,6 +145,9 @@ struct Nic {
     pings_answered: u64,
     echoes: u64,
     stop: bool,
+    /// `net-stream`: receive buffers go back without a notify; the
+    /// scenario notifies once per window.
+    batch_rx: bool,
 }
 
 impl Nic {
@@ -196,6 +201,7 @@ impl Nic {
             pings_answered: 0,
             echoes: 0,
             stop: false,
+            batch_rx: false,
         };
         let rx = core::ptr::addr_of!(RXQ_MEM) as u64;
         let bufs = core::ptr::addr_of!(RX_BUFS) as u64;
@@ -357,7 +363,7 @@ impl Nic {
             return Ok(None);
         };
         let r = self.handle(f);
-        self.post_rx(id, true);
+        self.post_rx(id, !self.batch_rx);
         r
     }
 
@@ -491,14 +497,7 @@ pub(crate) fn rtt_scenario(cmdline: &[u8]) -> Result<(), &'static str> {
     if pings == 0 || pings > MAX_PINGS as u64 {
         return Err("isolab.pings must be 1 to 8192");
     }
-    let hop = if same_subnet(peer, nic.ip, len) {
-        peer
-    } else {
-        arg(cmdline, b"isolab.gw")
-            .and_then(parse_ip)
-            .map(|g| g.0)
-            .ok_or("the peer is off-link: give isolab.gw=A.B.C.D")?
-    };
+    let hop = next_hop(cmdline, &nic, len, peer)?;
     let mac = nic.resolve(hop)?;
     let mut lost = 0u64;
     let mut n = 0usize;
@@ -557,6 +556,99 @@ pub(crate) fn rtt_scenario(cmdline: &[u8]) -> Result<(), &'static str> {
     put_u64(pct(50));
     put(",\"rtt_p99_cycles\":");
     put_u64(pct(99));
+    put(",");
+    counters(&nic);
+    Ok(())
+}
+
+/// The peer's hop: the peer itself on our subnet, else `isolab.gw`.
+fn next_hop(cmdline: &[u8], nic: &Nic, len: u8, peer: [u8; 4]) -> Result<[u8; 4], &'static str> {
+    if same_subnet(peer, nic.ip, len) {
+        return Ok(peer);
+    }
+    arg(cmdline, b"isolab.gw")
+        .and_then(parse_ip)
+        .map(|g| g.0)
+        .ok_or("the peer is off-link: give isolab.gw=A.B.C.D")
+}
+
+/// `net-stream`: `isolab.mib` MiB from the host's server into the guest
+/// over UDP (the bare guest has no TCP). Each request — the magic
+/// [`kernels::STREAM_MAGIC`], a window and the first sequence number —
+/// brings a window of [`kernels::STREAM_DATAGRAM`]-byte datagrams, one per
+/// receive buffer, so none waits for a buffer: the window is the flow
+/// control TCP would give. Buffers go back without a notify, and one
+/// notify per window tells the device. A window's missing datagrams are
+/// counted lost after a short wait; more than 1 % is an error. Timed with
+/// the TSC from the first request to the last datagram, after one
+/// unmeasured window.
+pub(crate) fn stream_scenario(cmdline: &[u8]) -> Result<(), &'static str> {
+    let (mut nic, len) = open(cmdline)?;
+    let (peer, port) = arg(cmdline, b"isolab.peer").and_then(parse_peer).ok_or(
+        "no isolab.peer=IP:PORT, the host's stream server (isolab sets it with --network bridge)",
+    )?;
+    let mib = arg_u64(cmdline, b"isolab.mib", 64);
+    if mib == 0 || mib > 4096 {
+        return Err("isolab.mib must be 1 to 4096");
+    }
+    let hop = next_hop(cmdline, &nic, len, peer)?;
+    let mac = nic.resolve(hop)?;
+    let size = kernels::STREAM_DATAGRAM as u64;
+    let total = (mib << 20).div_ceil(size);
+    let window = QSZ as u64;
+    nic.batch_rx = true;
+    let (mut got, mut lost, mut bytes) = (0u64, 0u64, 0u64);
+    let mut t0 = 0u64;
+    let mut t1 = 0u64;
+    let mut seq = 0u64;
+    mark(ports::MARK_WORK_START);
+    // The first window is unmeasured (ARP caches, the server's thread).
+    while seq < total + window {
+        let want = window.min(total + window - seq);
+        let f = Nic::tx_frame();
+        f[42..50].copy_from_slice(&kernels::STREAM_MAGIC);
+        f[50..54].copy_from_slice(&(want as u32).to_le_bytes());
+        f[54..62].copy_from_slice(&seq.to_le_bytes());
+        if seq == window {
+            t0 = rdtsc();
+        }
+        // All buffers are posted: tell the device once for the window.
+        mmio_w32(nic.base + 0x50, 0);
+        nic.udp(mac, peer, OUR_PORT, port, 20)?;
+        let start = rdtsc();
+        let mut n = 0u64;
+        while n < want && rdtsc().wrapping_sub(start) < WAIT_CYCLES / 16 {
+            if let Some(u) = nic.service()? {
+                let s = u64::from_le_bytes(u.head);
+                if u.from == peer && u.from_port == port && (seq..seq + want).contains(&s) {
+                    n += 1;
+                    if seq >= window {
+                        bytes += size;
+                    }
+                }
+            }
+        }
+        if seq >= window {
+            t1 = rdtsc();
+            got += n;
+            lost += want - n;
+            if lost * 100 > total.max(100) {
+                nic.batch_rx = false;
+                return Err("more than 1% of the stream's datagrams were lost");
+            }
+        }
+        seq += want;
+    }
+    mark(ports::MARK_WORK_END);
+    nic.batch_rx = false;
+    put("\"stream_datagrams\":");
+    put_u64(got);
+    put(",\"stream_lost\":");
+    put_u64(lost);
+    put(",\"stream_bytes\":");
+    put_u64(bytes);
+    put(",\"stream_cycles\":");
+    put_u64(t1.wrapping_sub(t0));
     put(",");
     counters(&nic);
     Ok(())

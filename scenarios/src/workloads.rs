@@ -227,7 +227,9 @@ pub fn net_loopback(round_trips: u64, bulk_mib: u64) -> std::io::Result<Vec<Metr
 /// The host side of `net-rtt` and `net-stream`, and their loopback floor
 /// inside the instance: a UDP echo server and a TCP source on one port.
 /// A TCP client sends the number of MiB it wants (8 bytes, little endian;
-/// at most 4096) and reads them until the server closes.
+/// at most 4096) and reads them until the server closes. A UDP datagram
+/// that is a stream request (`kernels::stream_request`) gets its window of
+/// datagrams instead of an echo (the bare guest's `net-stream`).
 pub mod peer {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -267,10 +269,21 @@ pub mod peer {
             let s1 = stop.clone();
             let echo = std::thread::spawn(move || {
                 let mut b = [0u8; 2048];
+                let mut d = [0x5au8; isolab_abi::kernels::STREAM_DATAGRAM];
                 while !s1.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = udp.recv_from(&mut b) {
-                        let _ = udp.send_to(&b[..n], from);
+                    let Ok((n, from)) = udp.recv_from(&mut b) else {
+                        continue;
+                    };
+                    // A UDP stream request (the bare guest's net-stream):
+                    // a window of datagrams, each with its sequence number.
+                    if let Some((window, seq)) = isolab_abi::kernels::stream_request(&b[..n]) {
+                        for s in seq..seq.saturating_add(window as u64) {
+                            d[..8].copy_from_slice(&s.to_le_bytes());
+                            let _ = udp.send_to(&d, from);
+                        }
+                        continue;
                     }
+                    let _ = udp.send_to(&b[..n], from);
                 }
             });
             let s2 = stop.clone();
@@ -452,6 +465,21 @@ mod tests {
         assert!(r[1].value >= r[0].value, "p99 is at least the median");
         let s = net_stream(peer.addr, 2).unwrap();
         assert!(s.iter().all(|m| m.value > 0.0), "{s:?}");
+        // A UDP stream request gets its window, numbered, full size.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut req = [0u8; 20];
+        req[..8].copy_from_slice(&crate::kernels::STREAM_MAGIC);
+        req[8..12].copy_from_slice(&4u32.to_le_bytes());
+        req[12..20].copy_from_slice(&100u64.to_le_bytes());
+        udp.send_to(&req, peer.addr).unwrap();
+        let mut b = [0u8; 2048];
+        for want in 100u64..104 {
+            let n = udp.recv(&mut b).unwrap();
+            assert_eq!(n, crate::kernels::STREAM_DATAGRAM);
+            assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), want);
+        }
         // A server that is not there is an error, not a figure.
         drop(peer);
         assert!(tcp_stream_from("127.0.0.1:9".parse().unwrap(), 1).is_err());

@@ -309,9 +309,26 @@ pub fn derive_metrics(
 /// mark is a VM exit, too coarse and too costly), in time at the host's
 /// TSC rate. The same for both monitors, which need no marks for it.
 pub fn tsc_metrics(scenario: &str, data: &serde_json::Value) -> Vec<protocol::Metric> {
-    let (sc::NET_RTT, Some(ns)) = (scenario, crate::clock::ns_per_tsc_cycle()) else {
+    let Some(ns) = crate::clock::ns_per_tsc_cycle() else {
         return vec![];
     };
+    if scenario == sc::NET_STREAM {
+        // Bytes over the cycles from the first measured request to the
+        // last datagram, at the host's TSC rate.
+        let bytes = data["stream_bytes"].as_f64().filter(|b| *b > 0.0);
+        let cycles = data["stream_cycles"].as_f64().filter(|c| *c > 0.0);
+        return match (bytes, cycles) {
+            (Some(b), Some(c)) => vec![protocol::Metric {
+                name: "net.udp_stream".into(),
+                unit: "bytes_per_s".into(),
+                value: b / (c * ns) * 1e9,
+            }],
+            _ => vec![],
+        };
+    }
+    if scenario != sc::NET_RTT {
+        return vec![];
+    }
     let mut out = vec![];
     for (key, name) in [
         ("rtt_p50_cycles", "net.udp_rtt_p50"),

@@ -485,7 +485,7 @@ pub(super) fn headline(run: &Run, c: &Collected) -> String {
 /// in the same instance (so the ratio is side by side by construction).
 pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBuf>> {
     let mut t = String::from(
-        "| backend | UDP RTT p50 (µs) | p99 | loopback p50 | ÷ loopback | RTT ÷ the lab's own | TCP stream (MiB/s) | loopback |\n|---|---|---|---|---|---|---|---|\n",
+        "| backend | UDP RTT p50 (µs) | p99 | loopback p50 | ÷ loopback | RTT ÷ the lab's own | stream (MiB/s) | loopback |\n|---|---|---|---|---|---|---|---|\n",
     );
     let samples = |b: &str| c.get(&(sc::NET_RTT.into(), "net.udp_rtt_p50".into(), b.to_owned()));
     let med = |scenario: &str, metric: &str, b: &str| {
@@ -493,11 +493,19 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
             .and_then(|v| stats::median(v))
     };
     let mut backends = backends_in(c, sc::NET_RTT, "net.udp_rtt_p50");
-    for b in backends_in(c, sc::NET_STREAM, "net.tcp_stream") {
-        if !backends.contains(&b) {
-            backends.push(b);
+    for metric in ["net.tcp_stream", "net.udp_stream"] {
+        for b in backends_in(c, sc::NET_STREAM, metric) {
+            if !backends.contains(&b) {
+                backends.push(b);
+            }
         }
     }
+    // The stream's samples: TCP for the agent, UDP for the bare guest.
+    let stream_samples = |b: &str| {
+        ["net.tcp_stream", "net.udp_stream"]
+            .iter()
+            .find_map(|m| c.get(&(sc::NET_STREAM.into(), (*m).into(), b.to_owned())))
+    };
     let us = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.1}", v / 1e3));
     let mibs = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.0}", v / 1048576.0));
     for b in &backends {
@@ -505,8 +513,25 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         let p99 = med(sc::NET_RTT, "net.udp_rtt_p99", b);
         let lo = med(sc::NET_RTT, "net.udp_rtt_loopback_p50", b);
         let ratio = rtt.zip(lo).map(|(a, l)| a / l);
-        let stream = med(sc::NET_STREAM, "net.tcp_stream", b);
+        let tcp = med(sc::NET_STREAM, "net.tcp_stream", b);
+        let stream = tcp.or_else(|| med(sc::NET_STREAM, "net.udp_stream", b));
         let lstream = med(sc::NET_STREAM, "net.tcp_stream_loopback", b);
+        let stream_vs = crate::backends::baseline_of(b).and_then(|base| {
+            let (r, (lo, hi)) = stats::ratio_of_medians(stream_samples(b)?, stream_samples(base)?)?;
+            Some(format!(
+                "; {r:.2} [{lo:.2}, {hi:.2}] of {}",
+                shown(run, base)
+            ))
+        });
+        let stream_cell = match stream {
+            Some(v) => format!(
+                "{}{}{}",
+                mibs(Some(v)),
+                if tcp.is_none() { " UDP" } else { "" },
+                stream_vs.unwrap_or_default()
+            ),
+            None => "—".into(),
+        };
         // A peer's RTT beside the lab's own engine of its kind (crun and
         // runc beside the container, QEMU beside the monitor): medians of
         // the same run, with the ratio's 95 % CI.
@@ -520,13 +545,12 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
         writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {vs} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {vs} | {stream_cell} | {} |",
             shown(run, b),
             us(rtt),
             us(p99),
             us(lo),
             ratio.map_or("—".into(), |r| format!("{r:.2}")),
-            mibs(stream),
             mibs(lstream)
         )?;
         if let Some(r) = ratio {
@@ -537,7 +561,7 @@ pub(super) fn network(run: &Run, c: &Collected, out: &Path) -> Result<Vec<PathBu
         }
     }
     if backends.is_empty() {
-        t = "This run has no network figures: the network scenarios are not in the default set, because they make the lab bridge on your host. Run `sudo isolab bench --backends container,crun,microvm,qemu --scenarios net-rtt,net-stream` (the VMs run `net-rtt` only) and then `isolab report` on that run to fill this table.\n".into();
+        t = "This run has no network figures: the network scenarios are not in the default set, because they make the lab bridge on your host. Run `sudo isolab bench --backends container,crun,microvm,qemu --scenarios net-rtt,net-stream` and then `isolab report` on that run to fill this table (VMs with the bare guest stream over UDP: it has no TCP).\n".into();
     }
     write(&out.join("network.md"), &t)?;
     Ok(Vec::new())
