@@ -45,7 +45,13 @@ impl NetNs {
 
     /// isolab inside the namespace, with its own home.
     fn isolab(&self, home: &str, args: &[&str]) -> Output {
+        self.isolab_env(home, &[], args)
+    }
+
+    /// [`NetNs::isolab`] with extra environment.
+    fn isolab_env(&self, home: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new("nsenter")
+            .envs(env.iter().copied())
             .arg(format!("--net={}", self.path()))
             .arg(env!("CARGO_BIN_EXE_isolab"))
             .args(args)
@@ -300,6 +306,99 @@ fn a_published_port_reaches_busybox_httpd_with_curl_and_is_cleaned_up() {
     assert!(
         !refused.status.success(),
         "the proxy is gone with the container"
+    );
+    assert_eq!(host_state(), before, "the host's own network is untouched");
+}
+
+/// The iptables path for `-p` (a host with iptables and no nft; forced
+/// here with ISOLAB_NAT=iptables): a chain of the container's own, its
+/// DNAT rule counting the request, and nothing of it left after `rm`.
+#[test]
+fn a_published_port_through_iptables_dnat_is_counted_and_removed() {
+    if !tools_ready()
+        || !require(
+            "iptables (apt-get install iptables)",
+            Command::new("sh")
+                .args(["-c", "command -v iptables"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
+    {
+        return;
+    }
+    let before = host_state();
+    let ns = NetNs::new("ipt");
+    let rules_before = stdout(&ns.sh("iptables -w -t nat -S"));
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let env = [("ISOLAB_NAT", "iptables")];
+    let web =
+        "mkdir -p /www && echo hello-via-iptables > /www/index.html && exec httpd -f -p 80 -h /www";
+    let o = ns.isolab_env(
+        h,
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "bridge",
+            "-p",
+            "18081:80",
+            "--",
+            "/bin/sh",
+            "-c",
+            web,
+        ],
+    );
+    let id = ok(&o, "run -d -p 18081:80").trim().to_owned();
+    let rules = stdout(&ns.sh("iptables -w -t nat -S"));
+    let chain = rules
+        .lines()
+        .find_map(|l| l.strip_prefix("-N ").filter(|c| c.ends_with(&id)))
+        .unwrap_or_else(|| panic!("no chain of {id}: {rules}"))
+        .to_owned();
+    assert!(
+        rules.contains(&format!("-A OUTPUT ! -d 127.0.0.0/8 -j {chain}"))
+            && rules.contains("--to-destination 10.213.0.2:80"),
+        "{rules}"
+    );
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = stdout(&ns.sh("curl -s -m 2 http://10.213.0.1:18081/"));
+        if served.contains("hello-via-iptables") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        served.contains("hello-via-iptables"),
+        "curl via DNAT: {served:?}"
+    );
+    // Counted by the chain's DNAT rule, so not served by the proxy.
+    let counters = stdout(&ns.sh(&format!("iptables -w -t nat -L {chain} -n -v -x")));
+    let packets = counters
+        .lines()
+        .find(|l| l.contains("DNAT"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(packets.is_some_and(|n| n >= 1), "{counters}");
+    let ps = ok(&ns.isolab_env(h, &env, &["ps"]), "ps");
+    assert!(ps.contains("18081->80/tcp"), "{ps}");
+    ok(&ns.isolab_env(h, &env, &["rm", "-f", "web"]), "rm -f");
+    ok(&ns.isolab_env(h, &env, &["prune"]), "prune");
+    assert_eq!(
+        stdout(&ns.sh("iptables -w -t nat -S")),
+        rules_before,
+        "no chain or jump is left"
+    );
+    // iptables-nft leaves at most the empty `nat` table it made (no
+    // chains, so no effect on any packet); nft shows it.
+    let nft = stdout(&ns.sh("nft list ruleset 2>/dev/null"));
+    assert!(
+        !nft.contains("chain") && !nft.contains("dnat"),
+        "only an empty table may stay: {nft}"
     );
     assert_eq!(host_state(), before, "the host's own network is untouched");
 }

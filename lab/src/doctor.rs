@@ -572,11 +572,17 @@ fn network_check(checks: &mut Vec<Check>) {
         Ok(_) => {
             let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                 .is_ok_and(|s| s.trim() == "1");
-            let nft = host::which("nft").is_some();
+            let kind = crate::network::nat_kind();
+            let nft = kind.is_some();
+            let tool = match kind {
+                Some(crate::network::NatKind::Nft) => "nftables",
+                Some(crate::network::NatKind::Iptables) => "iptables (no nft here)",
+                None => "",
+            };
             let how = match (nft, forwarding) {
-                (true, true) => "-p: nftables DNAT for local and remote clients, a userspace proxy for 127.0.0.1".to_owned(),
-                (true, false) => "-p: nftables DNAT for this host's own clients, a userspace proxy for 127.0.0.1 and for remote clients (ip_forward is off; isolab never turns it on)".to_owned(),
-                (false, _) => "-p: a userspace proxy only (no nft: DNAT needs nftables)".to_owned(),
+                (true, true) => format!("-p: {tool} DNAT for local and remote clients, a userspace proxy for 127.0.0.1"),
+                (true, false) => format!("-p: {tool} DNAT for this host's own clients, a userspace proxy for 127.0.0.1 and for remote clients (ip_forward is off; isolab never turns it on)"),
+                (false, _) => "-p: a userspace proxy only (no nft or iptables, or ISOLAB_NAT=proxy)".to_owned(),
             };
             let bridge = std::env::var("ISOLAB_BRIDGE")
                 .unwrap_or_else(|_| crate::network::DEFAULT_BRIDGE.into());
@@ -598,7 +604,7 @@ fn network_check(checks: &mut Vec<Check>) {
                     }
                 ),
                 (!nft).then_some(
-                    "apt-get install nftables (else published ports go through the proxy only)",
+                    "apt-get install nftables or iptables (else published ports go through the proxy only)",
                 ),
             );
         }

@@ -6,9 +6,12 @@
 //! lease file in that home (`network/<bridge>.json`), released when the
 //! container ends, by `rm` and by `prune`. A published port is served by
 //! a userspace proxy in the process that owns the container, as Docker's
-//! `docker-proxy` does, and — where `nft` is installed — by nftables DNAT
-//! rules in a table of the container's own, so traffic to the host's
-//! addresses skips the proxy. The proxy always serves the loopback
+//! `docker-proxy` does, and by DNAT rules, so traffic to the host's
+//! addresses skips the proxy: nftables rules in a table of the
+//! container's own where `nft` is installed, else iptables rules in a
+//! chain of its own in the `nat` table, jumped to from `OUTPUT` (and
+//! `PREROUTING` with forwarding on), where `iptables` is. `ISOLAB_NAT=nft`,
+//! `iptables` or `proxy` picks one. The proxy always serves the loopback
 //! addresses, which DNAT cannot reach without `route_localnet`.
 //!
 //! Nothing here runs unless `--network bridge` is asked for: the default
@@ -370,6 +373,11 @@ pub fn release(home: &Home, id: &str) -> Vec<String> {
             out.push(format!("nftables table {t}"));
         }
     }
+    if let Some(c) = Nat::chain_name(home, id) {
+        if iptables_delete_chain(&c) {
+            out.push(format!("iptables chain nat/{c}"));
+        }
+    }
     out
 }
 
@@ -475,6 +483,14 @@ pub fn prune(home: &Home, running: &[String]) -> Vec<String> {
             }
         }
     }
+    let prefix = format!("{}_", Nat::chain_prefix(home));
+    for c in iptables_chains() {
+        if let Some(id) = c.strip_prefix(&prefix) {
+            if !running.iter().any(|r| r == id) && iptables_delete_chain(&c) {
+                out.push(format!("iptables chain nat/{c}"));
+            }
+        }
+    }
     out
 }
 
@@ -521,15 +537,19 @@ impl Attached {
     pub fn describe(&self) -> Vec<String> {
         let how = match &self.nat {
             Some(n) => format!(
-                "nftables DNAT (table ip {}){}, a userspace proxy for loopback",
-                n.table,
+                "{}{}, a userspace proxy for loopback",
+                match n.kind {
+                    NatKind::Nft => format!("nftables DNAT (table ip {})", n.table),
+                    NatKind::Iptables => format!("iptables DNAT (chain nat/{})", n.table),
+                },
                 if n.prerouting {
                     " for local and remote clients"
                 } else {
                     " for local clients (ip_forward is off, so remote clients reach the proxy)"
                 }
             ),
-            None => "a userspace proxy (no nft on this host)".to_owned(),
+            None => "a userspace proxy (no nft or iptables on this host, or ISOLAB_NAT=proxy)"
+                .to_owned(),
         };
         self.proxies
             .iter()
@@ -555,7 +575,10 @@ impl Attached {
             p.stop();
         }
         if let Some(n) = self.nat.take() {
-            nft_delete_table(&n.table);
+            match n.kind {
+                NatKind::Nft => nft_delete_table(&n.table),
+                NatKind::Iptables => iptables_delete_chain(&n.table),
+            };
         }
         // The kernel deletes a veth pair when the namespace of one end
         // goes, but asynchronously (a work queue), after the container has
@@ -822,8 +845,33 @@ fn udp_proxy(s: UdpSocket, target: SocketAddrV4, stop: Arc<AtomicBool>) {
     }
 }
 
-/// An instance's nftables table of DNAT rules.
+/// How DNAT rules are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    Nft,
+    Iptables,
+}
+
+/// What serves `-p` besides the proxy on this host: `ISOLAB_NAT`
+/// (`nft`, `iptables`, `proxy`) if set, else nftables where `nft` is
+/// installed, else iptables where `iptables` is, else nothing.
+pub fn nat_kind() -> Option<NatKind> {
+    let have = |p: &str| crate::host::which(p).is_some();
+    match std::env::var("ISOLAB_NAT").as_deref() {
+        Ok("nft") => have("nft").then_some(NatKind::Nft),
+        Ok("iptables") => have("iptables").then_some(NatKind::Iptables),
+        Ok("proxy") => None,
+        _ if have("nft") => Some(NatKind::Nft),
+        _ if have("iptables") => Some(NatKind::Iptables),
+        _ => None,
+    }
+}
+
+/// An instance's DNAT rules: an nftables table, or an iptables chain in
+/// the `nat` table.
 struct Nat {
+    kind: NatKind,
+    /// The nftables table's or the iptables chain's name.
     table: String,
     /// Whether remote clients are DNATed too (only with forwarding on).
     prerouting: bool,
@@ -838,14 +886,82 @@ impl Nat {
             .all(|c| c.is_ascii_alphanumeric())
             .then(|| format!("{}_{id}", Nat::table_prefix(home)))
     }
+    /// iptables chain names are at most 28 characters.
+    fn chain_prefix(home: &Home) -> String {
+        format!("ISL_{}", home.cgroup_tag())
+    }
+    fn chain_name(home: &Home, id: &str) -> Option<String> {
+        let name = format!("{}_{id}", Nat::chain_prefix(home));
+        (id.chars().all(|c| c.is_ascii_alphanumeric()) && name.len() <= 28).then_some(name)
+    }
 
-    /// Installs the rules when `nft` is here and works; None otherwise
-    /// (the proxy serves every client then).
+    /// Installs the rules with what this host has (see [`nat_kind`]);
+    /// None if nothing works (the proxy serves every client then).
     fn install(home: &Home, id: &str, ip: Ipv4Addr, publish: &[Publish]) -> Option<Nat> {
-        crate::host::which("nft")?;
-        let table = Nat::table_name(home, id)?;
         let forwarding =
             fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|s| s.trim() == "1");
+        match nat_kind()? {
+            NatKind::Nft => Nat::install_nft(home, id, ip, publish, forwarding),
+            NatKind::Iptables => Nat::install_iptables(home, id, ip, publish, forwarding),
+        }
+    }
+
+    /// iptables: a chain of the instance's own with one DNAT rule per
+    /// port, jumped to from `OUTPUT` for non-loopback destinations (the
+    /// proxy serves loopback) and, with forwarding on, from `PREROUTING`.
+    fn install_iptables(
+        home: &Home,
+        id: &str,
+        ip: Ipv4Addr,
+        publish: &[Publish],
+        forwarding: bool,
+    ) -> Option<Nat> {
+        let chain = Nat::chain_name(home, id)?;
+        let mut steps: Vec<Vec<String>> = vec![vec!["-N".into(), chain.clone()]];
+        for p in publish {
+            let mut rule: Vec<String> = vec!["-A".into(), chain.clone()];
+            if p.host_ip.is_unspecified() {
+                rule.extend(["-m", "addrtype", "--dst-type", "LOCAL"].map(String::from));
+            } else {
+                rule.extend(["-d".into(), p.host_ip.to_string()]);
+            }
+            rule.extend([
+                "-p".into(),
+                p.proto.as_str().into(),
+                "--dport".into(),
+                p.host_port.to_string(),
+                "-j".into(),
+                "DNAT".into(),
+                "--to-destination".into(),
+                format!("{ip}:{}", p.container_port),
+            ]);
+            steps.push(rule);
+        }
+        steps.push(iptables_jump("-A", "OUTPUT", &chain));
+        if forwarding {
+            steps.push(iptables_jump("-A", "PREROUTING", &chain));
+        }
+        for step in &steps {
+            if !iptables(step) {
+                iptables_delete_chain(&chain);
+                return None;
+            }
+        }
+        Some(Nat {
+            kind: NatKind::Iptables,
+            table: chain,
+            prerouting: forwarding,
+        })
+    }
+
+    fn install_nft(
+        home: &Home,
+        id: &str,
+        ip: Ipv4Addr,
+        publish: &[Publish],
+        forwarding: bool,
+    ) -> Option<Nat> {
+        let table = Nat::table_name(home, id)?;
         let mut pre = String::new();
         let mut out = String::new();
         for p in publish {
@@ -882,10 +998,85 @@ impl Nat {
             })
             .is_ok_and(|s| s.success());
         ok.then_some(Nat {
+            kind: NatKind::Nft,
             table,
             prerouting: forwarding,
         })
     }
+}
+
+/// The rule that sends `from`'s traffic to `chain` (`-A` adds, `-D`
+/// deletes): from `OUTPUT`, only for destinations off loopback.
+fn iptables_jump(op: &str, from: &str, chain: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![op.into(), from.into()];
+    if from == "OUTPUT" {
+        v.extend(["!", "-d", "127.0.0.0/8"].map(String::from));
+    }
+    v.extend(["-j".into(), chain.into()]);
+    v
+}
+
+/// `iptables -w -t nat ARGS`; whether it succeeded.
+fn iptables(args: &[String]) -> bool {
+    crate::host::which("iptables").is_some()
+        && std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// The `nat` table's chains (`iptables -S`), for prune. Only where
+/// iptables is this host's DNAT path: listing the `nat` table on a host
+/// that does not use it could load its kernel module, a change `prune`
+/// must not make.
+fn iptables_chains() -> Vec<String> {
+    if nat_kind() != Some(NatKind::Iptables) {
+        return vec![];
+    }
+    std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("-N ").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes an instance's chain and the jumps to it; true if the chain
+/// existed. The built-in chains it was jumped from are removed too when
+/// nothing else is left in them (iptables-nft makes them on first use):
+/// an empty built-in nat chain with an ACCEPT policy does nothing, and
+/// iptables makes it again when anyone adds a rule.
+fn iptables_delete_chain(chain: &str) -> bool {
+    if !iptables_chains().iter().any(|c| c == chain) {
+        return false;
+    }
+    for from in ["OUTPUT", "PREROUTING"] {
+        while iptables(&iptables_jump("-D", from, chain)) {}
+    }
+    iptables(&["-F".into(), chain.into()]);
+    let gone = iptables(&["-X".into(), chain.into()]);
+    for from in ["OUTPUT", "PREROUTING"] {
+        let rules = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S", from])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let only_policy = rules.lines().all(|l| l == format!("-P {from} ACCEPT"));
+        if only_policy {
+            // iptables-legacy refuses to delete a built-in chain: fine.
+            iptables(&["-X".into(), from.into()]);
+        }
+    }
+    gone
 }
 
 fn nft_tables() -> Vec<String> {
@@ -918,6 +1109,25 @@ fn nft_delete_table(table: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iptables_names_fit_and_jumps_skip_loopback() {
+        let home = Home::new("/var/lib/isolab");
+        let id = crate::instances::new_id();
+        let chain = Nat::chain_name(&home, &id).expect("a 12-character id fits");
+        assert!(chain.len() <= 28, "{chain}");
+        assert!(chain.starts_with(&format!("{}_", Nat::chain_prefix(&home))));
+        assert_eq!(Nat::chain_name(&home, "a/b"), None, "only alphanumeric ids");
+        assert_eq!(Nat::chain_name(&home, &"x".repeat(30)), None, "too long");
+        assert_eq!(
+            iptables_jump("-A", "OUTPUT", "C").join(" "),
+            "-A OUTPUT ! -d 127.0.0.0/8 -j C"
+        );
+        assert_eq!(
+            iptables_jump("-D", "PREROUTING", "C").join(" "),
+            "-D PREROUTING -j C"
+        );
+    }
 
     #[test]
     fn publish_parses_like_docker() {
