@@ -19,6 +19,16 @@ fn oci(root: &Path) -> Command {
     c
 }
 
+/// Root and a static busybox for the bundles; a loud skip, or a failure
+/// under CI, without them.
+fn ready() -> bool {
+    require("root", is_root())
+        && require(
+            "busybox (apt-get install busybox-static)",
+            busybox().is_some(),
+        )
+}
+
 fn busybox() -> Option<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
@@ -126,12 +136,7 @@ fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
 /// the engine's streams, and nothing left behind.
 #[test]
 fn isolab_oci_walks_the_oci_lifecycle_and_leaves_nothing() {
-    if !require("root", is_root())
-        || !require(
-            "busybox (apt-get install busybox-static)",
-            busybox().is_some(),
-        )
-    {
+    if !ready() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -272,12 +277,7 @@ fn isolab_oci_walks_the_oci_lifecycle_and_leaves_nothing() {
 /// leaves no state directory, cgroup or process.
 #[test]
 fn isolab_oci_refuses_bad_input_in_one_sentence_and_leaves_nothing() {
-    if !require("root", is_root())
-        || !require(
-            "busybox (apt-get install busybox-static)",
-            busybox().is_some(),
-        )
-    {
+    if !ready() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -458,7 +458,7 @@ fn podman_and_docker_drive_isolab_oci_and_its_probes_match_the_labs_own() {
             })
             .unwrap_or(false)
     };
-    if !require("root", is_root())
+    if !ready()
         || !require("podman (apt-get install podman)", has("podman"))
         || !require("dockerd (apt-get install docker.io)", has("dockerd"))
     {
@@ -466,7 +466,7 @@ fn podman_and_docker_drive_isolab_oci_and_its_probes_match_the_labs_own() {
     }
     // podman as a user types it, with a terminal: conmon receives the
     // pty's master over --console-socket and relays it.
-    if busybox().is_some() {
+    {
         let tmp = tempfile::tempdir().unwrap();
         let b = make_bundle(&tmp.path().join("b"), "unused", |_| {});
         let o = Command::new("podman")
@@ -578,12 +578,7 @@ fn podman_and_docker_drive_isolab_oci_and_its_probes_match_the_labs_own() {
 /// there, not the host's isolab-oci, and isolab-oci's file is unchanged.
 #[test]
 fn a_program_leading_back_to_proc_self_exe_cannot_reach_isolab_oci() {
-    if !require("root", is_root())
-        || !require(
-            "busybox (apt-get install busybox-static)",
-            busybox().is_some(),
-        )
-    {
+    if !ready() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -1036,17 +1036,7 @@ fn iptables_chains() -> Vec<String> {
     if nat_kind() != Some(NatKind::Iptables) {
         return vec![];
     }
-    std::process::Command::new("iptables")
-        .args(["-w", "-t", "nat", "-S"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.strip_prefix("-N ").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    lines_after("iptables", &["-w", "-t", "nat", "-S"], "-N ")
 }
 
 /// Removes an instance's chain and the jumps to it; true if the chain
@@ -1083,17 +1073,22 @@ fn nft_tables() -> Vec<String> {
     if crate::host::which("nft").is_none() {
         return vec![];
     }
-    let out = std::process::Command::new("nft")
-        .args(["list", "tables", "ip"])
+    lines_after("nft", &["list", "tables", "ip"], "table ip ")
+}
+
+/// What follows `prefix` on each line `program args` prints.
+fn lines_after(program: &str, args: &[&str], prefix: &str) -> Vec<String> {
+    std::process::Command::new(program)
+        .args(args)
         .stderr(std::process::Stdio::null())
-        .output();
-    out.map(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("table ip ").map(str::to_owned))
-            .collect()
-    })
-    .unwrap_or_default()
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn nft_delete_table(table: &str) -> bool {

@@ -578,7 +578,7 @@ pub fn create(g: &Globals, id: &str, o: &CreateOptions) -> Result<()> {
     let layout = crate::backends::container::layout()?;
     let running = container::launch(spec, &layout).map_err(|e| anyhow!("{e}"))?;
     let pid = running.pid.as_raw();
-    let detached = running.detach();
+    running.detach();
     let hooks = cfg.hooks().clone().unwrap_or_default();
     let record = Record {
         id: id.to_owned(),
@@ -598,7 +598,7 @@ pub fn create(g: &Globals, id: &str, o: &CreateOptions) -> Result<()> {
         poststop: hooks.poststop().clone().unwrap_or_default(),
     };
     let undo = |e: anyhow::Error| {
-        destroy(&layout, &record, &detached.cgroup_dirs);
+        destroy(&layout, &record);
         e
     };
     write_atomic(&dir.join(STATE), &serde_json::to_vec_pretty(&record)?).map_err(undo)?;
@@ -653,7 +653,7 @@ fn console(socket: &Path, size: Option<oci_spec::runtime::Box>) -> Result<OwnedF
 }
 
 /// Kills what is left of a container and removes its cgroup.
-fn destroy(layout: &isolab_runtime::cgroups::CgroupLayout, r: &Record, _dirs: &[PathBuf]) {
+fn destroy(layout: &isolab_runtime::cgroups::CgroupLayout, r: &Record) {
     if alive(r) {
         let _ = signal_init(r, libc::SIGKILL);
     }
@@ -703,6 +703,7 @@ fn signal_init(r: &Record, sig: i32) -> Result<()> {
 
 /// `start`: opens the gate; returns once the init is through it.
 pub fn start(g: &Globals, id: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let r = load(g, id)?;
     let gate = g.dir(id).join(GATE);
     match status(g, &r) {
@@ -714,7 +715,7 @@ pub fn start(g: &Globals, id: &str) -> Result<()> {
     }
     let f = fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nonblock()
+        .custom_flags(libc::O_NONBLOCK)
         .open(&gate)
         .with_context(|| format!("opening the start gate {}", gate.display()))?;
     // The init's open for writing completes now; it writes one byte once
@@ -750,16 +751,6 @@ pub fn start(g: &Globals, id: &str) -> Result<()> {
         eprintln!("isolab-oci: {e:#}");
     }
     Ok(())
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-impl NonBlock for fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK)
-    }
 }
 
 /// `state`: the runtime spec's state JSON.
@@ -829,7 +820,7 @@ pub fn delete(g: &Globals, id: &str, force: bool) -> Result<()> {
         );
     }
     let layout = crate::backends::container::layout()?;
-    destroy(&layout, &r, &[]);
+    destroy(&layout, &r);
     let _ = fs::remove_dir_all(g.dir(id));
     if let Err(e) = run_hooks("poststop", &r.poststop, &state_json(&r, Status::Stopped)) {
         g.log_error(&format!("{e:#}"));

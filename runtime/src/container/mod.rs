@@ -104,15 +104,13 @@ pub fn launch(mut spec: Spec, layout: &CgroupLayout) -> Result<Running, Containe
             "no entrypoint: give a command or use an image with one".into(),
         ));
     }
+    // An OCI container's directory is its state directory alone (the
+    // rootfs is the engine's); the lab's gets the overlay's three.
     let subs: &[&str] = if spec.oci.is_some() {
-        &[]
+        &[""]
     } else {
         &["upper", "work", "merged"]
     };
-    fs::create_dir_all(&spec.instance_dir).map_err(|source| ContainerError::InstanceDir {
-        path: spec.instance_dir.clone(),
-        source,
-    })?;
     for sub in subs {
         let p = spec.instance_dir.join(sub);
         fs::create_dir_all(&p).map_err(|source| ContainerError::InstanceDir {
@@ -389,28 +387,12 @@ fn write_id_maps(pid: nix::unistd::Pid) -> std::io::Result<()> {
 /// The mark an OCI `create`'s init writes at its start gate.
 pub const CREATED: &str = "created";
 
-/// A created OCI container handed over to its engine: nothing of it is
-/// undone when this process exits.
-#[derive(Debug, Clone)]
-pub struct Detached {
-    pub pid: i32,
-    /// The container's cgroup directories (one per v1 controller, or the
-    /// v2 one), for `delete`.
-    pub cgroup_dirs: Vec<PathBuf>,
-    pub marks: Vec<Mark>,
-}
-
 impl Running {
     /// Hands the container over (OCI `create`): it keeps running, its
     /// cgroup and directory stay, and this process may exit; `delete`
-    /// ends and removes them later.
-    pub fn detach(mut self) -> Detached {
+    /// ends and removes them later (by the cgroup's name).
+    pub fn detach(mut self) {
         self.waited = true;
-        Detached {
-            pid: self.pid.as_raw(),
-            cgroup_dirs: self.cgroup.paths(),
-            marks: std::mem::take(&mut self.marks),
-        }
     }
 
     /// Keep `upper/` after exit (detached instances keep their writable
