@@ -309,6 +309,10 @@ pub fn derive_metrics(
 /// mark is a VM exit, too coarse and too costly), in time at the host's
 /// TSC rate. The same for both monitors, which need no marks for it.
 pub fn tsc_metrics(scenario: &str, data: &serde_json::Value) -> Vec<protocol::Metric> {
+    // The 20 ms TSC calibration only for the scenarios that need it.
+    if scenario != sc::NET_RTT && scenario != sc::NET_STREAM {
+        return vec![];
+    }
     let Some(ns) = crate::clock::ns_per_tsc_cycle() else {
         return vec![];
     };
@@ -325,9 +329,6 @@ pub fn tsc_metrics(scenario: &str, data: &serde_json::Value) -> Vec<protocol::Me
             }],
             _ => vec![],
         };
-    }
-    if scenario != sc::NET_RTT {
-        return vec![];
     }
     let mut out = vec![];
     for (key, name) in [

@@ -99,8 +99,9 @@ pub static GVISOR: OciPeer = OciPeer {
 
 /// The lab's own runtime behind the OCI command line (`isolab-oci`),
 /// run exactly as crun and runc are: a spawned process, the same bundle,
-/// `run`. Beside `container` (the same runtime called in-process) it shows
-/// what the command line costs; it ignores the config's capabilities,
+/// `run`. Beside `container` (the same runtime spawned as `isolab run`,
+/// which also opens the image store and writes an instance record) it
+/// shows what the lab's CLI adds; it ignores the config's capabilities,
 /// seccomp and masked paths and applies its own, which are the same.
 pub static ISOLAB_OCI: OciPeer = OciPeer {
     name: "isolab-oci",
